@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# `make run`: ensure a database, then run blitz-server in the foreground.
+# With BLITZ_DB_URL set, that database is used as it is; otherwise the
+# project-local cluster (scripts/localdb.sh) is started and used.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+if [ -z "${BLITZ_DB_URL:-}" ]; then
+  BLITZ_DB_URL=$(scripts/localdb.sh start)
+  export BLITZ_DB_URL
+  echo "run: using the project-local PostgreSQL at $BLITZ_DB_URL (make db-stop stops it)" >&2
+fi
+export RUST_LOG=${RUST_LOG:-info}
+exec target/release/blitz-server --config conf/blitz.toml "$@"

@@ -1,0 +1,353 @@
+//! Configuration: defaults, file, environment, flags, precedence, every
+//! validation error, `--print-config`, and the server's start line, exit
+//! codes and pool-size check against a real PostgreSQL.
+
+mod support;
+
+use std::io::Write;
+use std::process::Command;
+
+use blitz::config::{Config, ConfigInputs, PoolSizeOrigin, Source};
+use support::{bin, run, Server, TestDb};
+
+fn load(
+    file: Option<&str>,
+    env: &[(&str, &str)],
+    flags: &[(&str, &str)],
+) -> Result<Config, String> {
+    let path = file.map(|text| {
+        let mut f = tempfile_in_target();
+        f.1.write_all(text.as_bytes()).unwrap();
+        f.0
+    });
+    let result = Config::load(&ConfigInputs {
+        file: path.clone(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        flags: flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    });
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_dir(p.parent().unwrap());
+    }
+    result.map_err(|e| e.to_string())
+}
+
+fn tempfile_in_target() -> (std::path::PathBuf, std::fs::File) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!("blitz-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("c{}.toml", N.fetch_add(1, Ordering::SeqCst)));
+    let f = std::fs::File::create(&path).unwrap();
+    (path, f)
+}
+
+#[test]
+fn defaults_follow_the_architecture() {
+    let c = load(None, &[], &[]).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:4063");
+    assert_eq!(c.server.max_message_bytes, 1 << 20);
+    assert_eq!(c.db.api_schema, "blitz_api");
+    assert_eq!(c.auth.mode, "password");
+    assert_eq!(c.auth.session_idle_timeout_s, 600);
+    let cores = blitz::config::physical_cores().expect("this machine exposes its topology");
+    assert_eq!(c.db.pool_size, cores * 2);
+    assert!(matches!(
+        c.pool_size_origin,
+        PoolSizeOrigin::Formula { physical: true, .. }
+    ));
+    assert_eq!(
+        c.invocation.workers, c.db.pool_size,
+        "workers = 0 means the pool size"
+    );
+    assert_eq!(c.source("db.pool_size"), Source::Default);
+}
+
+#[test]
+fn spindles_add_to_the_formula() {
+    let c = load(None, &[], &[("db.effective_spindles", "3")]).unwrap();
+    let cores = blitz::config::physical_cores().unwrap();
+    assert_eq!(c.db.pool_size, cores * 2 + 3);
+    assert!(c.pool_size_explained().contains("+ spindles 3"));
+}
+
+#[test]
+fn file_env_and_flags_layer_in_order() {
+    let file = "[db]\npool_size = 7\napi_schema = \"from_file\"\n[invocation]\nqueue_capacity = 11\nworkers = 2\n";
+    let c = load(Some(file), &[], &[]).unwrap();
+    assert_eq!(
+        (
+            c.db.pool_size,
+            c.invocation.queue_capacity,
+            c.invocation.workers
+        ),
+        (7, 11, 2)
+    );
+    assert!(matches!(c.source("db.pool_size"), Source::File(_)));
+
+    let env = [
+        ("BLITZ_DB_POOL_SIZE", "9"),
+        ("BLITZ_INVOCATION_QUEUE_CAPACITY", "22"),
+        ("BLITZ_AUTH_SET_ROLE", "true"),
+    ];
+    let c = load(Some(file), &env, &[]).unwrap();
+    assert_eq!(
+        (c.db.pool_size, c.invocation.queue_capacity),
+        (9, 22),
+        "env beats file"
+    );
+    assert!(c.auth.set_role);
+    assert_eq!(c.db.api_schema, "from_file");
+    assert_eq!(
+        c.source("db.pool_size"),
+        Source::Env("BLITZ_DB_POOL_SIZE".into())
+    );
+
+    let c = load(Some(file), &env, &[("db.pool_size", "5")]).unwrap();
+    assert_eq!(c.db.pool_size, 5, "flag beats env");
+    assert_eq!(c.invocation.queue_capacity, 22);
+    assert_eq!(c.source("db.pool_size"), Source::Flag);
+}
+
+#[test]
+fn unrelated_blitz_variables_are_ignored() {
+    let c = load(None, &[("BLITZ_SERVERS", "a:1"), ("PATH", "/bin")], &[]).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:4063");
+}
+
+/// Each case: where the bad value is given, and the fragments its message must hold.
+#[test]
+fn every_validation_error_names_key_and_value() {
+    let cases: Vec<(Result<Config, String>, &[&str])> = vec![
+        (
+            load(Some("[db]\npool_sise = 3\n"), &[], &[]),
+            &["db.pool_sise", "unknown", "db.pool_size"],
+        ),
+        (
+            load(Some("[nope]\nx = 1\n"), &[], &[]),
+            &["nope", "allowed sections"],
+        ),
+        (
+            load(Some("[db]\npool_size = \"four\"\n"), &[], &[]),
+            &["db.pool_size", "four", "whole number"],
+        ),
+        (
+            load(None, &[("BLITZ_DB_POOL_SIZE", "many")], &[]),
+            &["db.pool_size", "many", "BLITZ_DB_POOL_SIZE"],
+        ),
+        (
+            load(None, &[], &[("db.pool_size", "-1")]),
+            &["db.pool_size", "-1"],
+        ),
+        (
+            load(None, &[], &[("db.pool_size", "100000")]),
+            &["db.pool_size", "100000", "allowed 0 to 10000"],
+        ),
+        (
+            load(None, &[], &[("invocation.queue_capacity", "0")]),
+            &["invocation.queue_capacity", "= 0", "allowed 1"],
+        ),
+        (
+            load(None, &[], &[("server.max_clients", "0")]),
+            &["server.max_clients", "= 0"],
+        ),
+        (
+            load(None, &[], &[("server.max_message_bytes", "10")]),
+            &["server.max_message_bytes", "10"],
+        ),
+        (
+            load(None, &[], &[("server.max_in_flight_per_connection", "0")]),
+            &["server.max_in_flight_per_connection", "0"],
+        ),
+        (
+            load(None, &[], &[("invocation.default_timeout_ms", "0")]),
+            &["invocation.default_timeout_ms", "0"],
+        ),
+        (
+            load(None, &[], &[("invocation.workers", "5000")]),
+            &["invocation.workers", "5000"],
+        ),
+        (
+            load(None, &[], &[("db.acquire_timeout_ms", "0")]),
+            &["db.acquire_timeout_ms", "0"],
+        ),
+        (
+            load(None, &[], &[("server.listen", "not an address")]),
+            &["server.listen", "not an address", "host:port"],
+        ),
+        (
+            load(None, &[], &[("server.listen", "127.0.0.1")]),
+            &["server.listen", "127.0.0.1"],
+        ),
+        (
+            load(None, &[], &[("metrics.listen", "nowhere")]),
+            &["metrics.listen", "nowhere"],
+        ),
+        (
+            load(
+                None,
+                &[],
+                &[("db.url", "postgresql://bob:pw@host:notaport/x")],
+            ),
+            &[
+                "db.url",
+                "bob:***@host:notaport",
+                "PostgreSQL connection URL",
+            ],
+        ),
+        (
+            load(None, &[], &[("db.api_schema", "x; drop")]),
+            &["db.api_schema", "x; drop", "identifier"],
+        ),
+        (
+            load(None, &[], &[("auth.mode", "ldap")]),
+            &["auth.mode", "ldap", "\"password\" or \"trust\""],
+        ),
+        (
+            load(None, &[], &[("auth.set_role", "maybe")]),
+            &["auth.set_role", "maybe", "true or false"],
+        ),
+        (
+            load(None, &[], &[("db.poolsize", "3")]),
+            &["db.poolsize", "unknown"],
+        ),
+    ];
+    for (result, fragments) in cases {
+        let message = result
+            .err()
+            .unwrap_or_else(|| panic!("expected an error mentioning {fragments:?}"));
+        for fragment in fragments {
+            assert!(
+                message.contains(fragment),
+                "{message:?} should contain {fragment:?}"
+            );
+        }
+        assert!(!message.contains("pw@"), "password leaked: {message}");
+    }
+}
+
+#[test]
+fn the_shipped_config_file_loads_and_lists_every_key() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/blitz.toml");
+    let c = Config::load(&ConfigInputs {
+        file: Some(path.into()),
+        env: vec![],
+        flags: vec![],
+    })
+    .unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let printed = c.to_annotated_toml();
+    for line in printed.lines().filter(|l| l.contains(" = ")) {
+        let key = line.split(" = ").next().unwrap();
+        assert!(
+            text.contains(&format!("\n{key} = ")),
+            "conf/blitz.toml lacks key {key}"
+        );
+    }
+}
+
+#[test]
+fn bad_config_exits_2_with_a_message() {
+    let mut cmd = Command::new(bin("blitz-server"));
+    cmd.args(["--queue-capacity", "0"]);
+    let (code, _, err) = run(cmd);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("invocation.queue_capacity") && err.contains("= 0"),
+        "{err}"
+    );
+
+    let mut cmd = Command::new(bin("blitz-server"));
+    cmd.env("BLITZ_SERVER_LISTEN", "nowhere");
+    let (code, _, err) = run(cmd);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("server.listen") && err.contains("nowhere"),
+        "{err}"
+    );
+}
+
+#[test]
+fn print_config_shows_sources_and_redacts_passwords() {
+    let mut cmd = Command::new(bin("blitz-server"));
+    cmd.args([
+        "--print-config",
+        "--db-url",
+        "postgresql://app:hunter2@db.example:5432/blitz",
+    ])
+    .env("BLITZ_INVOCATION_QUEUE_CAPACITY", "77");
+    let (code, out, _) = run(cmd);
+    assert_eq!(code, 0);
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(
+        out.contains("url = \"postgresql://app:***@db.example:5432/blitz\"  # flag"),
+        "{out}"
+    );
+    assert!(
+        out.contains("queue_capacity = 77  # env BLITZ_INVOCATION_QUEUE_CAPACITY"),
+        "{out}"
+    );
+    assert!(out.contains("max_retries = 3  # default"), "{out}");
+    assert!(out.contains("physical cores"), "{out}");
+    let reparsed: toml::Table = out.parse().expect("--print-config prints valid TOML");
+    assert!(reparsed.contains_key("server"));
+}
+
+#[test]
+fn server_starts_logs_sizes_and_stops_on_sigterm() {
+    let db = TestDb::new();
+    let mut cmd = Command::new(bin("blitz-server"));
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    cmd.args([
+        "--db-url",
+        &db.url,
+        "--listen",
+        &addr,
+        "--queue-capacity",
+        "123",
+    ]);
+    let mut server = Server::spawn(cmd, addr);
+    let start = std::time::Instant::now();
+    while !server.log().contains("started") && start.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = server.log();
+    let cores = blitz::config::physical_cores().unwrap();
+    let expected = format!(
+        "pool_size={} (physical cores {cores} × 2 + spindles 0)",
+        cores * 2
+    );
+    assert!(
+        log.contains(&expected),
+        "start line should show {expected:?}:\n{log}"
+    );
+    assert!(log.contains("queue_capacity=123"), "{log}");
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
+}
+
+#[test]
+fn pool_larger_than_max_connections_is_refused() {
+    let db = TestDb::new();
+    let mut cmd = Command::new(bin("blitz-server"));
+    cmd.args([
+        "--db-url",
+        &db.url,
+        "--pool-size",
+        "299",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let (code, _, err) = run(cmd);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("db.pool_size = 299") && err.contains("max_connections 300"),
+        "{err}"
+    );
+}

@@ -1,0 +1,412 @@
+//! Test support: one throw-away PostgreSQL cluster per test process, one fresh
+//! database per test, and `blitz-server` processes on free ports.
+//!
+//! The cluster lives in a temp dir named `blitz-test-pg-*` and is stopped and
+//! removed by a detached reaper process as soon as the test process exits,
+//! however it exits (success, panic, Ctrl-C, SIGKILL). `make test` waits for
+//! the reapers, so no postgres started by the suite outlives it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The per-process PostgreSQL cluster.
+pub struct Cluster {
+    /// The TCP port on 127.0.0.1.
+    pub port: u16,
+    /// The cluster's temp dir (data, socket, log).
+    pub dir: PathBuf,
+    /// Where initdb, pg_ctl and psql live.
+    pub bindir: PathBuf,
+}
+
+/// The cluster of this test process, started on first use.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(start_cluster)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A command for a PostgreSQL program, run as `postgres` when we are root
+/// (the server refuses to run as root).
+pub fn pg_command(bindir: &Path, program: &str) -> Command {
+    let path = bindir.join(program);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn find_bindir() -> PathBuf {
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("initdb"))
+            .collect::<Vec<_>>()
+    });
+    for candidate in on_path {
+        if candidate.is_file() {
+            let real = std::fs::canonicalize(&candidate).unwrap_or(candidate);
+            return real.parent().unwrap().to_path_buf();
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").is_file() {
+            return dir;
+        }
+    }
+    panic!(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH nor in `pg_config --bindir`; \
+         run `scripts/localdb.sh check` (installs them as root) or install postgresql-15"
+    );
+}
+
+fn start_cluster() -> Cluster {
+    let bindir = find_bindir();
+    let dir = std::env::temp_dir().join(format!(
+        "blitz-test-pg-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["postgres"])
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "cannot chown the test cluster dir to user postgres; run `scripts/localdb.sh check`"
+        );
+    }
+    spawn_reaper(&bindir, &dir);
+    let data = dir.join("data");
+    let out = pg_command(&bindir, "initdb")
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
+        .args(["--no-instructions"])
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..5 {
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            dir.display()
+        );
+        let status = pg_command(&bindir, "pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &opts, "start"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run pg_ctl");
+        if status.success() {
+            return Cluster { port, dir, bindir };
+        }
+    }
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    panic!("the test PostgreSQL did not start:\n{log}");
+}
+
+/// A detached process that waits for this test process to exit, then stops
+/// the cluster and removes its dir.
+fn spawn_reaper(bindir: &Path, dir: &Path) {
+    let pg_ctl = bindir.join("pg_ctl");
+    let as_pg = if is_root() {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; \
+         {as_pg}{pg_ctl} -D {dir}/data -m immediate -w stop >/dev/null 2>&1; rm -rf {dir}",
+        pid = std::process::id(),
+        pg_ctl = pg_ctl.display(),
+        dir = dir.display()
+    );
+    // `setsid -f` forks the reaper into a session of its own (so a Ctrl-C
+    // aimed at the test run does not reach it) and returns at once.
+    Command::new("setsid")
+        .args(["-f", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawn the cluster reaper (setsid, sh)");
+}
+
+impl Cluster {
+    /// A URL for database `db` as the superuser.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A plain client on database `db`.
+    pub fn connect(&self, db: &str) -> postgres::Client {
+        postgres::Client::connect(&self.url(db), postgres::NoTls).expect("connect to test cluster")
+    }
+
+    /// Stops the cluster (fast shutdown); `start` brings it back on the same port.
+    pub fn stop(&self) {
+        let status = pg_command(&self.bindir, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl stop failed");
+    }
+
+    /// Starts a stopped cluster again on the same port.
+    pub fn start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let status = pg_command(&self.bindir, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &opts, "start"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl start failed");
+    }
+}
+
+/// A database of its own for one test, dropped at the end of the test.
+pub struct TestDb {
+    /// The database name.
+    pub name: String,
+    /// Its connection URL.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates a fresh, empty database in the process's cluster.
+    pub fn new() -> TestDb {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let c = cluster();
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        c.connect("postgres")
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create test database");
+        TestDb {
+            url: c.url(&name),
+            name,
+        }
+    }
+
+    /// A plain client on this database.
+    pub fn connect(&self) -> postgres::Client {
+        cluster().connect(&self.name)
+    }
+
+    /// Runs SQL (several statements allowed) on this database.
+    pub fn execute(&self, sql: &str) {
+        self.connect().batch_execute(sql).expect("test SQL");
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&cluster().url("postgres"), postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// A running `blitz-server`, killed when dropped. Its stderr is collected.
+pub struct Server {
+    /// The child process.
+    pub child: Child,
+    /// `127.0.0.1:port` it listens on.
+    pub addr: String,
+    /// Everything the server wrote to stderr so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+/// The path of a binary of this package.
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "blitz-server" => PathBuf::from(env!("CARGO_BIN_EXE_blitz-server")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+impl Server {
+    /// Starts `blitz-server` on a free port against `db_url` with extra
+    /// `--set key=value` overrides, and waits until it accepts connections.
+    pub fn start(db_url: &str, settings: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(bin("blitz-server"));
+        cmd.arg("--listen").arg(&addr).arg("--db-url").arg(db_url);
+        for (k, v) in settings {
+            cmd.arg("--set").arg(format!("{k}={v}"));
+        }
+        let server = Server::spawn(cmd, addr);
+        server.wait_ready();
+        server
+    }
+
+    /// Spawns `cmd` with stderr captured, without waiting.
+    pub fn spawn(mut cmd: Command, addr: String) -> Server {
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env_remove("BLITZ_DB_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn blitz-server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Server { child, addr, log }
+    }
+
+    /// Waits until the server accepts TCP connections (or panics after 20 s).
+    pub fn wait_ready(&self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if TcpStream::connect(&self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "blitz-server did not listen on {}; log:\n{}",
+            self.addr,
+            self.log()
+        );
+    }
+
+    /// The server's stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit status (panics after 30 s).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "blitz-server did not exit within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command to completion, returning (exit code, stdout, stderr).
+pub fn run(mut cmd: Command) -> (i32, String, String) {
+    let out = cmd
+        .env_remove("BLITZ_DB_URL")
+        .output()
+        .expect("run command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Reads lines from a stream until `pred` matches one (or panics after `timeout`).
+pub fn read_line_matching(
+    r: &mut impl BufRead,
+    timeout: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let start = Instant::now();
+    let mut line = String::new();
+    while start.elapsed() < timeout {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if pred(&line) {
+            return line;
+        }
+    }
+    panic!("no matching line within {timeout:?}");
+}
+
+/// A buffered reader over a clone of `stream`.
+pub fn reader(stream: &TcpStream) -> BufReader<TcpStream> {
+    BufReader::new(stream.try_clone().unwrap())
+}
