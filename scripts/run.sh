@@ -10,5 +10,6 @@ if [ -z "${BLITZ_DB_URL:-}" ]; then
   export BLITZ_DB_URL
   echo "run: using the project-local PostgreSQL at $BLITZ_DB_URL (make db-stop stops it)" >&2
 fi
+scripts/load-api.sh "$BLITZ_DB_URL" "${BLITZ_SCALE:-1}"
 export RUST_LOG=${RUST_LOG:-info}
 exec target/release/blitz-server --config conf/blitz.toml "$@"

@@ -1,19 +1,228 @@
-//! The database side: the r2d2 pool of PostgreSQL connections and the checks
-//! made against the database at start.
+//! The database side: the r2d2 pool of PostgreSQL connections, each with
+//! its own prepared-statement cache; the checks made against the database at
+//! start; and [`classify`], the one place a PostgreSQL error (SQLSTATE) is
+//! turned into what the caller does next.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use r2d2_postgres::postgres::{self, NoTls};
+use postgres::types::{ToSql, Type};
+use postgres::{Client, NoTls, Statement};
 use r2d2_postgres::PostgresConnectionManager;
+use serde_json::Value;
 
 use crate::config::{redact_url, Config, ConfigError};
+use crate::protocol::RpcError;
+use crate::watchdog::CancelReason;
 
 /// The connection pool type used throughout blitz.
-pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type Pool = r2d2::Pool<Manager>;
 
 /// A connection borrowed from the [`Pool`].
-pub type PooledClient = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+pub type PooledConn = r2d2::PooledConnection<Manager>;
+
+/// Prepared statements kept per connection before the cache is emptied.
+const STATEMENT_CACHE_LIMIT: usize = 512;
+
+/// One PostgreSQL connection with its prepared-statement cache.
+pub struct DbConn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+    broken: bool,
+    outage_epoch: u64,
+}
+
+impl DbConn {
+    /// The underlying client, for statements outside the cache.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Runs `sql` (prepared once per connection with `types`, then reused)
+    /// and returns the first column of the first row as JSON (`None` for no
+    /// row or SQL NULL). With a cached statement this is one round trip.
+    pub fn query_json(
+        &mut self,
+        sql: &str,
+        types: &[Type],
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Value>, postgres::Error> {
+        let statement = match self.statements.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.client.prepare_typed(sql, types)?;
+                if self.statements.len() >= STATEMENT_CACHE_LIMIT {
+                    self.statements.clear();
+                }
+                self.statements.insert(sql.to_string(), s.clone());
+                s
+            }
+        };
+        let rows = self.client.query(&statement, params)?;
+        Ok(rows.first().and_then(|r| r.get::<_, Option<Value>>(0)))
+    }
+
+    /// Forgets every cached statement (after a function changed shape).
+    pub fn forget_statements(&mut self) {
+        self.statements.clear();
+    }
+
+    /// Makes the pool drop this connection instead of reusing it.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Whether this connection was opened before the last database outage
+    /// began (it is then most likely dead, though it does not know yet).
+    pub fn predates_outage(&self, health: &Health) -> bool {
+        self.outage_epoch < health.epoch()
+    }
+
+    /// A token to cancel the statement running on this connection.
+    pub fn cancel_token(&self) -> postgres::CancelToken {
+        self.client.cancel_token()
+    }
+}
+
+/// r2d2 manager: r2d2_postgres's connection manager plus a statement cache
+/// and a "broken" flag per connection.
+#[derive(Debug)]
+pub struct Manager {
+    inner: PostgresConnectionManager<NoTls>,
+    health: std::sync::Arc<Health>,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<DbConn, postgres::Error> {
+        let outage_epoch = self.health.epoch();
+        self.inner.connect().map(|client| DbConn {
+            client,
+            statements: HashMap::new(),
+            broken: false,
+            outage_epoch,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), postgres::Error> {
+        self.inner.is_valid(&mut conn.client)
+    }
+
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        conn.broken || conn.client.is_closed()
+    }
+}
+
+/// Whether the database answers, logged once per outage (not per request).
+#[derive(Debug, Default)]
+pub struct Health {
+    epoch: std::sync::atomic::AtomicU64,
+    down: std::sync::atomic::AtomicBool,
+    since: parking_lot::Mutex<Option<std::time::Instant>>,
+}
+
+impl Health {
+    /// Records a failure to reach the database; logs when an outage starts.
+    pub fn report_down(&self, detail: &str) {
+        use std::sync::atomic::Ordering;
+        if !self.down.swap(true, Ordering::AcqRel) {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            *self.since.lock() = Some(std::time::Instant::now());
+            log::warn!("database unavailable: {detail}; answering -32004 until it is back");
+        }
+    }
+
+    /// Records a successful statement; logs when an outage ends.
+    pub fn report_up(&self) {
+        use std::sync::atomic::Ordering;
+        if self.down.load(Ordering::Acquire) && self.down.swap(false, Ordering::AcqRel) {
+            let lasted = self
+                .since
+                .lock()
+                .take()
+                .map(|t| t.elapsed().as_secs_f64())
+                .unwrap_or(0.0);
+            log::info!("database available again after {lasted:.1} s");
+        }
+    }
+
+    /// Outages seen so far; connections opened before the current value
+    /// was reached predate an outage.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the last attempt failed.
+    pub fn is_down(&self) -> bool {
+        self.down.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// What a failed statement means for the caller.
+#[derive(Debug)]
+pub enum Failure {
+    /// 40001 or 40P01: run the whole transaction again.
+    Conflict(String),
+    /// A cached plan no longer fits the function: re-prepare and run again.
+    StalePlan,
+    /// The connection is gone (-32004). `aborted` is true when PostgreSQL
+    /// said so (the statement was rolled back, a retry is safe); false when
+    /// the socket just broke mid-call (the outcome is unknown).
+    ConnectionLost {
+        /// What happened.
+        detail: String,
+        /// Whether the statement is known not to have committed.
+        aborted: bool,
+    },
+    /// Our watchdog cancelled the statement.
+    Cancelled(CancelReason),
+    /// The function no longer exists (-32601 after a catalogue reload).
+    UndefinedFunction,
+    /// Anything else, already as the reply to send.
+    Reply(RpcError),
+}
+
+/// The one place SQLSTATEs are mapped. `cancelled` says whether our
+/// watchdog sent a cancel for this statement.
+pub fn classify(error: &postgres::Error, cancelled: Option<CancelReason>) -> Failure {
+    let Some(db) = error.as_db_error() else {
+        if error.is_closed()
+            || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+        {
+            return Failure::ConnectionLost {
+                detail: error.to_string(),
+                aborted: false,
+            };
+        }
+        return Failure::Reply(RpcError::internal(format!(
+            "database client error: {error}"
+        )));
+    };
+    let state = db.code().code();
+    match state {
+        "40001" | "40P01" => Failure::Conflict(state.to_string()),
+        "0A000" if db.message().contains("cached plan") => Failure::StalePlan,
+        "26000" => Failure::StalePlan,
+        "42501" => Failure::Reply(RpcError::permission_denied(db.message())),
+        "42883" => Failure::UndefinedFunction,
+        "57014" => match cancelled {
+            Some(reason) => Failure::Cancelled(reason),
+            None => Failure::Reply(RpcError::database_error(state, db.message())),
+        },
+        "57P01" | "57P02" | "57P03" | "53300" => Failure::ConnectionLost {
+            detail: db.message().to_string(),
+            aborted: true,
+        },
+        s if s.starts_with("08") => Failure::ConnectionLost {
+            detail: db.message().to_string(),
+            aborted: true,
+        },
+        _ => Failure::Reply(RpcError::database_error(state, db.message())),
+    }
+}
 
 /// The libpq-style connection settings for `config`, with the connect
 /// timeout, TCP keepalives and TCP user timeout that keep a dead or
@@ -36,8 +245,11 @@ pub fn connect_config(config: &Config) -> postgres::Config {
 
 /// Builds the pool of `db.pool_size` connections without waiting for the
 /// database: the server starts while it is down and connects when it returns.
-pub fn build_pool(config: &Config) -> Pool {
-    let manager = PostgresConnectionManager::new(connect_config(config), NoTls);
+pub fn build_pool(config: &Config, health: std::sync::Arc<Health>) -> Pool {
+    let manager = Manager {
+        inner: PostgresConnectionManager::new(connect_config(config), NoTls),
+        health,
+    };
     let size = config.db.pool_size as u32;
     r2d2::Pool::builder()
         .max_size(size)

@@ -3,12 +3,41 @@
 //! queues the rest in a bounded FIFO, and refuses the overflow with a typed,
 //! retryable error instead of dropping connections.
 //!
-//! The modules, one per noun of the design (see ARCHITECTURE.md in the README):
+//! A request's path through the modules, one per noun of the design:
 //!
 //! - [`config`]: defaults + `conf/blitz.toml` + `BLITZ_*` env + flags → a
 //!   validated [`config::Config`].
-//! - [`db`]: the r2d2 pool of PostgreSQL connections, the startup checks
-//!   against the database, and the one place SQLSTATEs become JSON-RPC errors.
+//! - [`server`]: the shared [`server::Context`] and the lifecycle: bind,
+//!   serve, drain on Ctrl-C/SIGTERM, close.
+//! - [`router`]: the accept loop and one small-stack reader thread per
+//!   connection; connection limits, line size limit, idle timeout.
+//! - [`protocol`]: JSON-RPC 2.0 parsing and rendering, line framing, and the
+//!   contract's error codes.
+//! - [`connection`]: a connection's write side and the [`connection::Responder`]
+//!   that guarantees every request read exactly one reply.
+//! - [`services`]: which method goes where (`sys.*` on the router thread,
+//!   `api.*` and `rpc.discover` through the queue) and the methods themselves.
+//! - [`dispatch`]: admission control, the bounded FIFO queue, the worker
+//!   threads, and deadlines.
+//! - [`catalog`]: the functions of the api schema learned from pg_proc, and
+//!   the typed, injection-free binding of JSON params to them.
+//! - [`db`]: the r2d2 pool with a statement cache per connection, startup
+//!   checks, outage logging, and [`db::classify`], the one SQLSTATE mapping.
+//! - [`watchdog`]: cancels a running statement at its deadline.
+//! - [`stats`]: counters, completion rate and latency percentiles.
+//! - [`shutdown`]: the running → draining → stopped state.
+//! - [`client`]: the thin client library behind the `blitz` command.
 
+pub mod catalog;
+pub mod client;
 pub mod config;
+pub mod connection;
 pub mod db;
+pub mod dispatch;
+pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod services;
+pub mod shutdown;
+pub mod stats;
+pub mod watchdog;

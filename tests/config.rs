@@ -33,7 +33,6 @@ fn load(
     });
     if let Some(p) = path {
         let _ = std::fs::remove_file(&p);
-        let _ = std::fs::remove_dir(p.parent().unwrap());
     }
     result.map_err(|e| e.to_string())
 }
@@ -41,9 +40,11 @@ fn load(
 fn tempfile_in_target() -> (std::path::PathBuf, std::fs::File) {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!("blitz-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("c{}.toml", N.fetch_add(1, Ordering::SeqCst)));
+    let path = std::env::temp_dir().join(format!(
+        "blitz-config-test-{}-{}.toml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     let f = std::fs::File::create(&path).unwrap();
     (path, f)
 }

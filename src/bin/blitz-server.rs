@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use blitz::config::{Config, ConfigError, ConfigInputs};
+use blitz::server::Server;
 
 /// The blitz application server.
 #[derive(Debug, Parser)]
@@ -97,17 +98,17 @@ fn serve(config: Config) -> ExitCode {
         eprintln!("blitz-server: cannot install the Ctrl-C/SIGTERM handler: {e}");
         return ExitCode::FAILURE;
     }
-    let pool = blitz::db::build_pool(&config);
-    log::info!(
-        "blitz-server {} started: pool_size={}, workers={}, queue_capacity={}, listening on {}",
-        env!("CARGO_PKG_VERSION"),
-        config.pool_size_explained(),
-        config.invocation.workers,
-        config.invocation.queue_capacity,
-        config.server.listen
-    );
-    let _ = stop_rx.recv();
-    log::info!("shutting down");
-    drop(pool);
-    ExitCode::SUCCESS
+    let listen = config.server.listen.clone();
+    match Server::bind(config) {
+        Ok(server) => {
+            server.run(&stop_rx);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "blitz-server: cannot listen on {listen}: {e} (is another server using the port?)"
+            );
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -410,3 +410,115 @@ pub fn read_line_matching(
 pub fn reader(stream: &TcpStream) -> BufReader<TcpStream> {
     BufReader::new(stream.try_clone().unwrap())
 }
+
+/// A raw JSON-RPC connection for tests: send any line, read replies.
+pub struct Rpc {
+    /// The socket (for shutdown and raw writes).
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    next_id: u64,
+}
+
+impl Rpc {
+    /// Connects to `addr` with a 60 s read timeout.
+    pub fn connect(addr: &str) -> Rpc {
+        let stream = TcpStream::connect(addr).expect("connect to blitz-server");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        Rpc {
+            reader: reader(&stream),
+            stream,
+            next_id: 0,
+        }
+    }
+
+    /// Writes `line` and a `\n`.
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        self.stream.write_all(line.as_bytes()).unwrap();
+        self.stream.write_all(b"\n").unwrap();
+    }
+
+    /// Reads one reply line as JSON; `None` at end of file.
+    pub fn read_reply(&mut self) -> Option<serde_json::Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {line:?}")),
+            ),
+            Err(e) => panic!("reading a reply failed: {e}"),
+        }
+    }
+
+    /// Reads one raw reply line (without `\n`); `None` at end of file.
+    pub fn read_raw(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(line.trim_end_matches('\n').to_string()),
+            Err(e) => panic!("reading a reply failed: {e}"),
+        }
+    }
+
+    /// Waits up to `timeout` for a reply line; `None` if none came.
+    pub fn poll_reply(&mut self, timeout: Duration) -> Option<serde_json::Value> {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut line = String::new();
+        let got = self.reader.read_line(&mut line);
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        match got {
+            Ok(n) if n > 0 => Some(serde_json::from_str(&line).unwrap()),
+            _ => None,
+        }
+    }
+
+    /// Sends a request with a fresh integer id and returns its id.
+    pub fn send(&mut self, method: &str, params: serde_json::Value) -> u64 {
+        self.send_with(method, params, serde_json::json!({}))
+    }
+
+    /// Sends a request with extra members (e.g. `timeout_ms`).
+    pub fn send_with(
+        &mut self,
+        method: &str,
+        params: serde_json::Value,
+        extra: serde_json::Value,
+    ) -> u64 {
+        self.next_id += 1;
+        let mut req = serde_json::json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
+        if let (Some(r), Some(e)) = (req.as_object_mut(), extra.as_object()) {
+            r.extend(e.clone());
+        }
+        self.send_line(&req.to_string());
+        self.next_id
+    }
+
+    /// Sends a request and reads its reply (no pipelining).
+    pub fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let id = self.send(method, params);
+        let reply = self.read_reply().expect("a reply before end of file");
+        assert_eq!(reply["id"], id, "reply to another request: {reply}");
+        reply
+    }
+}
+
+/// The `error.code` of a reply (panics on a result).
+pub fn error_code(reply: &serde_json::Value) -> i64 {
+    reply["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("expected an error reply, got {reply}"))
+}
+
+/// The `result` of a reply (panics on an error).
+pub fn result(reply: &serde_json::Value) -> &serde_json::Value {
+    assert!(
+        reply.get("error").is_none(),
+        "expected a result, got {reply}"
+    );
+    &reply["result"]
+}

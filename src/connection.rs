@@ -1,0 +1,241 @@
+//! One client connection's write side, and the guarantee that every request
+//! read gets exactly one reply.
+//!
+//! [`Connection`] owns the socket's write half (under a lock, one line per
+//! reply) and the count of requests in flight. [`Responder`] is the single
+//! place a reply is written: it is created for each request the router reads,
+//! travels with the request through the queue, and answers exactly once; if
+//! it is dropped unanswered (a bug, or shutdown), its `Drop` answers for it.
+
+use std::io::Write;
+use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::protocol::{render_error, render_result, Id, RpcError};
+use crate::server::Context;
+
+/// How long a reply may wait for a client that does not read; after that
+/// the connection is closed (the client is too slow to keep).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The shared, write side of one client connection.
+pub struct Connection {
+    /// Sequence number of the connection (for logs and the registry).
+    pub number: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    ctx: Arc<Context>,
+    writer: Mutex<TcpStream>,
+    in_flight: AtomicUsize,
+    broken: AtomicBool,
+}
+
+impl Connection {
+    /// Wraps the write half of an accepted connection.
+    pub fn new(ctx: Arc<Context>, number: u64, stream: TcpStream, peer: SocketAddr) -> Connection {
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        Connection {
+            number,
+            peer,
+            ctx,
+            writer: Mutex::new(stream),
+            in_flight: AtomicUsize::new(0),
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// The server context.
+    pub fn ctx(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Requests of this connection queued or running.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Counts one more request in flight if fewer than `limit` are.
+    pub fn try_begin(&self, limit: usize) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Writes one line (a `\n` is added). A client that does not read for
+    /// [`WRITE_TIMEOUT`] or has gone away gets its connection closed.
+    pub fn write_line(&self, line: &str) {
+        if self.broken.load(Ordering::Acquire) {
+            return;
+        }
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        let mut stream = self.writer.lock();
+        if let Err(e) = stream.write_all(&buf) {
+            log::debug!(
+                "connection {} ({}): reply not delivered, closing: {e}",
+                self.number,
+                self.peer
+            );
+            self.broken.store(true, Ordering::Release);
+            let _ = stream.shutdown(SocketShutdown::Both);
+        }
+    }
+
+    /// Writes an error reply that belongs to no admitted request (parse
+    /// errors, oversized lines, refusals at admission).
+    pub fn write_error(&self, id: &Id, error: &RpcError) {
+        self.ctx.stats.count_error(error.code);
+        self.write_line(&render_error(id, error));
+    }
+
+    /// Closes both directions; the reader thread then sees end of file.
+    pub fn close(&self) {
+        self.broken.store(true, Ordering::Release);
+        let _ = self.writer.lock().shutdown(SocketShutdown::Both);
+    }
+
+    /// Whether the socket failed or was closed by the server.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+}
+
+/// Collects the replies of one batch and writes them as one JSON array.
+pub struct Batch {
+    conn: Arc<Connection>,
+    remaining: AtomicUsize,
+    replies: Mutex<Vec<String>>,
+}
+
+impl Batch {
+    /// A batch of `len` elements on `conn`.
+    pub fn new(conn: Arc<Connection>, len: usize) -> Arc<Batch> {
+        Arc::new(Batch {
+            conn,
+            remaining: AtomicUsize::new(len),
+            replies: Mutex::new(Vec::with_capacity(len)),
+        })
+    }
+
+    fn complete(&self, reply: Option<String>) {
+        if let Some(r) = reply {
+            self.replies.lock().push(r);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let replies = std::mem::take(&mut *self.replies.lock());
+            if !replies.is_empty() {
+                self.conn.write_line(&format!("[{}]", replies.join(",")));
+            }
+        }
+    }
+}
+
+/// Where a reply goes.
+enum Target {
+    Connection(Arc<Connection>),
+    Batch(Arc<Batch>),
+}
+
+/// The obligation to answer one request exactly once.
+pub struct Responder {
+    target: Target,
+    /// `None` for a notification: it runs, but nothing is written.
+    id: Option<Id>,
+    /// Whether this request counts in its connection's in-flight total.
+    counted: bool,
+    answered: bool,
+}
+
+impl Responder {
+    /// A responder for a request read on `conn` (`batch`: part of a batch).
+    pub fn new(conn: &Arc<Connection>, batch: Option<&Arc<Batch>>, id: Option<Id>) -> Responder {
+        let target = match batch {
+            Some(b) => Target::Batch(b.clone()),
+            None => Target::Connection(conn.clone()),
+        };
+        Responder {
+            target,
+            id,
+            counted: false,
+            answered: false,
+        }
+    }
+
+    /// The connection the request came from.
+    pub fn connection(&self) -> &Arc<Connection> {
+        match &self.target {
+            Target::Connection(c) => c,
+            Target::Batch(b) => &b.conn,
+        }
+    }
+
+    /// Counts the request in its connection's in-flight total if below
+    /// `limit`; false (and nothing counted) otherwise.
+    pub fn count_in_flight(&mut self, limit: usize) -> bool {
+        self.counted = self.connection().try_begin(limit);
+        self.counted
+    }
+
+    /// The request's id, for logs (`"notification"` when it has none).
+    pub fn id_text(&self) -> &str {
+        self.id.as_deref().map_or("notification", |id| id.get())
+    }
+
+    /// Sends the one reply.
+    pub fn reply(mut self, outcome: Result<Value, RpcError>) {
+        self.send(outcome);
+    }
+
+    fn send(&mut self, outcome: Result<Value, RpcError>) {
+        self.answered = true;
+        let conn = self.connection().clone();
+        if let Err(e) = &outcome {
+            conn.ctx.stats.count_error(e.code);
+        }
+        let line = self.id.as_deref().map(|id| match &outcome {
+            Ok(v) => render_result(id, v),
+            Err(e) => render_error(id, e),
+        });
+        match &self.target {
+            Target::Connection(c) => {
+                if let Some(line) = line {
+                    c.write_line(&line);
+                }
+            }
+            Target::Batch(b) => b.complete(line),
+        }
+        if self.counted {
+            conn.end();
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let error = if self.connection().ctx.shutdown.is_stopping() {
+            RpcError::shutting_down(self.connection().ctx.retry_after_shutdown_ms())
+        } else {
+            log::error!(
+                "request {} was dropped without a reply (a bug)",
+                self.id_text()
+            );
+            RpcError::internal("the request was dropped without a reply")
+        };
+        self.send(Err(error));
+    }
+}

@@ -1,0 +1,165 @@
+//! The router: the accept loop, and one blocking reader thread per client
+//! connection that splits the stream into lines, parses them, and hands
+//! each request to [`services::route`] with its [`Responder`].
+//!
+//! Limits enforced here: `max_clients` (one -32005 line, then a clean
+//! close), `max_message_bytes` (-32009, the line is skipped, the connection
+//! stays open) and `idle_timeout_s` (a silent connection with nothing in
+//! flight, or a half-sent line, is closed).
+
+use std::io::{self, BufReader, Read};
+use std::net::{Shutdown as SocketShutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::connection::{Batch, Connection, Responder};
+use crate::protocol::{null_id, parse_line, Frame, Line, LineReader, Parsed, RpcError};
+use crate::server::Context;
+use crate::services;
+
+/// Stack of a connection's reader thread: small, so 10,000 idle connections
+/// cost little memory; enough for serde_json's nesting limit of 128.
+const READER_STACK: usize = 128 * 1024;
+
+/// Starts the accept loop of `listener` on its own thread.
+pub fn spawn_acceptor(ctx: Arc<Context>, listener: TcpListener) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("blitz-accept".into())
+        .spawn(move || accept_loop(&ctx, &listener))
+        .expect("spawn the accept thread")
+}
+
+fn accept_loop(ctx: &Arc<Context>, listener: &TcpListener) {
+    let mut next_number = 0u64;
+    for stream in listener.incoming() {
+        if ctx.shutdown.is_stopping() {
+            break;
+        }
+        match stream {
+            Ok(stream) => {
+                next_number += 1;
+                start_connection(ctx, stream, next_number);
+            }
+            Err(e) => {
+                log::warn!("accept failed: {e} (out of file descriptors? raise `ulimit -n`)");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn start_connection(ctx: &Arc<Context>, stream: TcpStream, number: u64) {
+    let _ = stream.set_nodelay(true);
+    let (Ok(peer), Ok(write_half)) = (stream.peer_addr(), stream.try_clone()) else {
+        return;
+    };
+    let conn = Arc::new(Connection::new(ctx.clone(), number, write_half, peer));
+    if !ctx
+        .connections
+        .try_add(&conn, ctx.config.server.max_clients as usize)
+    {
+        return refuse(conn, stream);
+    }
+    let reader_conn = conn.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("blitz-conn-{number}"))
+        .stack_size(READER_STACK)
+        .spawn(move || read_requests(reader_conn, stream));
+    if let Err(e) = spawned {
+        log::error!("cannot start a reader thread for {peer}: {e}; closing it");
+        ctx.connections.remove(number);
+        conn.write_error(
+            &null_id(),
+            &RpcError::too_many_connections(ctx.config.server.max_clients),
+        );
+        conn.close();
+    }
+}
+
+/// `max_clients` reached: one -32005 line, then a clean close. The input is
+/// drained before closing so the kernel sends FIN, not RST.
+fn refuse(conn: Arc<Connection>, mut stream: TcpStream) {
+    let max = conn.ctx().config.server.max_clients;
+    let _ = std::thread::Builder::new()
+        .name("blitz-refuse".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            conn.write_error(&null_id(), &RpcError::too_many_connections(max));
+            let _ = stream.shutdown(SocketShutdown::Write);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut sink = [0u8; 1024];
+            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        });
+}
+
+fn read_requests(conn: Arc<Connection>, stream: TcpStream) {
+    let ctx = conn.ctx().clone();
+    let idle = ctx.config.server.idle_timeout_s;
+    let _ = stream.set_read_timeout((idle > 0).then(|| Duration::from_secs(idle)));
+    let max = ctx.config.server.max_message_bytes;
+    let mut input = BufReader::with_capacity(16 * 1024, stream);
+    let mut lines = LineReader::new(max as usize);
+    while !conn.is_broken() {
+        match lines.read_line(&mut input) {
+            Ok(Frame::Line(bytes)) => handle_line(&conn, &bytes),
+            Ok(Frame::TooLarge) => conn.write_error(&null_id(), &RpcError::message_too_large(max)),
+            Ok(Frame::Eof) => break,
+            Err(e) if is_timeout(&e) => {
+                if conn.in_flight() == 0 || lines.has_partial_line() {
+                    log::debug!(
+                        "connection {} ({}): idle for {idle} s, closing",
+                        conn.number,
+                        conn.peer
+                    );
+                    conn.close();
+                    break;
+                }
+            }
+            Err(e) => {
+                log::debug!(
+                    "connection {} ({}): read failed: {e}",
+                    conn.number,
+                    conn.peer
+                );
+                break;
+            }
+        }
+    }
+    ctx.connections.remove(conn.number);
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn handle_line(conn: &Arc<Connection>, bytes: &[u8]) {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    match parse_line(bytes) {
+        Err(e) => conn.write_error(&null_id(), &e),
+        Ok(Line::Single(parsed)) => handle_parsed(conn, None, parsed),
+        Ok(Line::Batch(items)) => {
+            let batch = Batch::new(conn.clone(), items.len());
+            for parsed in items {
+                handle_parsed(conn, Some(&batch), parsed);
+            }
+        }
+    }
+}
+
+fn handle_parsed(conn: &Arc<Connection>, batch: Option<&Arc<Batch>>, parsed: Parsed) {
+    match parsed {
+        Ok(mut request) => {
+            let responder = Responder::new(conn, batch, request.id.take());
+            services::route(conn.ctx(), request, responder);
+        }
+        Err((id, error)) => {
+            Responder::new(conn, batch, Some(id.unwrap_or_else(null_id))).reply(Err(error));
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The built-in methods: `sys.ping` (liveness, no database), `sys.status`
+//! (this instance's sizes, counters and latencies) and `rpc.discover` (an
+//! OpenRPC document built from the same catalogue the calls use).
+
+use serde_json::{json, Value};
+
+use super::api::{self, Budget};
+use crate::protocol::RpcError;
+use crate::server::Context;
+
+/// `sys.ping`: answered by the router thread.
+pub fn ping(ctx: &Context) -> Value {
+    json!({"pong": true, "instance": ctx.instance})
+}
+
+/// `sys.status`: a snapshot of this instance.
+pub fn status(ctx: &Context) -> Value {
+    let pool = ctx.pool.state();
+    let mut status = json!({
+        "instance": ctx.instance,
+        "version": env!("CARGO_PKG_VERSION"),
+        "state": if ctx.shutdown.is_stopping() { "draining" } else { "running" },
+        "uptime_s": ctx.stats.uptime().as_secs(),
+        "workers": {"total": ctx.config.invocation.workers, "busy": ctx.dispatcher.busy_workers()},
+        "queue": {"depth": ctx.dispatcher.depth(), "capacity": ctx.dispatcher.capacity()},
+        "pool": {
+            "size": ctx.config.db.pool_size,
+            "open": pool.connections,
+            "idle": pool.idle_connections,
+            "in_use": pool.connections - pool.idle_connections,
+        },
+        "connections": {"open": ctx.connections.len(), "max": ctx.config.server.max_clients},
+        "database": {"available": !ctx.health.is_down()},
+        "functions": ctx.catalog.len(),
+    });
+    if let (Value::Object(out), Value::Object(stats)) = (&mut status, ctx.stats.to_json()) {
+        out.extend(stats);
+    }
+    status
+}
+
+/// The built-in methods, as OpenRPC method objects.
+fn builtin_methods() -> Vec<Value> {
+    let object = json!({"type": "object"});
+    vec![
+        json!({"name": "sys.ping", "summary": "Liveness check; answered without the queue or the database.",
+               "params": [], "result": {"name": "pong", "schema": object}}),
+        json!({"name": "sys.status", "summary": "This instance: workers, queue, pool, counters, latency percentiles.",
+               "params": [], "result": {"name": "status", "schema": object}}),
+        json!({"name": "rpc.discover", "summary": "This OpenRPC document.",
+               "params": [], "result": {"name": "openrpc", "schema": object}}),
+    ]
+}
+
+/// `rpc.discover`: the OpenRPC document (catalogue refreshed at most once a second).
+pub fn discover(ctx: &Context, budget: &Budget) -> Result<Value, RpcError> {
+    let mut conn = api::acquire(ctx, budget)?;
+    let catalog = ctx.catalog.refreshed(ctx, &mut conn, budget)?;
+    let mut methods = builtin_methods();
+    methods.extend(catalog.openrpc_methods());
+    Ok(json!({
+        "openrpc": "1.2.6",
+        "info": {
+            "title": "blitz",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!("Functions of schema {} as api.<name>, plus the built-in methods.", ctx.config.db.api_schema),
+        },
+        "methods": methods,
+    }))
+}

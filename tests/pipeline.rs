@@ -1,0 +1,607 @@
+//! The invocation pipeline end to end: real TCP clients, a real
+//! `blitz-server` process and a real PostgreSQL. Overload, bad input,
+//! retries, JSON-RPC compliance and shutdown.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{error_code, result, Rpc, Server, TestDb};
+
+/// Test functions in blitz_api.
+const FIXTURES: &str = r#"
+CREATE SCHEMA blitz_api;
+CREATE TABLE victims (id int PRIMARY KEY, name text);
+INSERT INTO victims VALUES (1, 'still here');
+CREATE SEQUENCE conflict_counter;
+CREATE FUNCTION blitz_api.sleep_ms(ms int) RETURNS int LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM pg_sleep(ms / 1000.0); RETURN ms; END $$;
+CREATE FUNCTION blitz_api.add(a int, b int DEFAULT 0) RETURNS int LANGUAGE sql AS 'SELECT a + b';
+CREATE FUNCTION blitz_api.greet(name text) RETURNS text LANGUAGE sql AS $$ SELECT 'hello ' || name $$;
+CREATE FUNCTION blitz_api.conflict_twice() RETURNS text LANGUAGE plpgsql AS $$
+  BEGIN
+    IF nextval('conflict_counter') <= 2 THEN
+      RAISE EXCEPTION 'simulated serialization failure' USING ERRCODE = '40001';
+    END IF;
+    RETURN 'done';
+  END $$;
+CREATE FUNCTION blitz_api.always_conflict() RETURNS void LANGUAGE plpgsql AS $$
+  BEGIN RAISE EXCEPTION 'always' USING ERRCODE = '40P01'; END $$;
+CREATE FUNCTION blitz_api.fail(msg text) RETURNS void LANGUAGE plpgsql AS $$
+  BEGIN RAISE EXCEPTION '%', msg USING ERRCODE = 'P0001'; END $$;
+CREATE FUNCTION blitz_api.count_victims() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM victims';
+"#;
+
+fn setup(settings: &[(&str, &str)]) -> (TestDb, Server) {
+    let db = TestDb::new();
+    db.execute(FIXTURES);
+    let server = Server::start(&db.url, settings);
+    (db, server)
+}
+
+/// 500 clients, one connection each, one call each, released together.
+/// Returns every reply and the time until the last one arrived.
+fn burst(addr: &str, clients: usize, hold_ms: u64, timeout_ms: u64) -> (Vec<Value>, Duration) {
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let addr = addr.to_string();
+            let barrier = barrier.clone();
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let mut rpc = Rpc::connect(&addr);
+                    barrier.wait();
+                    rpc.send_with(
+                        "api.sleep_ms",
+                        json!({"ms": hold_ms}),
+                        json!({"timeout_ms": timeout_ms}),
+                    );
+                    let reply = rpc.read_reply().expect("a reply, not end of file");
+                    assert!(
+                        rpc.poll_reply(Duration::from_millis(1)).is_none(),
+                        "a second reply"
+                    );
+                    reply
+                })
+                .unwrap()
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let replies = handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect();
+    (replies, start.elapsed())
+}
+
+#[test]
+fn a_burst_of_500_beyond_the_queue_gets_results_and_clean_refusals() {
+    let (_db, server) = setup(&[("db.pool_size", "4"), ("invocation.queue_capacity", "100")]);
+    let (replies, took) = burst(&server.addr, 500, 200, 60_000);
+    let ok = replies.iter().filter(|r| r.get("result").is_some()).count();
+    let refused: Vec<_> = replies
+        .iter()
+        .filter(|r| r.get("error").is_some())
+        .collect();
+    for r in &refused {
+        assert_eq!(error_code(r), -32001, "only overload refusals: {r}");
+        assert!(
+            r["error"]["data"]["retry_after_ms"].as_u64().unwrap() > 0,
+            "{r}"
+        );
+        assert_eq!(r["error"]["data"]["retryable"], true);
+        assert_eq!(r["error"]["data"]["queue_capacity"], 100);
+    }
+    assert_eq!(ok + refused.len(), 500);
+    assert!(ok >= 104, "successes {ok} < queue capacity + workers");
+    eprintln!(
+        "500-client burst, pool 4, queue 100: {ok} results, {} refusals, all answered in {took:?}",
+        refused.len()
+    );
+}
+
+#[test]
+fn a_burst_of_500_within_the_queue_all_succeed_with_pool_size_backends() {
+    let (db, server) = setup(&[("db.pool_size", "4"), ("invocation.queue_capacity", "1000")]);
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        let mut client = db.connect();
+        std::thread::spawn(move || {
+            let mut most = 0i64;
+            while sampling.load(std::sync::atomic::Ordering::Acquire) {
+                let row = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'blitz' AND state = 'active' AND datname = current_database()",
+                        &[],
+                    )
+                    .unwrap();
+                most = most.max(row.get::<_, i64>(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            most
+        })
+    };
+    let (replies, took) = burst(&server.addr, 500, 200, 120_000);
+    sampling.store(false, std::sync::atomic::Ordering::Release);
+    let most_busy = sampler.join().unwrap();
+    for r in &replies {
+        assert_eq!(result(r), &json!(200));
+    }
+    assert!(
+        most_busy <= 4,
+        "{most_busy} busy blitz backends seen, pool_size is 4"
+    );
+    assert!(most_busy >= 1, "the sampler never saw blitz at work");
+    eprintln!("500-client burst, pool 4, queue 1000: 500 results in {took:?}, at most {most_busy} busy backends");
+}
+
+#[test]
+fn malformed_json_gets_a_parse_error_and_the_connection_stays() {
+    let (_db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    rpc.send_line(r#"{"jsonrpc":"2.0","method":"sys.ping","id":1"#);
+    let reply = rpc.read_reply().unwrap();
+    assert_eq!(error_code(&reply), -32700);
+    assert_eq!(reply["id"], Value::Null);
+    assert_eq!(rpc.call("sys.ping", json!({}))["result"]["pong"], true);
+}
+
+#[test]
+fn json_that_is_not_a_request_is_an_invalid_request() {
+    let (_db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    for line in [
+        r#"42"#,
+        r#"{"jsonrpc":"2.0","id":7}"#,
+        r#"{"method":"sys.ping","id":8}"#,
+        r#""text""#,
+    ] {
+        rpc.send_line(line);
+        let reply = rpc.read_reply().unwrap();
+        assert_eq!(error_code(&reply), -32600, "{line} → {reply}");
+    }
+}
+
+#[test]
+fn an_oversized_line_is_refused_and_the_connection_works_after() {
+    let (_db, server) = setup(&[("server.max_message_bytes", "4096")]);
+    let mut rpc = Rpc::connect(&server.addr);
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","method":"api.greet","params":{{"name":"{}"}},"id":1}}"#,
+        "x".repeat(100_000)
+    );
+    rpc.send_line(&huge);
+    let reply = rpc.read_reply().unwrap();
+    assert_eq!(error_code(&reply), -32009);
+    assert_eq!(reply["error"]["data"]["max_message_bytes"], 4096);
+    let reply = rpc.call("api.greet", json!({"name": "again"}));
+    assert_eq!(result(&reply), "hello again");
+}
+
+#[test]
+fn invalid_utf8_is_a_parse_error() {
+    let (_db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    rpc.stream
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\xfe\",\"id\":1}\n")
+        .unwrap();
+    assert_eq!(error_code(&rpc.read_reply().unwrap()), -32700);
+    assert_eq!(rpc.call("sys.ping", json!({}))["result"]["pong"], true);
+}
+
+#[test]
+fn unknown_methods_and_functions_are_not_found() {
+    let (_db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    assert_eq!(error_code(&rpc.call("no.such", json!({}))), -32601);
+    let reply = rpc.call("api.no_such_function", json!({}));
+    assert_eq!(error_code(&reply), -32601);
+    assert_eq!(reply["error"]["data"]["method"], "api.no_such_function");
+}
+
+#[test]
+fn a_function_created_while_running_becomes_callable() {
+    let (db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    assert_eq!(result(&rpc.call("api.add", json!({"a": 1}))), 1);
+    db.execute("CREATE FUNCTION blitz_api.late() RETURNS text LANGUAGE sql AS $$ SELECT 'new' $$");
+    std::thread::sleep(Duration::from_millis(1100)); // reloads happen at most once a second
+    assert_eq!(result(&rpc.call("api.late", json!({}))), "new");
+}
+
+#[test]
+fn missing_extra_and_ill_typed_params_name_the_param() {
+    let (_db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    let cases = [
+        (json!({}), "a"),
+        (json!({"a": 1, "c": 2}), "c"),
+        (json!({"a": "one"}), "a"),
+        (json!({"a": 1.5}), "a"),
+        (json!([1, 2, 3]), ""),
+    ];
+    for (params, param) in cases {
+        let reply = rpc.call("api.add", params.clone());
+        assert_eq!(error_code(&reply), -32602, "{params} → {reply}");
+        if !param.is_empty() {
+            assert_eq!(reply["error"]["data"]["param"], param, "{params} → {reply}");
+        }
+    }
+    assert_eq!(result(&rpc.call("api.add", json!([2, 3]))), 5);
+    assert_eq!(result(&rpc.call("api.add", json!({"a": 2, "b": 3}))), 5);
+}
+
+#[test]
+fn sql_injection_attempts_do_no_harm() {
+    let (db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    for method in [
+        "api.greet(); DROP TABLE victims; --",
+        "api.count_victims\"(); DROP TABLE victims; --",
+        "api.pg_catalog.pg_sleep",
+        "api.",
+    ] {
+        let reply = rpc.call(method, json!({"name": "x"}));
+        assert_eq!(error_code(&reply), -32601, "{method} → {reply}");
+    }
+    let evil = "'); DROP TABLE victims; --";
+    assert_eq!(
+        result(&rpc.call("api.greet", json!({"name": evil}))),
+        &json!(format!("hello {evil}"))
+    );
+    let reply = rpc.call("api.greet", json!({"name); DROP TABLE victims; --": "x"}));
+    assert_eq!(error_code(&reply), -32602);
+    assert_eq!(result(&rpc.call("api.count_victims", json!({}))), 1);
+    let rows: i64 = db
+        .connect()
+        .query_one("SELECT count(*) FROM victims", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+}
+
+#[test]
+fn a_half_sent_line_is_cut_at_the_idle_timeout() {
+    let (_db, server) = setup(&[("server.idle_timeout_s", "1")]);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .write_all(br#"{"jsonrpc":"2.0","method":"sys.pi"#)
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the server to close the connection");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        start.elapsed()
+    );
+    // The server is still fine.
+    assert_eq!(
+        Rpc::connect(&server.addr).call("sys.ping", json!({}))["result"]["pong"],
+        true
+    );
+}
+
+#[test]
+fn an_idle_connection_with_work_in_flight_is_kept() {
+    let (_db, server) = setup(&[("server.idle_timeout_s", "1")]);
+    let mut rpc = Rpc::connect(&server.addr);
+    let reply = rpc.call("api.sleep_ms", json!({"ms": 2500}));
+    assert_eq!(
+        result(&reply),
+        2500,
+        "the reply came although the client was silent for 2.5 s"
+    );
+}
+
+#[test]
+fn a_client_that_vanishes_with_requests_queued_leaves_the_server_healthy() {
+    let (_db, server) = setup(&[("db.pool_size", "2"), ("invocation.queue_capacity", "200")]);
+    for _ in 0..5 {
+        let mut rpc = Rpc::connect(&server.addr);
+        for _ in 0..20 {
+            rpc.send("api.sleep_ms", json!({"ms": 20}));
+        }
+        drop(rpc); // gone without reading a reply
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut rpc = Rpc::connect(&server.addr);
+    assert_eq!(result(&rpc.call("api.add", json!({"a": 1, "b": 1}))), 2);
+    let log = server.log();
+    assert!(!log.contains("ERROR"), "error lines in the log:\n{log}");
+    assert!(
+        log.lines().filter(|l| l.contains("WARN")).count() <= 1,
+        "a warning storm:\n{log}"
+    );
+}
+
+#[test]
+fn serialization_failures_are_retried_then_reported() {
+    let (_db, server) = setup(&[("invocation.max_retries", "3")]);
+    let mut rpc = Rpc::connect(&server.addr);
+    assert_eq!(result(&rpc.call("api.conflict_twice", json!({}))), "done");
+    let status = rpc.call("sys.status", json!({}));
+    assert!(
+        result(&status)["counters"]["retries"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    let reply = rpc.call("api.always_conflict", json!({}));
+    assert_eq!(error_code(&reply), -32008);
+    assert_eq!(reply["error"]["data"]["attempts"], 4);
+    assert_eq!(reply["error"]["data"]["retryable"], true);
+}
+
+#[test]
+fn raised_exceptions_pass_on_sqlstate_and_message() {
+    let (_db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    let reply = rpc.call("api.fail", json!({"msg": "no such image"}));
+    assert_eq!(error_code(&reply), -32010);
+    assert_eq!(reply["error"]["data"]["sqlstate"], "P0001");
+    assert_eq!(reply["error"]["data"]["detail"], "no such image");
+    assert_eq!(reply["error"]["data"]["retryable"], false);
+}
+
+#[test]
+fn deadlines_bound_running_and_queued_calls() {
+    let (_db, server) = setup(&[("db.pool_size", "1")]);
+    let mut running = Rpc::connect(&server.addr);
+    let start = Instant::now();
+    running.send_with(
+        "api.sleep_ms",
+        json!({"ms": 5000}),
+        json!({"timeout_ms": 300}),
+    );
+    let mut queued = Rpc::connect(&server.addr);
+    std::thread::sleep(Duration::from_millis(50));
+    queued.send_with("api.add", json!({"a": 1}), json!({"timeout_ms": 100}));
+    let reply = queued.read_reply().unwrap();
+    assert_eq!(error_code(&reply), -32002, "{reply}");
+    let reply = running.read_reply().unwrap();
+    assert_eq!(error_code(&reply), -32002, "{reply}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+    // The connection whose statement was cancelled is replaced; calls go on.
+    assert_eq!(result(&running.call("api.add", json!({"a": 4}))), 4);
+}
+
+#[test]
+fn one_connection_cannot_fill_the_queue() {
+    let (_db, server) = setup(&[
+        ("server.max_in_flight_per_connection", "2"),
+        ("db.pool_size", "1"),
+    ]);
+    let mut rpc = Rpc::connect(&server.addr);
+    for _ in 0..6 {
+        rpc.send("api.sleep_ms", json!({"ms": 100}));
+    }
+    let codes: Vec<i64> = (0..6)
+        .map(|_| rpc.read_reply().unwrap())
+        .map(|r| r["error"]["code"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 0).count(), 2, "{codes:?}");
+    assert_eq!(
+        codes.iter().filter(|&&c| c == -32001).count(),
+        4,
+        "{codes:?}"
+    );
+}
+
+#[test]
+fn connections_beyond_max_clients_get_one_line_and_a_clean_close() {
+    let (_db, server) = setup(&[("server.max_clients", "2")]);
+    std::thread::sleep(Duration::from_millis(200)); // the readiness probe's connection is gone
+    let _a = Rpc::connect(&server.addr);
+    let _b = Rpc::connect(&server.addr);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c = Rpc::connect(&server.addr);
+    let reply = c.read_reply().expect("one line before the close");
+    assert_eq!(error_code(&reply), -32005);
+    assert_eq!(reply["error"]["data"]["max_clients"], 2);
+    assert!(
+        c.read_raw().is_none(),
+        "then end of file (a clean FIN, not a reset)"
+    );
+}
+
+#[test]
+fn batches_follow_the_specification() {
+    let (_db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    rpc.send_line(
+        r#"[{"jsonrpc":"2.0","method":"api.add","params":{"a":1,"b":2},"id":"one"},
+            {"jsonrpc":"2.0","method":"api.add","params":{"a":1}},
+            {"foo":"bar"},
+            {"jsonrpc":"2.0","method":"nope","id":3},
+            1,
+            {"jsonrpc":"2.0","method":"sys.ping","id":4}]"#
+            .replace('\n', "")
+            .as_str(),
+    );
+    let reply = rpc.read_reply().unwrap();
+    let items = reply.as_array().expect("a batch reply is an array");
+    assert_eq!(
+        items.len(),
+        5,
+        "one reply per element except the notification: {reply}"
+    );
+    let by_id: HashMap<String, &Value> = items.iter().map(|r| (r["id"].to_string(), r)).collect();
+    assert_eq!(by_id["\"one\""]["result"], 3);
+    assert_eq!(by_id["3"]["error"]["code"], -32601);
+    assert_eq!(by_id["4"]["result"]["pong"], true);
+    let nulls = items.iter().filter(|r| r["id"].is_null()).count();
+    assert_eq!(nulls, 2, "two invalid elements answered with id null");
+
+    rpc.send_line("[]");
+    let reply = rpc.read_reply().unwrap();
+    assert!(
+        reply.is_object(),
+        "an empty batch gets one error object: {reply}"
+    );
+    assert_eq!(error_code(&reply), -32600);
+
+    rpc.send_line(r#"[{"jsonrpc":"2.0","method":"api.add","params":[1]},{"jsonrpc":"2.0","method":"sys.ping"}]"#);
+    rpc.send_line(r#"{"jsonrpc":"2.0","method":"sys.ping","id":"after"}"#);
+    let reply = rpc.read_reply().unwrap();
+    assert_eq!(
+        reply["id"], "after",
+        "a batch of notifications gets no reply at all"
+    );
+}
+
+#[test]
+fn ids_are_echoed_exactly() {
+    let (_db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    for id in [
+        "0",
+        "-7",
+        "12345678901234567890",
+        "1.5",
+        "\"\"",
+        "\"é ✓\"",
+        "\"a\\\"b\"",
+        "null",
+    ] {
+        rpc.send_line(&format!(
+            r#"{{"jsonrpc":"2.0","method":"api.add","params":[1],"id":{id}}}"#
+        ));
+        let raw = rpc.read_raw().unwrap();
+        assert!(
+            raw.contains(&format!(r#""id":{id}"#)),
+            "id {id} echoed as {raw}"
+        );
+    }
+}
+
+#[test]
+fn notifications_run_without_a_reply() {
+    let (db, server) = setup(&[]);
+    db.execute("CREATE TABLE marks (n int); CREATE FUNCTION blitz_api.mark() RETURNS void LANGUAGE sql AS 'INSERT INTO marks VALUES (1)'");
+    let mut rpc = Rpc::connect(&server.addr);
+    rpc.send_line(r#"{"jsonrpc":"2.0","method":"api.mark"}"#);
+    rpc.send_line(r#"{"jsonrpc":"2.0","method":"sys.ping","id":1}"#);
+    assert_eq!(rpc.read_reply().unwrap()["id"], 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let n: i64 = db
+        .connect()
+        .query_one("SELECT count(*) FROM marks", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn pipelined_requests_each_get_their_reply() {
+    let (_db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    let ids: Vec<u64> = (0..50)
+        .map(|i| rpc.send("api.add", json!({"a": i, "b": 1})))
+        .collect();
+    let mut seen = HashMap::new();
+    for _ in &ids {
+        let r = rpc.read_reply().unwrap();
+        seen.insert(r["id"].as_u64().unwrap(), r["result"].as_i64().unwrap());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(seen[id], i as i64 + 1);
+    }
+}
+
+#[test]
+fn status_and_discover_describe_the_instance() {
+    let (_db, server) = setup(&[("db.pool_size", "3"), ("invocation.queue_capacity", "77")]);
+    let mut rpc = Rpc::connect(&server.addr);
+    rpc.call("api.add", json!({"a": 1}));
+    let status = rpc.call("sys.status", json!({}));
+    let s = result(&status);
+    assert_eq!(s["queue"]["capacity"], 77);
+    assert_eq!(s["pool"]["size"], 3);
+    assert_eq!(s["workers"]["total"], 3);
+    assert!(s["counters"]["completed"].as_u64().unwrap() >= 1);
+    assert!(
+        s["latency_ms_last_minute"]["execution"]["p99"].is_number(),
+        "{s}"
+    );
+    let doc = rpc.call("rpc.discover", json!({}));
+    let doc = result(&doc);
+    assert!(doc["openrpc"].as_str().unwrap().starts_with("1."));
+    let names: Vec<&str> = doc["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "sys.ping",
+        "sys.status",
+        "rpc.discover",
+        "api.add",
+        "api.sleep_ms",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_under_load_answers_every_request_and_exits_0() {
+    let (_db, mut server) = setup(&[("db.pool_size", "2"), ("server.drain_timeout_s", "1")]);
+    let clients: Vec<_> = (0..40)
+        .map(|_| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                let mut rpc = Rpc::connect(&addr);
+                let sent: Vec<u64> = (0..5)
+                    .map(|_| rpc.send("api.sleep_ms", json!({"ms": 50})))
+                    .collect();
+                let mut codes = Vec::new();
+                for _ in &sent {
+                    match rpc.read_reply() {
+                        Some(r) => codes.push(r["error"]["code"].as_i64().unwrap_or(0)),
+                        None => panic!("end of file before every reply: {codes:?}"),
+                    }
+                }
+                codes
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = server.terminate();
+    let mut outcomes: HashMap<i64, usize> = HashMap::new();
+    for c in clients {
+        for code in c.join().expect("every request got a reply") {
+            *outcomes.entry(code).or_default() += 1;
+        }
+    }
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert_eq!(outcomes.values().sum::<usize>(), 200);
+    for code in outcomes.keys() {
+        assert!(
+            [0, -32001, -32003].contains(code),
+            "unexpected outcome {code}: {outcomes:?}"
+        );
+    }
+    assert!(
+        outcomes.get(&-32003).copied().unwrap_or(0) > 0,
+        "the drain timeout refused the rest: {outcomes:?}"
+    );
+    eprintln!("SIGTERM under load: {outcomes:?}");
+}
