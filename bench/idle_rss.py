@@ -31,7 +31,7 @@ def main():
     proc = subprocess.Popen(
         [server_bin, "--listen", f"127.0.0.1:{port}", "--db-url", db_url,
          "--set", f"server.max_clients={n + 100}"],
-        stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"},
+        stderr=open("/tmp/idle_rss_server.log", "w"), env={**os.environ, "RUST_LOG": "warn"},
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1000), hard)))
     try:
         for _ in range(200):

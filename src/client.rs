@@ -183,7 +183,15 @@ impl CallError {
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.code {
-            Some(code) => write!(f, "error {code} {}{}", self.message, self.details()),
+            Some(code) => match self.data_text("detail") {
+                Some(detail) => write!(
+                    f,
+                    "error {code} {}: {detail}{}",
+                    self.message,
+                    self.details()
+                ),
+                None => write!(f, "error {code} {}{}", self.message, self.details()),
+            },
             None => f.write_str(&self.message),
         }
     }

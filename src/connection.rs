@@ -30,23 +30,31 @@ pub struct Connection {
     /// The client's address.
     pub peer: SocketAddr,
     ctx: Arc<Context>,
-    writer: Mutex<TcpStream>,
+    stream: TcpStream,
+    write_lock: Mutex<()>,
     in_flight: AtomicUsize,
     broken: AtomicBool,
 }
 
 impl Connection {
-    /// Wraps the write half of an accepted connection.
+    /// Wraps an accepted connection (one file descriptor for both
+    /// directions: the reader thread reads through [`Connection::stream`]).
     pub fn new(ctx: Arc<Context>, number: u64, stream: TcpStream, peer: SocketAddr) -> Connection {
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         Connection {
             number,
             peer,
             ctx,
-            writer: Mutex::new(stream),
+            stream,
+            write_lock: Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             broken: AtomicBool::new(false),
         }
+    }
+
+    /// The socket, for the reader thread (writes go through [`Connection::write_line`]).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
     }
 
     /// The server context.
@@ -81,15 +89,15 @@ impl Connection {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        let mut stream = self.writer.lock();
-        if let Err(e) = stream.write_all(&buf) {
+        let _serialized = self.write_lock.lock();
+        if let Err(e) = (&self.stream).write_all(&buf) {
             log::debug!(
                 "connection {} ({}): reply not delivered, closing: {e}",
                 self.number,
                 self.peer
             );
             self.broken.store(true, Ordering::Release);
-            let _ = stream.shutdown(SocketShutdown::Both);
+            let _ = self.stream.shutdown(SocketShutdown::Both);
         }
     }
 
@@ -103,7 +111,7 @@ impl Connection {
     /// Closes both directions; the reader thread then sees end of file.
     pub fn close(&self) {
         self.broken.store(true, Ordering::Release);
-        let _ = self.writer.lock().shutdown(SocketShutdown::Both);
+        let _ = self.stream.shutdown(SocketShutdown::Both);
     }
 
     /// Whether the socket failed or was closed by the server.

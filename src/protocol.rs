@@ -193,18 +193,34 @@ pub fn null_id() -> Id {
 }
 
 /// One well-formed request object.
+///
+/// `params` stays raw JSON text here: the router thread has a small stack,
+/// so nested JSON is only turned into a [`Value`] by [`Request::params`] on a
+/// worker (serde_json's nesting limit then applies on a full-size stack).
 #[derive(Debug)]
 pub struct Request {
     /// `None` for a notification (no reply is sent).
     pub id: Option<Id>,
     /// The method name.
     pub method: String,
-    /// `params` (object, array) or `Value::Null` when absent.
-    pub params: Value,
+    /// `params` (an object or an array) as sent, `None` when absent.
+    pub raw_params: Option<Box<RawValue>>,
     /// The `timeout_ms` extension member.
     pub timeout_ms: Option<u64>,
     /// The `idempotency_key` extension member.
     pub idempotency_key: Option<String>,
+}
+
+impl Request {
+    /// `params` as a JSON value (`Value::Null` when absent); -32602 when it
+    /// nests deeper than serde_json allows (128 levels).
+    pub fn params(&self) -> Result<Value, RpcError> {
+        match &self.raw_params {
+            None => Ok(Value::Null),
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|e| RpcError::invalid_params(None, format!("params cannot be read: {e}"))),
+        }
+    }
 }
 
 /// What one element of a line turned into: a request, or an error to send
@@ -220,17 +236,23 @@ pub enum Line {
     Batch(Vec<Parsed>),
 }
 
-/// The request members as they come off the wire, before validation. The
-/// id is kept raw; an explicit `"id": null` is `Some("null")`.
+/// The request members as they come off the wire, every one kept raw so
+/// that no nested value is parsed recursively on the router thread. An
+/// explicit `"id": null` is `Some("null")`.
 #[derive(Deserialize)]
 struct WireRequest<'a> {
-    jsonrpc: Option<Value>,
-    method: Option<Value>,
-    params: Option<Value>,
+    #[serde(borrow)]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
     #[serde(default, borrow)]
     id: WireId<'a>,
-    timeout_ms: Option<Value>,
-    idempotency_key: Option<Value>,
+    #[serde(borrow)]
+    timeout_ms: Option<&'a RawValue>,
+    #[serde(borrow)]
+    idempotency_key: Option<&'a RawValue>,
 }
 
 /// Present-or-absent id; serde's `Option` would fold `null` into absent.
@@ -253,8 +275,7 @@ pub fn parse_line(bytes: &[u8]) -> Result<Line, RpcError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| RpcError::parse_error(format!("the line is not valid UTF-8: {e}")))?;
     let raw: &RawValue = serde_json::from_str(text).map_err(RpcError::parse_error)?;
-    let trimmed = raw.get().trim_start();
-    if trimmed.starts_with('[') {
+    if raw.get().starts_with('[') {
         let elements: Vec<&RawValue> =
             serde_json::from_str(raw.get()).map_err(RpcError::parse_error)?;
         if elements.is_empty() {
@@ -268,7 +289,7 @@ pub fn parse_line(bytes: &[u8]) -> Result<Line, RpcError> {
 }
 
 fn parse_request(raw: &RawValue) -> Parsed {
-    if !raw.get().trim_start().starts_with('{') {
+    if !raw.get().starts_with('{') {
         return Err((
             None,
             RpcError::invalid_request("a request must be a JSON object"),
@@ -280,79 +301,63 @@ fn parse_request(raw: &RawValue) -> Parsed {
         WireId::Absent => None,
         WireId::Present(r) => Some(r.to_owned()),
     };
-    validate(
-        wire.jsonrpc,
-        wire.method,
-        wire.params,
-        wire.timeout_ms,
-        wire.idempotency_key,
-        &id,
-    )
-    .map(|(method, params, timeout_ms, idempotency_key)| Request {
-        id: id.clone(),
-        method,
-        params,
-        timeout_ms,
-        idempotency_key,
+    validate(&wire, &id).map_err(|e| (Some(id.clone().unwrap_or_else(null_id)), e))?;
+    Ok(Request {
+        id,
+        method: from_raw(wire.method).unwrap_or_default(),
+        raw_params: wire.params.map(RawValue::to_owned),
+        timeout_ms: from_raw(non_null(wire.timeout_ms)),
+        idempotency_key: from_raw(non_null(wire.idempotency_key)),
     })
-    .map_err(|e| (Some(id.unwrap_or_else(null_id)), e))
 }
 
-type Validated = (String, Value, Option<u64>, Option<String>);
+/// A member that is present and not `null`.
+fn non_null(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|r| r.get() != "null")
+}
 
-fn validate(
-    jsonrpc: Option<Value>,
-    method: Option<Value>,
-    params: Option<Value>,
-    timeout_ms: Option<Value>,
-    idempotency_key: Option<Value>,
-    id: &Option<Id>,
-) -> Result<Validated, RpcError> {
-    if jsonrpc.as_ref().and_then(Value::as_str) != Some("2.0") {
+/// A scalar member read from its raw text (`None` if absent or of another type).
+fn from_raw<T: serde::de::DeserializeOwned>(raw: Option<&RawValue>) -> Option<T> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+fn validate(wire: &WireRequest, id: &Option<Id>) -> Result<(), RpcError> {
+    if from_raw::<String>(wire.jsonrpc).as_deref() != Some("2.0") {
         return Err(RpcError::invalid_request("\"jsonrpc\" must be \"2.0\""));
     }
     if let Some(id) = id {
-        let t = id.get().trim_start();
-        if t.starts_with('{') || t.starts_with('[') || t.starts_with('t') || t.starts_with('f') {
+        if !matches!(id.get().as_bytes()[0], b'"' | b'-' | b'0'..=b'9' | b'n') {
             return Err(RpcError::invalid_request(
                 "\"id\" must be a string, a number or null",
             ));
         }
     }
-    let method = match method {
-        Some(Value::String(m)) => m,
-        _ => return Err(RpcError::invalid_request("\"method\" must be a string")),
-    };
-    let params = match params {
-        None => Value::Null,
-        Some(p @ (Value::Object(_) | Value::Array(_))) => p,
-        Some(_) => {
+    if from_raw::<String>(wire.method).is_none() {
+        return Err(RpcError::invalid_request("\"method\" must be a string"));
+    }
+    if let Some(p) = wire.params {
+        if !p.get().starts_with(['{', '[']) {
             return Err(RpcError::invalid_request(
                 "\"params\" must be an object or an array",
-            ))
+            ));
         }
-    };
-    let timeout_ms = match timeout_ms {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(ms) if ms > 0 => Some(ms),
-            _ => {
-                return Err(RpcError::invalid_request(
-                    "\"timeout_ms\" must be a positive integer",
-                ))
-            }
-        },
-    };
-    let idempotency_key = match idempotency_key {
-        None | Some(Value::Null) => None,
-        Some(Value::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k),
-        Some(_) => {
+    }
+    if let Some(t) = non_null(wire.timeout_ms) {
+        if !matches!(from_raw::<u64>(Some(t)), Some(ms) if ms > 0) {
+            return Err(RpcError::invalid_request(
+                "\"timeout_ms\" must be a positive integer",
+            ));
+        }
+    }
+    if let Some(k) = non_null(wire.idempotency_key) {
+        if !matches!(from_raw::<String>(Some(k)), Some(key) if !key.is_empty() && key.len() <= 256)
+        {
             return Err(RpcError::invalid_request(
                 "\"idempotency_key\" must be a string of 1 to 256 bytes",
-            ))
+            ));
         }
-    };
-    Ok((method, params, timeout_ms, idempotency_key))
+    }
+    Ok(())
 }
 
 /// `{"jsonrpc":"2.0","id":…,"result":…}` as one line without the `\n`.

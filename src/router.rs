@@ -11,7 +11,7 @@ use std::io::{self, BufReader, Read};
 use std::net::{Shutdown as SocketShutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::connection::{Batch, Connection, Responder};
 use crate::protocol::{null_id, parse_line, Frame, Line, LineReader, Parsed, RpcError};
@@ -32,6 +32,7 @@ pub fn spawn_acceptor(ctx: Arc<Context>, listener: TcpListener) -> JoinHandle<()
 
 fn accept_loop(ctx: &Arc<Context>, listener: &TcpListener) {
     let mut next_number = 0u64;
+    let mut last_warning = None;
     for stream in listener.incoming() {
         if ctx.shutdown.is_stopping() {
             break;
@@ -42,7 +43,10 @@ fn accept_loop(ctx: &Arc<Context>, listener: &TcpListener) {
                 start_connection(ctx, stream, next_number);
             }
             Err(e) => {
-                log::warn!("accept failed: {e} (out of file descriptors? raise `ulimit -n`)");
+                if last_warning.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(10)) {
+                    log::warn!("accept failed: {e} (out of file descriptors? raise `ulimit -n`); at most one such line per 10 s");
+                    last_warning = Some(Instant::now());
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -51,21 +55,21 @@ fn accept_loop(ctx: &Arc<Context>, listener: &TcpListener) {
 
 fn start_connection(ctx: &Arc<Context>, stream: TcpStream, number: u64) {
     let _ = stream.set_nodelay(true);
-    let (Ok(peer), Ok(write_half)) = (stream.peer_addr(), stream.try_clone()) else {
+    let Ok(peer) = stream.peer_addr() else {
         return;
     };
-    let conn = Arc::new(Connection::new(ctx.clone(), number, write_half, peer));
+    let conn = Arc::new(Connection::new(ctx.clone(), number, stream, peer));
     if !ctx
         .connections
         .try_add(&conn, ctx.config.server.max_clients as usize)
     {
-        return refuse(conn, stream);
+        return refuse(conn);
     }
     let reader_conn = conn.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("blitz-conn-{number}"))
         .stack_size(READER_STACK)
-        .spawn(move || read_requests(reader_conn, stream));
+        .spawn(move || read_requests(reader_conn));
     if let Err(e) = spawned {
         log::error!("cannot start a reader thread for {peer}: {e}; closing it");
         ctx.connections.remove(number);
@@ -79,13 +83,14 @@ fn start_connection(ctx: &Arc<Context>, stream: TcpStream, number: u64) {
 
 /// `max_clients` reached: one -32005 line, then a clean close. The input is
 /// drained before closing so the kernel sends FIN, not RST.
-fn refuse(conn: Arc<Connection>, mut stream: TcpStream) {
+fn refuse(conn: Arc<Connection>) {
     let max = conn.ctx().config.server.max_clients;
     let _ = std::thread::Builder::new()
         .name("blitz-refuse".into())
         .stack_size(64 * 1024)
         .spawn(move || {
             conn.write_error(&null_id(), &RpcError::too_many_connections(max));
+            let mut stream = conn.stream();
             let _ = stream.shutdown(SocketShutdown::Write);
             let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
             let mut sink = [0u8; 1024];
@@ -93,12 +98,14 @@ fn refuse(conn: Arc<Connection>, mut stream: TcpStream) {
         });
 }
 
-fn read_requests(conn: Arc<Connection>, stream: TcpStream) {
+fn read_requests(conn: Arc<Connection>) {
     let ctx = conn.ctx().clone();
     let idle = ctx.config.server.idle_timeout_s;
-    let _ = stream.set_read_timeout((idle > 0).then(|| Duration::from_secs(idle)));
+    let _ = conn
+        .stream()
+        .set_read_timeout((idle > 0).then(|| Duration::from_secs(idle)));
     let max = ctx.config.server.max_message_bytes;
-    let mut input = BufReader::with_capacity(16 * 1024, stream);
+    let mut input = BufReader::with_capacity(16 * 1024, conn.stream());
     let mut lines = LineReader::new(max as usize);
     while !conn.is_broken() {
         match lines.read_line(&mut input) {

@@ -233,6 +233,36 @@ fn drain_and_close(
     );
 }
 
+/// Raises the soft open-file limit to the hard limit (each client
+/// connection holds one descriptor) and warns when even that is below
+/// `server.max_clients` plus the pool and a margin.
+pub fn raise_fd_limit(config: &Config) {
+    let needed = config.server.max_clients + config.db.pool_size * 2 + 64;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        }
+    }
+    if limit.rlim_cur < needed {
+        log::warn!(
+            "open-file limit is {} but server.max_clients = {} needs about {needed}; \
+             connections beyond the limit will fail to be accepted (raise `ulimit -n` or lower max_clients)",
+            limit.rlim_cur,
+            config.server.max_clients
+        );
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))

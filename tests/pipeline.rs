@@ -155,6 +155,36 @@ fn malformed_json_gets_a_parse_error_and_the_connection_stays() {
 }
 
 #[test]
+fn deeply_nested_json_is_refused_without_harm() {
+    let (_db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    let depth = 100_000;
+    rpc.send_line(&format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
+    let reply = rpc.read_reply().unwrap();
+    assert_eq!(
+        error_code(&reply[0]),
+        -32600,
+        "a batch of one element that is no request: {reply}"
+    );
+    let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    rpc.send_line(&format!(
+        r#"{{"jsonrpc":"2.0","method":"api.greet","params":{deep},"id":1}}"#
+    ));
+    let reply = rpc.read_reply().unwrap();
+    assert_eq!(
+        error_code(&reply),
+        -32602,
+        "nesting beyond serde_json's limit: {reply}"
+    );
+    let params = format!("{}1{}", "[".repeat(120), "]".repeat(120));
+    rpc.send_line(&format!(
+        r#"{{"jsonrpc":"2.0","method":"api.greet","params":{{"name":{params}}},"id":2}}"#
+    ));
+    assert_eq!(error_code(&rpc.read_reply().unwrap()), -32602);
+    assert_eq!(rpc.call("sys.ping", json!({}))["result"]["pong"], true);
+}
+
+#[test]
 fn json_that_is_not_a_request_is_an_invalid_request() {
     let (_db, server) = setup(&[]);
     let mut rpc = Rpc::connect(&server.addr);

@@ -98,6 +98,7 @@ fn serve(config: Config) -> ExitCode {
         eprintln!("blitz-server: cannot install the Ctrl-C/SIGTERM handler: {e}");
         return ExitCode::FAILURE;
     }
+    blitz::server::raise_fd_limit(&config);
     let listen = config.server.listen.clone();
     match Server::bind(config) {
         Ok(server) => {

@@ -48,7 +48,7 @@ pub fn execute(
     match request.method.as_str() {
         "rpc.discover" => sys::discover(ctx, &budget),
         m => match m.strip_prefix("api.") {
-            Some(name) => api::call(ctx, name, &request.params, &budget),
+            Some(name) => api::call(ctx, name, &request.params()?, &budget),
             None => Err(RpcError::method_not_found(m)),
         },
     }

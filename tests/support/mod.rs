@@ -278,6 +278,7 @@ pub struct Server {
 pub fn bin(name: &str) -> PathBuf {
     match name {
         "blitz-server" => PathBuf::from(env!("CARGO_BIN_EXE_blitz-server")),
+        "blitz" => PathBuf::from(env!("CARGO_BIN_EXE_blitz")),
         other => panic!("unknown binary {other}"),
     }
 }

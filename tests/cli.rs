@@ -1,0 +1,80 @@
+//! The `blitz` command against a real server: results as JSON on stdout,
+//! one error line on stderr, and an exit code per class of outcome.
+
+mod support;
+
+use std::process::Command;
+
+use support::{bin, free_port, run, Server, TestDb};
+
+fn blitz(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin("blitz"));
+    cmd.arg("--server")
+        .arg(addr)
+        .args(args)
+        .env_remove("BLITZ_SERVER");
+    run(cmd)
+}
+
+#[test]
+fn the_thin_client_calls_pings_and_reports_errors_by_class() {
+    let db = TestDb::new();
+    db.execute(
+        "CREATE SCHEMA blitz_api;
+         CREATE FUNCTION blitz_api.add(a int, b int DEFAULT 0) RETURNS int LANGUAGE sql AS 'SELECT a + b';
+         CREATE FUNCTION blitz_api.fail() RETURNS void LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'nope'; END $$;",
+    );
+    let server = Server::start(&db.url, &[]);
+
+    let (code, out, _) = blitz(&server.addr, &["call", "api.add", "a=2", "b=3"]);
+    assert_eq!((code, out.trim()), (0, "5"));
+    let (code, out, _) = blitz(&server.addr, &["call", "api.add", r#"{"a": 7}"#]);
+    assert_eq!((code, out.trim()), (0, "7"));
+    let (code, out, _) = blitz(&server.addr, &["ping"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"pong\": true"), "{out}");
+    let (code, out, _) = blitz(&server.addr, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"queue\""), "{out}");
+
+    let (code, _, err) = blitz(&server.addr, &["call", "api.add", "a=x"]);
+    assert_eq!(code, 4, "refused, final: {err}");
+    assert!(
+        err.starts_with("blitz: error -32602 Invalid params") && err.contains("param a"),
+        "{err}"
+    );
+    let (code, _, err) = blitz(&server.addr, &["call", "api.fail"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("-32010") && err.contains("P0001"), "{err}");
+
+    let (code, _, err) = blitz(&server.addr, &["call"]);
+    assert_eq!(code, 2, "usage: {err}");
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let (code, _, err) = blitz(&nobody, &["ping"]);
+    assert_eq!(code, 5, "connection: {err}");
+}
+
+#[test]
+fn an_overloaded_server_is_a_retryable_refusal() {
+    let db = TestDb::new();
+    db.execute(
+        "CREATE SCHEMA blitz_api;
+         CREATE FUNCTION blitz_api.sleep_ms(ms int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(ms / 1000.0); RETURN ms; END $$;",
+    );
+    let server = Server::start(
+        &db.url,
+        &[("db.pool_size", "1"), ("invocation.queue_capacity", "1")],
+    );
+    let mut busy = support::Rpc::connect(&server.addr);
+    for _ in 0..2 {
+        // One running, then one queued: the queue of one is full.
+        busy.send("api.sleep_ms", serde_json::json!({"ms": 3000}));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let (code, _, err) = blitz(&server.addr, &["call", "api.sleep_ms", "ms=1"]);
+    assert_eq!(code, 3, "refused, retryable: {err}");
+    assert!(
+        err.contains("-32001 Server overloaded") && err.contains("retry after"),
+        "{err}"
+    );
+}
