@@ -7,11 +7,11 @@
 //! travels with the request through the queue, and answers exactly once; if
 //! it is dropped unanswered (a bug, or shutdown), its `Drop` answers for it.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -40,7 +40,6 @@ impl Connection {
     /// Wraps an accepted connection (one file descriptor for both
     /// directions: the reader thread reads through [`Connection::stream`]).
     pub fn new(ctx: Arc<Context>, number: u64, stream: TcpStream, peer: SocketAddr) -> Connection {
-        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         Connection {
             number,
             peer,
@@ -80,25 +79,44 @@ impl Connection {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Writes one line (a `\n` is added). A client that does not read for
-    /// [`WRITE_TIMEOUT`] or has gone away gets its connection closed.
+    /// Writes one line (a `\n` is added). A reply not fully delivered
+    /// within [`WRITE_TIMEOUT`] (waiting for the lock included) closes the
+    /// connection: a client that reads too slowly cannot hold a worker.
     pub fn write_line(&self, line: &str) {
-        if self.broken.load(Ordering::Acquire) {
-            return;
-        }
+        let deadline = Instant::now() + WRITE_TIMEOUT;
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        let _serialized = self.write_lock.lock();
-        if let Err(e) = (&self.stream).write_all(&buf) {
+        let Some(_serialized) = self.write_lock.try_lock_until(deadline) else {
+            return self.give_up("another reply to this client is stuck");
+        };
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            if self.broken.load(Ordering::Acquire) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stream.set_write_timeout(Some(left)).is_err() {
+                return self.give_up("the client reads too slowly");
+            }
+            match (&self.stream).write(rest) {
+                Ok(0) => return self.give_up("the client closed the connection"),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.give_up(&e.to_string()),
+            }
+        }
+    }
+
+    fn give_up(&self, why: &str) {
+        if !self.broken.swap(true, Ordering::AcqRel) {
             log::debug!(
-                "connection {} ({}): reply not delivered, closing: {e}",
+                "connection {} ({}): reply not delivered, closing: {why}",
                 self.number,
                 self.peer
             );
-            self.broken.store(true, Ordering::Release);
-            let _ = self.stream.shutdown(SocketShutdown::Both);
         }
+        let _ = self.stream.shutdown(SocketShutdown::Both);
     }
 
     /// Writes an error reply that belongs to no admitted request (parse

@@ -9,6 +9,7 @@
 
 use std::io::{self, BufReader, Read};
 use std::net::{Shutdown as SocketShutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -81,21 +82,50 @@ fn start_connection(ctx: &Arc<Context>, stream: TcpStream, number: u64) {
     }
 }
 
-/// `max_clients` reached: one -32005 line, then a clean close. The input is
-/// drained before closing so the kernel sends FIN, not RST.
+/// `max_clients` reached: one -32005 line, then a clean close. The input
+/// is drained (at most [`REFUSAL_DRAIN`] long, [`REFUSAL_DRAIN_BYTES`]) before
+/// closing so the kernel sends FIN, not RST; beyond [`MAX_REFUSALS`] at once
+/// the connection is closed right after the line.
 fn refuse(conn: Arc<Connection>) {
     let max = conn.ctx().config.server.max_clients;
-    let _ = std::thread::Builder::new()
+    conn.write_error(&null_id(), &RpcError::too_many_connections(max));
+    let _ = conn.stream().shutdown(SocketShutdown::Write);
+    if REFUSALS.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSALS {
+        REFUSALS.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let drained = std::thread::Builder::new()
         .name("blitz-refuse".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            conn.write_error(&null_id(), &RpcError::too_many_connections(max));
-            let mut stream = conn.stream();
-            let _ = stream.shutdown(SocketShutdown::Write);
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-            let mut sink = [0u8; 1024];
-            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+            drain_input(conn.stream());
+            REFUSALS.fetch_sub(1, Ordering::AcqRel);
         });
+    if drained.is_err() {
+        REFUSALS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refused connections being drained right now.
+static REFUSALS: AtomicUsize = AtomicUsize::new(0);
+const MAX_REFUSALS: usize = 256;
+const REFUSAL_DRAIN: Duration = Duration::from_secs(1);
+const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
+
+fn drain_input(mut stream: &TcpStream) {
+    let until = Instant::now() + REFUSAL_DRAIN;
+    let mut sink = [0u8; 1024];
+    let mut total = 0;
+    while total < REFUSAL_DRAIN_BYTES {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => total += n,
+            _ => return,
+        }
+    }
 }
 
 fn read_requests(conn: Arc<Connection>) {

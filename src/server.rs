@@ -218,9 +218,7 @@ fn drain_and_close(
     }
     ctx.dispatcher.close();
     ctx.workers_may_exit.store(true, Ordering::Release);
-    for w in workers {
-        let _ = w.join();
-    }
+    join_workers(workers, Instant::now().max(deadline) + WORKER_JOIN_GRACE);
     for job in queue.try_iter() {
         job.responder
             .reply(Err(RpcError::shutting_down(ctx.retry_after_shutdown_ms())));
@@ -260,6 +258,26 @@ pub fn raise_fd_limit(config: &Config) {
             limit.rlim_cur,
             config.server.max_clients
         );
+    }
+}
+
+/// How long after the drain deadline workers get to notice their cancelled
+/// statements before the server exits without them.
+const WORKER_JOIN_GRACE: Duration = Duration::from_secs(10);
+
+fn join_workers(workers: Vec<JoinHandle<()>>, give_up: Instant) {
+    while workers.iter().any(|w| !w.is_finished()) {
+        if Instant::now() >= give_up {
+            log::error!(
+                "workers still busy {} s after the drain deadline (database unreachable?); exiting without them",
+                WORKER_JOIN_GRACE.as_secs()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for w in workers {
+        let _ = w.join();
     }
 }
 

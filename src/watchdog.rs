@@ -5,7 +5,7 @@
 //! [`Watchdog::arm`] returns a [`Guard`]; dropping it disarms the timer and
 //! waits for a cancel already under way, so a late cancel can never reach
 //! the connection's next statement. A connection whose statement was
-//! cancelled is dropped from the pool by the caller (see [`Guard::fired`]).
+//! cancelled is dropped from the pool by the caller (see [`Guard::disarm`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,9 +56,12 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Whether (and why) the cancel was sent.
-    pub fn fired(&self) -> Option<CancelReason> {
-        *self.armed.fired.lock()
+    /// Disarms the timer and says whether (and why) the cancel was sent.
+    /// Once this returns, no cancel for this timer can be sent any more.
+    pub fn disarm(self) -> Option<CancelReason> {
+        self.watchdog.shared.state.lock().timers.remove(&self.key);
+        let fired = *self.armed.fired.lock();
+        fired
     }
 }
 

@@ -358,6 +358,26 @@ fn a_client_that_vanishes_with_requests_queued_leaves_the_server_healthy() {
 }
 
 #[test]
+fn a_client_that_does_not_read_cannot_hold_the_workers() {
+    let (db, server) = setup(&[("db.pool_size", "2")]);
+    db.execute("CREATE FUNCTION blitz_api.big() RETURNS text LANGUAGE sql AS $$ SELECT repeat('x', 4000000) $$");
+    let mut slow = Rpc::connect(&server.addr);
+    for _ in 0..4 {
+        slow.send("api.big", json!({}));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let mut other = Rpc::connect(&server.addr);
+    assert_eq!(result(&other.call("api.add", json!({"a": 1}))), 1);
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "waited {:?} behind a client that does not read",
+        start.elapsed()
+    );
+    drop(slow);
+}
+
+#[test]
 fn serialization_failures_are_retried_then_reported() {
     let (_db, server) = setup(&[("invocation.max_retries", "3")]);
     let mut rpc = Rpc::connect(&server.addr);

@@ -87,16 +87,16 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    if let Err(e) = blitz::db::check_capacity(&config) {
-        eprintln!("blitz-server: {e}");
-        return ExitCode::from(2);
-    }
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = stop_tx.try_send(());
     }) {
         eprintln!("blitz-server: cannot install the Ctrl-C/SIGTERM handler: {e}");
         return ExitCode::FAILURE;
+    }
+    if let Err(e) = blitz::db::check_capacity(&config) {
+        eprintln!("blitz-server: {e}");
+        return ExitCode::from(2);
     }
     blitz::server::raise_fd_limit(&config);
     let listen = config.server.listen.clone();

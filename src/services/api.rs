@@ -79,7 +79,8 @@ impl CatalogCache {
         if let Some(c) = self.current.read().clone() {
             return Ok(c);
         }
-        self.reload(ctx, conn, budget, Duration::ZERO)
+        // The first callers all get here; one loads, the others reuse its load.
+        self.reload(ctx, conn, budget, Duration::MAX)
     }
 
     /// The catalogue, reloaded first unless that happened within the last second.
@@ -178,10 +179,19 @@ fn run(
     let mut attempt = 1u32;
     let mut replanned = false;
     loop {
-        let guard = ctx.watchdog.arm(budget.deadline, conn.cancel_token());
+        if ctx.shutdown.past_drain_deadline() {
+            return Err(RpcError::shutting_down(ctx.retry_after_shutdown_ms()));
+        }
+        let guard = ctx
+            .watchdog
+            .arm(cancel_at(ctx, budget), conn.cancel_token());
         let result = conn.query_json(&call.sql, &call.param_types, &params);
-        let fired = guard.fired();
-        drop(guard);
+        let fired = guard
+            .disarm()
+            .map(|reason| match ctx.shutdown.past_drain_deadline() {
+                true => CancelReason::Shutdown,
+                false => reason,
+            });
         if fired.is_some() {
             conn.mark_broken(); // a late cancel must not reach the next statement
         }
@@ -209,6 +219,15 @@ fn run(
             }
             failure => return Err(failure_reply(ctx, failure, budget, attempt)),
         }
+    }
+}
+
+/// When to cancel a statement: at the caller's deadline, or at the drain
+/// deadline once shutdown has begun, whichever comes first.
+fn cancel_at(ctx: &Context, budget: &Budget) -> Instant {
+    match ctx.shutdown.drain_deadline() {
+        Some(drain) => budget.deadline.min(drain),
+        None => budget.deadline,
     }
 }
 
