@@ -123,11 +123,7 @@ fn start_cluster() -> Cluster {
     );
     for _ in 0..5 {
         let port = free_port();
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            dir.display()
-        );
+        let opts = server_options(port, &dir);
         let status = pg_command(&bindir, "pg_ctl")
             .arg("-D")
             .arg(&data)
@@ -143,6 +139,15 @@ fn start_cluster() -> Cluster {
     }
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     panic!("the test PostgreSQL did not start:\n{log}");
+}
+
+/// The postgres options of a test cluster: loopback only, durability off.
+fn server_options(port: u16, dir: &Path) -> String {
+    format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
+         -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+        dir.display()
+    )
 }
 
 /// A detached process that waits for this test process to exit, then stops
@@ -197,11 +202,7 @@ impl Cluster {
 
     /// Starts a stopped cluster again on the same port.
     pub fn start(&self) {
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off",
-            self.port,
-            self.dir.display()
-        );
+        let opts = server_options(self.port, &self.dir);
         let status = pg_command(&self.bindir, "pg_ctl")
             .arg("-D")
             .arg(self.dir.join("data"))
