@@ -9,7 +9,7 @@
 //! -32002 without touching the database.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use crate::connection::Responder;
 use crate::protocol::{Request, RpcError};
 use crate::server::Context;
 use crate::services;
+use crate::stats::LogThrottle;
 
 /// A request admitted to the queue, with its reply obligation and deadline.
 pub struct Job {
@@ -46,12 +47,11 @@ pub struct Dispatcher {
     sender: RwLock<Option<Sender<Job>>>,
     capacity: usize,
     busy_workers: AtomicUsize,
-    last_refusal_log: AtomicU64,
-    started: Instant,
+    refusal_log: LogThrottle,
 }
 
 /// How often a refusal burst is logged at most.
-const REFUSAL_LOG_INTERVAL_S: u64 = 10;
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Dispatcher {
     /// A queue of `capacity` jobs; the receiver goes to the workers.
@@ -61,8 +61,7 @@ impl Dispatcher {
             sender: RwLock::new(Some(tx)),
             capacity,
             busy_workers: AtomicUsize::new(0),
-            last_refusal_log: AtomicU64::new(0),
-            started: Instant::now(),
+            refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
         };
         (dispatcher, rx)
     }
@@ -109,18 +108,12 @@ impl Dispatcher {
     }
 
     fn log_refusal_burst(&self) {
-        let now = self.started.elapsed().as_secs() + REFUSAL_LOG_INTERVAL_S;
-        let last = self.last_refusal_log.load(Ordering::Relaxed);
-        if now >= last + REFUSAL_LOG_INTERVAL_S
-            && self
-                .last_refusal_log
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.refusal_log.ready() {
             log::warn!(
-                "overloaded: refusing requests with -32001 (queue {}/{}); at most one such line per {REFUSAL_LOG_INTERVAL_S} s",
+                "overloaded: refusing requests with -32001 (queue {}/{}); at most one such line per {} s",
                 self.depth(),
-                self.capacity
+                self.capacity,
+                self.refusal_log.every_s()
             );
         }
     }

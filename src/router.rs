@@ -18,6 +18,7 @@ use crate::connection::{Batch, Connection, Responder};
 use crate::protocol::{null_id, parse_line, Frame, Line, LineReader, Parsed, RpcError};
 use crate::server::Context;
 use crate::services;
+use crate::stats::LogThrottle;
 
 /// Stack of a connection's reader thread: small, so 10,000 idle connections
 /// cost little memory; enough for serde_json's nesting limit of 128.
@@ -33,7 +34,7 @@ pub fn spawn_acceptor(ctx: Arc<Context>, listener: TcpListener) -> JoinHandle<()
 
 fn accept_loop(ctx: &Arc<Context>, listener: &TcpListener) {
     let mut next_number = 0u64;
-    let mut last_warning = None;
+    let warnings = LogThrottle::new(Duration::from_secs(10));
     for stream in listener.incoming() {
         if ctx.shutdown.is_stopping() {
             break;
@@ -44,9 +45,11 @@ fn accept_loop(ctx: &Arc<Context>, listener: &TcpListener) {
                 start_connection(ctx, stream, next_number);
             }
             Err(e) => {
-                if last_warning.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(10)) {
-                    log::warn!("accept failed: {e} (out of file descriptors? raise `ulimit -n`); at most one such line per 10 s");
-                    last_warning = Some(Instant::now());
+                if warnings.ready() {
+                    log::warn!(
+                        "accept failed: {e} (out of file descriptors? raise `ulimit -n`); at most one such line per {} s",
+                        warnings.every_s()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -137,6 +137,39 @@ impl Stats {
     }
 }
 
+/// Lets a log line through at most once per interval (refusal bursts,
+/// accept failures), so a storm of events logs one line, not thousands.
+#[derive(Debug)]
+pub struct LogThrottle {
+    every: Duration,
+    last: Mutex<Option<Instant>>,
+}
+
+impl LogThrottle {
+    /// A throttle that opens once per `every`.
+    pub const fn new(every: Duration) -> LogThrottle {
+        LogThrottle {
+            every,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The interval, for the log line to mention.
+    pub fn every_s(&self) -> u64 {
+        self.every.as_secs()
+    }
+
+    /// True (and the interval restarts) when the last line is old enough.
+    pub fn ready(&self) -> bool {
+        let mut last = self.last.lock();
+        if last.is_some_and(|t| t.elapsed() < self.every) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+}
+
 /// Completions in the last `SLOTS` × 250 ms, for a smoothed rate.
 #[derive(Debug)]
 struct RateMeter {
@@ -327,6 +360,15 @@ mod tests {
         let p99 = h.quantile_ms(0.99).unwrap();
         assert!((50.0..=55.0).contains(&p50), "{p50}");
         assert!((99.0..=108.0).contains(&p99), "{p99}");
+    }
+
+    #[test]
+    fn a_throttle_opens_once_per_interval() {
+        let t = LogThrottle::new(Duration::from_millis(50));
+        assert!(t.ready());
+        assert!(!t.ready());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(t.ready());
     }
 
     #[test]
