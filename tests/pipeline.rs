@@ -248,6 +248,20 @@ fn a_function_created_while_running_becomes_callable() {
 }
 
 #[test]
+fn a_function_dropped_while_running_is_not_found() {
+    let (db, server) = setup(&[]);
+    let mut rpc = Rpc::connect(&server.addr);
+    assert_eq!(
+        result(&rpc.call("api.greet", json!({"name": "a"}))),
+        "hello a"
+    );
+    db.execute("DROP FUNCTION blitz_api.greet(text)");
+    let reply = rpc.call("api.greet", json!({"name": "b"}));
+    assert_eq!(error_code(&reply), -32601, "{reply}");
+    assert_eq!(reply["error"]["data"]["method"], "api.greet");
+}
+
+#[test]
 fn missing_extra_and_ill_typed_params_name_the_param() {
     let (_db, server) = setup(&[]);
     let mut rpc = Rpc::connect(&server.addr);

@@ -159,18 +159,15 @@ pub fn call(ctx: &Context, name: &str, params: &Value, budget: &Budget) -> Resul
         .prepare(name, params)
         .ok_or_else(|| RpcError::method_not_found(&format!("api.{name}")))?
         .map_err(|e| RpcError::invalid_params(e.param.as_deref(), e.message))?;
-    run(ctx, &mut conn, &prepared, budget).map_err(|e| match e.code {
-        crate::protocol::code::METHOD_NOT_FOUND => {
-            RpcError::method_not_found(&format!("api.{name}"))
-        }
-        _ => e,
-    })
+    run(ctx, &mut conn, name, &prepared, budget)
 }
 
-/// Runs one prepared call as one transaction, retrying 40001/40P01.
+/// Runs one prepared call of function `name` as one transaction, retrying
+/// 40001/40P01.
 fn run(
     ctx: &Context,
     conn: &mut PooledConn,
+    name: &str,
     call: &PreparedCall,
     budget: &Budget,
 ) -> Result<Value, RpcError> {
@@ -212,6 +209,10 @@ fn run(
             Failure::StalePlan if !replanned => {
                 conn.forget_statements();
                 replanned = true;
+            }
+            Failure::UndefinedFunction => {
+                ctx.catalog.invalidate(); // dropped since the catalogue was loaded
+                return Err(RpcError::method_not_found(&format!("api.{name}")));
             }
             lost @ Failure::ConnectionLost { .. } => {
                 conn.mark_broken();
@@ -255,8 +256,7 @@ fn failure_reply(ctx: &Context, failure: Failure, budget: &Budget, attempts: u32
             RpcError::shutting_down(ctx.retry_after_shutdown_ms())
         }
         Failure::UndefinedFunction => {
-            ctx.catalog.invalidate();
-            RpcError::method_not_found("api")
+            RpcError::internal("a catalogue query named a function that does not exist")
         }
         Failure::Reply(e) => e,
     }
