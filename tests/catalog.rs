@@ -680,7 +680,7 @@ fn set_returning_functions_give_json_arrays() {
 
 #[test]
 fn scalar_composite_void_and_null_results() {
-    let (_db, mut client, catalog) = setup(
+    let (db, mut client, catalog) = setup(
         "CREATE TABLE public.log (msg text);
          CREATE TYPE blitz_api.pt AS (x integer, y integer);
          CREATE FUNCTION blitz_api.make_pt(x integer, y integer) RETURNS blitz_api.pt
@@ -739,11 +739,7 @@ fn scalar_composite_void_and_null_results() {
         call(&mut client, &catalog, "write_log", json!({"msg": "hi"})),
         Value::Null
     );
-    let count: i64 = client
-        .query_one("SELECT count(*) FROM public.log", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(count, 1);
+    assert_eq!(db.count_rows("public.log"), 1);
     assert_eq!(catalog.overloads("write_log")[0].return_type, "void");
     assert_eq!(
         catalog.overloads("bump")[0].args.len(),
@@ -961,7 +957,7 @@ fn missing_unknown_and_ill_typed_params_are_refused_with_the_argument_named() {
 
 #[test]
 fn sql_injection_in_values_names_and_method_is_inert() {
-    let (_db, mut client, catalog) = setup(
+    let (db, mut client, catalog) = setup(
         "CREATE TABLE public.accounts (id integer);
          INSERT INTO public.accounts VALUES (1);
          CREATE FUNCTION blitz_api.echo_text(v text) RETURNS text LANGUAGE sql AS $$ SELECT v $$;
@@ -1017,11 +1013,11 @@ fn sql_injection_in_values_names_and_method_is_inert() {
         json!({"v\" => NULL); DROP TABLE public.accounts; --": 1}),
     );
     assert!(e.message.contains("unknown parameter"), "{}", e.message);
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM public.accounts", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 1, "public.accounts is intact");
+    assert_eq!(
+        db.count_rows("public.accounts"),
+        1,
+        "public.accounts is intact"
+    );
 }
 
 #[test]

@@ -304,12 +304,7 @@ fn sql_injection_attempts_do_no_harm() {
     let reply = rpc.call("api.greet", json!({"name); DROP TABLE victims; --": "x"}));
     assert_eq!(error_code(&reply), -32602);
     assert_eq!(result(&rpc.call("api.count_victims", json!({}))), 1);
-    let rows: i64 = db
-        .connect()
-        .query_one("SELECT count(*) FROM victims", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 1);
+    assert_eq!(db.count_rows("victims"), 1);
 }
 
 #[test]
@@ -562,12 +557,7 @@ fn notifications_run_without_a_reply() {
     rpc.send_line(r#"{"jsonrpc":"2.0","method":"sys.ping","id":1}"#);
     assert_eq!(rpc.read_reply().unwrap()["id"], 1);
     std::thread::sleep(Duration::from_millis(300));
-    let n: i64 = db
-        .connect()
-        .query_one("SELECT count(*) FROM marks", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(db.count_rows("marks"), 1);
 }
 
 #[test]

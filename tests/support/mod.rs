@@ -248,6 +248,14 @@ impl TestDb {
         cluster().connect(&self.name)
     }
 
+    /// Rows in `table` (a name the test wrote, never user input).
+    pub fn count_rows(&self, table: &str) -> i64 {
+        self.connect()
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .expect("count rows")
+            .get(0)
+    }
+
     /// Runs SQL (several statements allowed) on this database.
     pub fn execute(&self, sql: &str) {
         self.connect().batch_execute(sql).expect("test SQL");
