@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::connection::Connection;
@@ -103,6 +104,22 @@ impl Registry {
     }
 }
 
+/// Binds `addr` with an accept backlog sized for a burst of `max_clients`
+/// connections (the kernel caps it at `net.core.somaxconn`). std's fixed
+/// backlog of 128 overflows when hundreds of clients connect at once, and an
+/// overflowing accept queue can answer a client's first request with a reset.
+fn bind_listener(addr: &SocketAddr, max_clients: u64) -> io::Result<TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(*addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&(*addr).into())?;
+    socket.listen(max_clients.clamp(128, 65_535) as i32)?;
+    Ok(socket.into())
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     ctx: Arc<Context>,
@@ -117,7 +134,7 @@ impl Server {
         let listeners = config
             .listen_addrs
             .iter()
-            .map(TcpListener::bind)
+            .map(|addr| bind_listener(addr, config.server.max_clients))
             .collect::<io::Result<Vec<_>>>()?;
         let port = listeners[0].local_addr()?.port();
         let (dispatcher, queue) = Dispatcher::new(config.invocation.queue_capacity as usize);
