@@ -18,7 +18,10 @@
 --       are left alone, whatever their scale.
 --   blitz_demo.{projects,datasets,images,annotations}
 --       a tiny OMERO-like model with a few seed rows.
---   blitz_api.transfer, create_dataset, annotate_image, list_project_images
+--   blitz_demo.notes and role blitz_users
+--       the row-level security example (see "Identity" below).
+--   blitz_api.transfer, create_dataset, annotate_image, list_project_images,
+--   whoami, add_note, my_notes
 --       the callable functions, each with a COMMENT the server shows in its
 --       OpenRPC document.
 -- Nothing here touches schema `blitz`: that belongs to the server itself.
@@ -402,6 +405,79 @@ $$;
 
 COMMENT ON FUNCTION blitz_api.list_project_images(bigint) IS
 'Lists the images in every dataset of project project_id, ordered by dataset then image name: an array of {image_id, image_name, dataset_name, annotation_count}, empty when the project has no images. Fails with SQLSTATE P0002 when the project does not exist.';
+
+------------------------------------------------------------------------------
+-- Identity: who is calling, and row-level security per user
+------------------------------------------------------------------------------
+-- blitz runs every api call inside the caller's session: the function sees
+-- current_setting('blitz.user') (the session's user name), and with
+-- auth.set_role = true the call runs under SET LOCAL ROLE <user>, so GRANTs
+-- and row-level security apply. For that, each blitz user needs a
+-- PostgreSQL role of the same name that the server's database user may
+-- switch to, e.g. for users alice and bob:
+--
+--   CREATE ROLE alice NOLOGIN IN ROLE blitz_users;
+--   CREATE ROLE bob   NOLOGIN IN ROLE blitz_users;
+--   GRANT alice, bob TO <the user in db.url>;   -- not needed for a superuser
+--
+-- blitz_demo.notes is the example: each user sees and writes only their own
+-- rows (the policy compares owner_name with current_user, the role set by
+-- blitz). Without auth.set_role the calls run as the server's database user;
+-- a superuser or the table's owner is not subject to the policy.
+
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'blitz_users') THEN
+    CREATE ROLE blitz_users NOLOGIN;
+  END IF;
+END $$;
+GRANT USAGE ON SCHEMA blitz_api, blitz_demo TO blitz_users;
+
+CREATE TABLE IF NOT EXISTS blitz_demo.notes (
+  id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  owner_name  text NOT NULL DEFAULT current_user,
+  body        text NOT NULL,
+  created_at  timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE blitz_demo.notes ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS notes_own_rows ON blitz_demo.notes;
+CREATE POLICY notes_own_rows ON blitz_demo.notes
+  USING (owner_name = current_user)
+  WITH CHECK (owner_name = current_user);
+GRANT SELECT, INSERT, DELETE ON blitz_demo.notes TO blitz_users;
+
+CREATE OR REPLACE FUNCTION blitz_api.whoami()
+RETURNS json
+LANGUAGE sql
+STABLE
+AS $$
+  SELECT json_build_object('user', current_setting('blitz.user', true),
+                           'role', current_user::text)
+$$;
+
+COMMENT ON FUNCTION blitz_api.whoami() IS
+'The caller as the database sees it: {user: the blitz session''s user (current_setting(''blitz.user'')), role: current_user (the user''s own role when auth.set_role is on)}.';
+
+CREATE OR REPLACE FUNCTION blitz_api.add_note(body text)
+RETURNS bigint
+LANGUAGE sql
+AS $$
+  INSERT INTO blitz_demo.notes (body) VALUES (add_note.body) RETURNING id
+$$;
+
+COMMENT ON FUNCTION blitz_api.add_note(text) IS
+'Adds a note owned by the caller''s role and returns its id. Row-level security (with auth.set_role on) keeps each user to their own notes.';
+
+CREATE OR REPLACE FUNCTION blitz_api.my_notes()
+RETURNS TABLE (id bigint, owner_name text, body text)
+LANGUAGE sql
+STABLE
+AS $$
+  SELECT n.id, n.owner_name, n.body FROM blitz_demo.notes AS n ORDER BY n.id
+$$;
+
+COMMENT ON FUNCTION blitz_api.my_notes() IS
+'The notes the caller may see: with auth.set_role on, only their own (row-level security on blitz_demo.notes).';
 
 COMMIT;
 

@@ -175,6 +175,8 @@ pub struct PreparedCall {
     pub param_types: Vec<Type>,
     /// The value of each `$n`, already checked against its type.
     pub params: Vec<SqlParam>,
+    /// The called function's `pg_proc` OID.
+    pub oid: Oid,
 }
 
 impl PreparedCall {
@@ -666,6 +668,7 @@ impl CallBuilder {
             sql: function.statement(&self.args.join(", ")),
             param_types: self.types,
             params: self.params,
+            oid: function.oid,
         }
     }
 }

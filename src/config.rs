@@ -622,6 +622,15 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
             auth.mode
         )));
     }
+    if auth.mode == "trust" {
+        if let Some(open) = listen_addrs.iter().find(|a| !a.ip().is_loopback()) {
+            return Err(ConfigError(format!(
+                "config key auth.mode = \"trust\" lets anyone log in as anyone without a password, \
+                 so it is allowed only when every listen address is loopback; server.listen has {open}. \
+                 Use auth.mode = \"password\", or listen on 127.0.0.1 / [::1]"
+            )));
+        }
+    }
     let pool_size_origin = resolve_pool_size(&mut db);
     let mut invocation = invocation;
     if invocation.workers == 0 {

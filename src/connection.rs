@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::protocol::{render_error, render_result, Id, RpcError};
 use crate::server::Context;
+use crate::sessions::Session;
 
 /// How long a reply may wait for a client that does not read; after that
 /// the connection is closed (the client is too slow to keep).
@@ -34,6 +35,7 @@ pub struct Connection {
     write_lock: Mutex<()>,
     in_flight: AtomicUsize,
     broken: AtomicBool,
+    session: Mutex<Option<Arc<Session>>>,
 }
 
 impl Connection {
@@ -48,6 +50,7 @@ impl Connection {
             write_lock: Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             broken: AtomicBool::new(false),
+            session: Mutex::new(None),
         }
     }
 
@@ -59,6 +62,24 @@ impl Connection {
     /// The server context.
     pub fn ctx(&self) -> &Arc<Context> {
         &self.ctx
+    }
+
+    /// The session bound by `session.login` or `session.join`, if any.
+    pub fn session(&self) -> Option<Arc<Session>> {
+        self.session.lock().clone()
+    }
+
+    /// Binds `session` to this connection (replacing any other).
+    pub fn bind_session(&self, session: Arc<Session>) {
+        *self.session.lock() = Some(session);
+    }
+
+    /// Unbinds the session if its key is `key` (after a logout).
+    pub fn unbind_session(&self, key: &str) {
+        let mut bound = self.session.lock();
+        if bound.as_ref().is_some_and(|s| s.key == key) {
+            *bound = None;
+        }
     }
 
     /// Requests of this connection queued or running.

@@ -207,6 +207,7 @@ pub fn classify(error: &postgres::Error, cancelled: Option<CancelReason>) -> Fai
         "0A000" if db.message().contains("cached plan") => Failure::StalePlan,
         "26000" => Failure::StalePlan,
         "42501" => Failure::Reply(RpcError::permission_denied(db.message())),
+        "BZ006" => Failure::Reply(RpcError::unauthenticated(db.message())), // from blitz.enter
         "42883" => Failure::UndefinedFunction,
         "57014" => match cancelled {
             Some(reason) => Failure::Cancelled(reason),

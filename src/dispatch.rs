@@ -81,15 +81,17 @@ impl Dispatcher {
         self.busy_workers.load(Ordering::Acquire)
     }
 
-    /// How long a job admitted now would wait, from the queue depth and the
-    /// recent completion rate; `None` when nothing completed recently.
+    /// How long a job admitted now would wait: the queue depth over what
+    /// the workers can complete per second (judged from recent execution
+    /// times); `None` when too few calls ran recently to judge.
     pub fn estimated_wait(&self, ctx: &Context) -> Option<Duration> {
-        let rate = ctx.stats.completion_rate();
-        (rate > 0.0).then(|| Duration::from_secs_f64(self.depth() as f64 / rate))
+        let workers = ctx.config.invocation.workers as usize;
+        let capacity = ctx.stats.capacity_per_second(workers)?;
+        Some(Duration::from_secs_f64(self.depth() as f64 / capacity))
     }
 
     /// The `retry_after_ms` to suggest to a refused client: about the time
-    /// the queue needs to drain halfway at the recent completion rate.
+    /// the queue needs to drain halfway at the workers' recent pace.
     pub fn retry_after_ms(&self, ctx: &Context) -> u64 {
         match self.estimated_wait(ctx) {
             Some(wait) => (wait.as_millis() as u64 / 2).clamp(1, 60_000),
@@ -217,7 +219,7 @@ pub fn run_job(ctx: &Context, job: Job) {
         deadline,
     } = job;
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        services::execute(ctx, &request, arrived, deadline)
+        services::execute(ctx, responder.connection(), &request, arrived, deadline)
     }))
     .unwrap_or_else(|_| {
         log::error!(

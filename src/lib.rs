@@ -16,7 +16,14 @@
 //! - [`connection`]: a connection's write side and the [`connection::Responder`]
 //!   that guarantees every request read exactly one reply.
 //! - [`services`]: which method goes where (`sys.*` on the router thread,
-//!   `api.*` and `rpc.discover` through the queue) and the methods themselves.
+//!   `api.*`, `session.*` and `rpc.discover` through the queue), who may
+//!   call it, and the methods themselves.
+//! - [`sessions`]: sessions kept in PostgreSQL so any instance serves any
+//!   session; the caller's identity inside each call's transaction.
+//! - [`auth`]: argon2id password hashes, session keys, the failed-login limiter.
+//! - [`schema`]: the server's own tables in schema `blitz`, as versioned
+//!   migrations applied at start.
+//! - [`admin`]: `blitz-server user add|passwd|disable|list`.
 //! - [`dispatch`]: admission control, the bounded FIFO queue, the worker
 //!   threads, and deadlines.
 //! - [`catalog`]: the functions of the api schema learned from pg_proc, and
@@ -28,6 +35,8 @@
 //! - [`shutdown`]: the running → draining → stopped state.
 //! - [`client`]: the thin client library behind the `blitz` command.
 
+pub mod admin;
+pub mod auth;
 pub mod catalog;
 pub mod client;
 pub mod config;
@@ -36,8 +45,10 @@ pub mod db;
 pub mod dispatch;
 pub mod protocol;
 pub mod router;
+pub mod schema;
 pub mod server;
 pub mod services;
+pub mod sessions;
 pub mod shutdown;
 pub mod stats;
 pub mod watchdog;

@@ -21,7 +21,9 @@ use crate::dispatch::{self, Dispatcher, Job};
 use crate::protocol::RpcError;
 use crate::router;
 use crate::services::api::CatalogCache;
+use crate::sessions::{self, Sessions};
 use crate::shutdown::Shutdown;
+use crate::auth::LoginLimiter;
 use crate::stats::Stats;
 use crate::watchdog::{CancelReason, Watchdog};
 
@@ -47,6 +49,10 @@ pub struct Context {
     pub catalog: CatalogCache,
     /// Open client connections.
     pub connections: Registry,
+    /// Session state: schema readiness, `last_used` batching.
+    pub sessions: Sessions,
+    /// Failed logins per user and peer address.
+    pub login_limiter: LoginLimiter,
     workers_may_exit: AtomicBool,
 }
 
@@ -96,6 +102,14 @@ impl Registry {
         self.len() == 0
     }
 
+    /// Unbinds session `key` from every open connection (after a logout).
+    pub fn unbind_session(&self, key: &str) {
+        let open: Vec<_> = self.open.lock().values().cloned().collect();
+        for conn in open {
+            conn.unbind_session(key);
+        }
+    }
+
     fn close_all(&self) {
         let open: Vec<_> = self.open.lock().values().cloned().collect();
         for conn in open {
@@ -139,6 +153,7 @@ impl Server {
         let port = listeners[0].local_addr()?.port();
         let (dispatcher, queue) = Dispatcher::new(config.invocation.queue_capacity as usize);
         let health = Arc::new(Health::default());
+        let sessions = Sessions::new(&config.auth);
         let ctx = Arc::new(Context {
             instance: format!("{}:{port}", hostname()),
             pool: db::build_pool(&config, health.clone()),
@@ -150,6 +165,8 @@ impl Server {
             watchdog: Watchdog::start(),
             health,
             connections: Registry::default(),
+            sessions,
+            login_limiter: LoginLimiter::default(),
             workers_may_exit: AtomicBool::new(false),
         });
         Ok(Server {
@@ -177,6 +194,7 @@ impl Server {
         let ctx = &self.ctx;
         let workers =
             dispatch::spawn_workers(ctx, &self.queue, ctx.config.invocation.workers as usize);
+        let session_writer = sessions::spawn_session_writer(ctx.clone());
         let addrs = self.local_addrs();
         let acceptors: Vec<JoinHandle<()>> = self
             .listeners
@@ -197,6 +215,7 @@ impl Server {
         );
         let _ = stop.recv();
         drain_and_close(ctx, &self.queue, workers, acceptors, &addrs);
+        let _ = session_writer.join();
     }
 }
 

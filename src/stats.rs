@@ -94,12 +94,19 @@ impl Stats {
         Stats::bump(&self.counters.completed);
         self.queue_wait.lock().record(now, queued);
         self.execution.lock().record(now, executed);
-        self.rate.lock().record(now);
+        self.rate.lock().record(now, executed);
     }
 
     /// Completions per second over the last few seconds (0 when idle).
     pub fn completion_rate(&self) -> f64 {
         self.rate.lock().per_second(Instant::now())
+    }
+
+    /// Calls per second `workers` workers can complete, judged from how
+    /// long recent calls ran (not from how many arrived, which says nothing
+    /// about capacity after an idle spell); `None` until a few calls ran.
+    pub fn capacity_per_second(&self, workers: usize) -> Option<f64> {
+        self.rate.lock().capacity(Instant::now(), workers)
     }
 
     /// Seconds since the server started.
@@ -174,9 +181,13 @@ impl LogThrottle {
 #[derive(Debug)]
 struct RateMeter {
     slots: [u64; RATE_SLOTS],
+    busy: [Duration; RATE_SLOTS],
     current: u64,
     origin: Instant,
 }
+
+/// Completions needed in the window before [`RateMeter::capacity`] answers.
+const MIN_CAPACITY_SAMPLES: u64 = 4;
 
 const RATE_SLOTS: usize = 8;
 const RATE_SLOT: Duration = Duration::from_millis(250);
@@ -185,6 +196,7 @@ impl RateMeter {
     fn new(origin: Instant) -> RateMeter {
         RateMeter {
             slots: [0; RATE_SLOTS],
+            busy: [Duration::ZERO; RATE_SLOTS],
             current: 0,
             origin,
         }
@@ -198,14 +210,27 @@ impl RateMeter {
         let slot = self.slot_of(now);
         let steps = slot.saturating_sub(self.current).min(RATE_SLOTS as u64);
         for i in 1..=steps {
-            self.slots[((self.current + i) % RATE_SLOTS as u64) as usize] = 0;
+            let index = ((self.current + i) % RATE_SLOTS as u64) as usize;
+            self.slots[index] = 0;
+            self.busy[index] = Duration::ZERO;
         }
         self.current = slot;
     }
 
-    fn record(&mut self, now: Instant) {
+    fn record(&mut self, now: Instant, executed: Duration) {
         self.advance(now);
-        self.slots[(self.current % RATE_SLOTS as u64) as usize] += 1;
+        let index = (self.current % RATE_SLOTS as u64) as usize;
+        self.slots[index] += 1;
+        self.busy[index] += executed;
+    }
+
+    /// `workers` × completions per second of execution time in the window.
+    fn capacity(&mut self, now: Instant, workers: usize) -> Option<f64> {
+        self.advance(now);
+        let count: u64 = self.slots.iter().sum();
+        let busy: Duration = self.busy.iter().sum();
+        let busy = busy.as_secs_f64().max(1e-6);
+        (count >= MIN_CAPACITY_SAMPLES).then(|| workers as f64 * count as f64 / busy)
     }
 
     fn per_second(&mut self, now: Instant) -> f64 {
@@ -376,10 +401,23 @@ mod tests {
         let t0 = Instant::now();
         let mut r = RateMeter::new(t0);
         for i in 0..100 {
-            r.record(t0 + Duration::from_millis(i * 10));
+            r.record(t0 + Duration::from_millis(i * 10), Duration::from_millis(5));
         }
         let rate = r.per_second(t0 + Duration::from_millis(1000));
         assert!((40.0..=120.0).contains(&rate), "{rate}");
         assert_eq!(r.per_second(t0 + Duration::from_secs(10)), 0.0);
+    }
+
+    #[test]
+    fn capacity_follows_execution_time_not_arrivals() {
+        let t0 = Instant::now();
+        let mut r = RateMeter::new(t0);
+        assert_eq!(r.capacity(t0, 4), None);
+        // Five 10 ms calls over a mostly idle second: 4 workers can do 400/s.
+        for i in 0..5 {
+            r.record(t0 + Duration::from_millis(i * 200), Duration::from_millis(10));
+        }
+        let capacity = r.capacity(t0 + Duration::from_millis(1000), 4).unwrap();
+        assert!((399.0..=401.0).contains(&capacity), "{capacity}");
     }
 }

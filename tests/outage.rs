@@ -31,7 +31,7 @@ fn a_database_restart_under_load_is_survived() {
             let (addr, running, outcomes) =
                 (server.addr.clone(), running.clone(), outcomes.clone());
             std::thread::spawn(move || {
-                let mut rpc = Rpc::connect(&addr);
+                let mut rpc = Rpc::session(&addr);
                 while running.load(Ordering::Acquire) {
                     let sent = Instant::now();
                     rpc.send_with(

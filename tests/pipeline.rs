@@ -55,7 +55,7 @@ fn burst(addr: &str, clients: usize, hold_ms: u64, timeout_ms: u64) -> (Vec<Valu
             std::thread::Builder::new()
                 .stack_size(128 * 1024)
                 .spawn(move || {
-                    let mut rpc = Rpc::connect(&addr);
+                    let mut rpc = Rpc::session(&addr);
                     barrier.wait();
                     rpc.send_with(
                         "api.sleep_ms",
@@ -146,7 +146,7 @@ fn a_burst_of_500_within_the_queue_all_succeed_with_pool_size_backends() {
 #[test]
 fn malformed_json_gets_a_parse_error_and_the_connection_stays() {
     let (_db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     rpc.send_line(r#"{"jsonrpc":"2.0","method":"sys.ping","id":1"#);
     let reply = rpc.read_reply().unwrap();
     assert_eq!(error_code(&reply), -32700);
@@ -157,7 +157,7 @@ fn malformed_json_gets_a_parse_error_and_the_connection_stays() {
 #[test]
 fn deeply_nested_json_is_refused_without_harm() {
     let (_db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     let depth = 100_000;
     rpc.send_line(&format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
     let reply = rpc.read_reply().unwrap();
@@ -187,7 +187,7 @@ fn deeply_nested_json_is_refused_without_harm() {
 #[test]
 fn json_that_is_not_a_request_is_an_invalid_request() {
     let (_db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     for line in [
         r#"42"#,
         r#"{"jsonrpc":"2.0","id":7}"#,
@@ -203,7 +203,7 @@ fn json_that_is_not_a_request_is_an_invalid_request() {
 #[test]
 fn an_oversized_line_is_refused_and_the_connection_works_after() {
     let (_db, server) = setup(&[("server.max_message_bytes", "4096")]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     let huge = format!(
         r#"{{"jsonrpc":"2.0","method":"api.greet","params":{{"name":"{}"}},"id":1}}"#,
         "x".repeat(100_000)
@@ -219,7 +219,7 @@ fn an_oversized_line_is_refused_and_the_connection_works_after() {
 #[test]
 fn invalid_utf8_is_a_parse_error() {
     let (_db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     rpc.stream
         .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\xfe\",\"id\":1}\n")
         .unwrap();
@@ -230,7 +230,7 @@ fn invalid_utf8_is_a_parse_error() {
 #[test]
 fn unknown_methods_and_functions_are_not_found() {
     let (_db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     assert_eq!(error_code(&rpc.call("no.such", json!({}))), -32601);
     let reply = rpc.call("api.no_such_function", json!({}));
     assert_eq!(error_code(&reply), -32601);
@@ -240,7 +240,7 @@ fn unknown_methods_and_functions_are_not_found() {
 #[test]
 fn a_function_created_while_running_becomes_callable() {
     let (db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     assert_eq!(result(&rpc.call("api.add", json!({"a": 1}))), 1);
     db.execute("CREATE FUNCTION blitz_api.late() RETURNS text LANGUAGE sql AS $$ SELECT 'new' $$");
     std::thread::sleep(Duration::from_millis(1100)); // reloads happen at most once a second
@@ -250,7 +250,7 @@ fn a_function_created_while_running_becomes_callable() {
 #[test]
 fn a_function_dropped_while_running_is_not_found() {
     let (db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     assert_eq!(
         result(&rpc.call("api.greet", json!({"name": "a"}))),
         "hello a"
@@ -264,7 +264,7 @@ fn a_function_dropped_while_running_is_not_found() {
 #[test]
 fn missing_extra_and_ill_typed_params_name_the_param() {
     let (_db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     let cases = [
         (json!({}), "a"),
         (json!({"a": 1, "c": 2}), "c"),
@@ -286,7 +286,7 @@ fn missing_extra_and_ill_typed_params_name_the_param() {
 #[test]
 fn sql_injection_attempts_do_no_harm() {
     let (db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     for method in [
         "api.greet(); DROP TABLE victims; --",
         "api.count_victims\"(); DROP TABLE victims; --",
@@ -328,7 +328,7 @@ fn a_half_sent_line_is_cut_at_the_idle_timeout() {
     );
     // The server is still fine.
     assert_eq!(
-        Rpc::connect(&server.addr).call("sys.ping", json!({}))["result"]["pong"],
+        Rpc::session(&server.addr).call("sys.ping", json!({}))["result"]["pong"],
         true
     );
 }
@@ -336,7 +336,7 @@ fn a_half_sent_line_is_cut_at_the_idle_timeout() {
 #[test]
 fn an_idle_connection_with_work_in_flight_is_kept() {
     let (_db, server) = setup(&[("server.idle_timeout_s", "1")]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     let reply = rpc.call("api.sleep_ms", json!({"ms": 2500}));
     assert_eq!(
         result(&reply),
@@ -349,14 +349,14 @@ fn an_idle_connection_with_work_in_flight_is_kept() {
 fn a_client_that_vanishes_with_requests_queued_leaves_the_server_healthy() {
     let (_db, server) = setup(&[("db.pool_size", "2"), ("invocation.queue_capacity", "200")]);
     for _ in 0..5 {
-        let mut rpc = Rpc::connect(&server.addr);
+        let mut rpc = Rpc::session(&server.addr);
         for _ in 0..20 {
             rpc.send("api.sleep_ms", json!({"ms": 20}));
         }
         drop(rpc); // gone without reading a reply
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     assert_eq!(result(&rpc.call("api.add", json!({"a": 1, "b": 1}))), 2);
     let log = server.log();
     assert!(!log.contains("ERROR"), "error lines in the log:\n{log}");
@@ -370,13 +370,13 @@ fn a_client_that_vanishes_with_requests_queued_leaves_the_server_healthy() {
 fn a_client_that_does_not_read_cannot_hold_the_workers() {
     let (db, server) = setup(&[("db.pool_size", "2")]);
     db.execute("CREATE FUNCTION blitz_api.big() RETURNS text LANGUAGE sql AS $$ SELECT repeat('x', 4000000) $$");
-    let mut slow = Rpc::connect(&server.addr);
+    let mut slow = Rpc::session(&server.addr);
     for _ in 0..4 {
         slow.send("api.big", json!({}));
     }
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
-    let mut other = Rpc::connect(&server.addr);
+    let mut other = Rpc::session(&server.addr);
     assert_eq!(result(&other.call("api.add", json!({"a": 1}))), 1);
     assert!(
         start.elapsed() < Duration::from_secs(8),
@@ -389,7 +389,7 @@ fn a_client_that_does_not_read_cannot_hold_the_workers() {
 #[test]
 fn serialization_failures_are_retried_then_reported() {
     let (_db, server) = setup(&[("invocation.max_retries", "3")]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     assert_eq!(result(&rpc.call("api.conflict_twice", json!({}))), "done");
     let status = rpc.call("sys.status", json!({}));
     assert!(
@@ -405,7 +405,7 @@ fn serialization_failures_are_retried_then_reported() {
 #[test]
 fn raised_exceptions_pass_on_sqlstate_and_message() {
     let (_db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     let reply = rpc.call("api.fail", json!({"msg": "no such image"}));
     assert_eq!(error_code(&reply), -32010);
     assert_eq!(reply["error"]["data"]["sqlstate"], "P0001");
@@ -416,14 +416,14 @@ fn raised_exceptions_pass_on_sqlstate_and_message() {
 #[test]
 fn deadlines_bound_running_and_queued_calls() {
     let (_db, server) = setup(&[("db.pool_size", "1")]);
-    let mut running = Rpc::connect(&server.addr);
+    let mut running = Rpc::session(&server.addr);
     let start = Instant::now();
     running.send_with(
         "api.sleep_ms",
         json!({"ms": 5000}),
         json!({"timeout_ms": 300}),
     );
-    let mut queued = Rpc::connect(&server.addr);
+    let mut queued = Rpc::session(&server.addr);
     std::thread::sleep(Duration::from_millis(50));
     queued.send_with("api.add", json!({"a": 1}), json!({"timeout_ms": 100}));
     let reply = queued.read_reply().unwrap();
@@ -445,7 +445,7 @@ fn one_connection_cannot_fill_the_queue() {
         ("server.max_in_flight_per_connection", "2"),
         ("db.pool_size", "1"),
     ]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     for _ in 0..6 {
         rpc.send("api.sleep_ms", json!({"ms": 100}));
     }
@@ -481,7 +481,7 @@ fn connections_beyond_max_clients_get_one_line_and_a_clean_close() {
 #[test]
 fn batches_follow_the_specification() {
     let (_db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     rpc.send_line(
         r#"[{"jsonrpc":"2.0","method":"api.add","params":{"a":1,"b":2},"id":"one"},
             {"jsonrpc":"2.0","method":"api.add","params":{"a":1}},
@@ -526,7 +526,7 @@ fn batches_follow_the_specification() {
 #[test]
 fn ids_are_echoed_exactly() {
     let (_db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     for id in [
         "0",
         "-7",
@@ -552,7 +552,7 @@ fn ids_are_echoed_exactly() {
 fn notifications_run_without_a_reply() {
     let (db, server) = setup(&[]);
     db.execute("CREATE TABLE marks (n int); CREATE FUNCTION blitz_api.mark() RETURNS void LANGUAGE sql AS 'INSERT INTO marks VALUES (1)'");
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     rpc.send_line(r#"{"jsonrpc":"2.0","method":"api.mark"}"#);
     rpc.send_line(r#"{"jsonrpc":"2.0","method":"sys.ping","id":1}"#);
     assert_eq!(rpc.read_reply().unwrap()["id"], 1);
@@ -563,14 +563,14 @@ fn notifications_run_without_a_reply() {
 #[test]
 fn pipelined_requests_each_get_their_reply() {
     let (_db, server) = setup(&[]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     let ids: Vec<u64> = (0..50)
         .map(|i| rpc.send("api.add", json!({"a": i, "b": 1})))
         .collect();
     let mut seen = HashMap::new();
     for _ in &ids {
         let r = rpc.read_reply().unwrap();
-        seen.insert(r["id"].as_u64().unwrap(), r["result"].as_i64().unwrap());
+        seen.insert(r["id"].as_u64().unwrap(), result(&r).as_i64().unwrap());
     }
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(seen[id], i as i64 + 1);
@@ -580,7 +580,7 @@ fn pipelined_requests_each_get_their_reply() {
 #[test]
 fn status_and_discover_describe_the_instance() {
     let (_db, server) = setup(&[("db.pool_size", "3"), ("invocation.queue_capacity", "77")]);
-    let mut rpc = Rpc::connect(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     rpc.call("api.add", json!({"a": 1}));
     let status = rpc.call("sys.status", json!({}));
     let s = result(&status);
@@ -622,7 +622,7 @@ fn sigterm_under_load_answers_every_request_and_exits_0() {
         .map(|_| {
             let addr = server.addr.clone();
             std::thread::spawn(move || {
-                let mut rpc = Rpc::connect(&addr);
+                let mut rpc = Rpc::session(&addr);
                 let sent: Vec<u64> = (0..5)
                     .map(|_| rpc.send("api.sleep_ms", json!({"ms": 50})))
                     .collect();

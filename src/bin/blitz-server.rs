@@ -1,12 +1,14 @@
 //! `blitz-server`: loads the configuration, builds the pool and serves until
-//! Ctrl-C or SIGTERM. Exit codes: 0 after a clean stop, 2 for a bad
-//! configuration, 1 for any other failure to start.
+//! Ctrl-C or SIGTERM; `blitz-server user …` administers users. Exit codes:
+//! 0 after a clean stop, 2 for a bad configuration or usage, 1 for any
+//! other failure.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
+use blitz::admin::{Admin, AdminError};
 use blitz::config::{Config, ConfigError, ConfigInputs};
 use blitz::server::Server;
 
@@ -14,30 +16,76 @@ use blitz::server::Server;
 #[derive(Debug, Parser)]
 #[command(name = "blitz-server", version, about)]
 struct Args {
+    /// Without a command: serve.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Config file (TOML); see conf/blitz.toml for every key.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// server.listen: address(es) to listen on, host:port[,host:port].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
     listen: Option<String>,
     /// db.url: PostgreSQL connection URL.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL")]
     db_url: Option<String>,
     /// db.pool_size: pooled connections (0 = cores × 2 + spindles).
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     pool_size: Option<String>,
     /// invocation.workers: worker threads (0 = pool size).
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     workers: Option<String>,
     /// invocation.queue_capacity: bounded queue length.
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     queue_capacity: Option<String>,
     /// Any key: --set section.key=value (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Print the effective configuration with each value's source, then exit.
     #[arg(long)]
     print_config: bool,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Administer the users who may log in (in schema blitz of db.url).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+/// `blitz-server user …`.
+#[derive(Debug, Subcommand)]
+enum UserAction {
+    /// Create a user; the password is read from stdin (one line).
+    Add {
+        /// The user name (1–63 characters, no spaces).
+        name: String,
+        /// Generate a random password and print it once instead of reading one.
+        #[arg(long)]
+        generate: bool,
+    },
+    /// Set a user's password, read from stdin (one line).
+    Passwd {
+        /// The user name.
+        name: String,
+        /// Generate a random password and print it once instead of reading one.
+        #[arg(long)]
+        generate: bool,
+    },
+    /// Refuse a user's logins and end its sessions on every instance.
+    Disable {
+        /// The user name.
+        name: String,
+    },
+    /// Let a disabled user log in again.
+    Enable {
+        /// The user name.
+        name: String,
+    },
+    /// List the users, with their number of live sessions.
+    List,
 }
 
 impl Args {
@@ -67,7 +115,11 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // tokio_postgres logs every statement's parameter values at debug,
+        // session keys and user names among them: never below info.
+        .filter_module("tokio_postgres::query", log::LevelFilter::Info)
+        .init();
     let args = Args::parse();
     let config = match args
         .flag_overrides()
@@ -83,7 +135,76 @@ fn main() -> ExitCode {
         print!("{}", config.to_annotated_toml());
         return ExitCode::SUCCESS;
     }
-    serve(config)
+    match args.command {
+        Some(Command::User { action }) => match administer(&config, action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("blitz-server user: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        None => serve(config),
+    }
+}
+
+fn administer(config: &Config, action: UserAction) -> Result<(), AdminError> {
+    let mut admin = Admin::connect(config)?;
+    match action {
+        UserAction::Add { name, generate } => {
+            let password = new_password(&name, generate)?;
+            admin.add(&name, &password)?;
+            println!("user {name} added");
+        }
+        UserAction::Passwd { name, generate } => {
+            let password = new_password(&name, generate)?;
+            admin.passwd(&name, &password)?;
+            println!("password of {name} changed");
+        }
+        UserAction::Disable { name } => {
+            let ended = admin.disable(&name)?;
+            println!("user {name} disabled; {ended} sessions ended");
+        }
+        UserAction::Enable { name } => {
+            admin.enable(&name)?;
+            println!("user {name} enabled");
+        }
+        UserAction::List => print_users(&mut admin)?,
+    }
+    Ok(())
+}
+
+/// A generated password (printed once, on stderr, so stdout stays the
+/// command's report) or one line read from stdin.
+fn new_password(name: &str, generate: bool) -> Result<String, AdminError> {
+    if generate {
+        let password = blitz::auth::generate_password()
+            .map_err(|e| AdminError::Invalid(format!("cannot read /dev/urandom: {e}")))?;
+        eprintln!("generated password for {name} (shown once): {password}");
+        return Ok(password);
+    }
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("password for {name} (input is echoed; pipe it in to avoid that): ");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| AdminError::Invalid(format!("cannot read the password from stdin: {e}")))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn print_users(admin: &mut Admin) -> Result<(), AdminError> {
+    println!("{:<24} {:<9} {:<9} {:>8}  created", "name", "state", "password", "sessions");
+    for user in admin.list()? {
+        println!(
+            "{:<24} {:<9} {:<9} {:>8}  {}",
+            user.name,
+            if user.disabled { "disabled" } else { "enabled" },
+            if user.has_password { "set" } else { "none" },
+            user.sessions,
+            user.created
+        );
+    }
+    Ok(())
 }
 
 fn serve(config: Config) -> ExitCode {

@@ -13,9 +13,10 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 
 use crate::catalog::{Catalog, PreparedCall};
-use crate::db::{classify, Failure, PooledConn};
-use crate::protocol::RpcError;
+use crate::db::{classify, DbConn, Failure, PooledConn};
+use crate::protocol::{code, RpcError};
 use crate::server::Context;
+use crate::sessions::{session_call, EnterArgs, Session};
 use crate::watchdog::CancelReason;
 
 /// Shortest time between two catalogue reloads.
@@ -142,14 +143,24 @@ pub fn acquire(ctx: &Context, budget: &Budget) -> Result<PooledConn, RpcError> {
             RpcError::db_unavailable(ctx.config.db.acquire_timeout_ms, e.to_string())
         })?;
         if !conn.predates_outage(&ctx.health) {
+            ctx.sessions
+                .ensure_schema(conn.client())
+                .map_err(|e| failure_reply(ctx, classify(&e, None), budget, 1))?;
             return Ok(conn);
         }
         conn.mark_broken(); // opened before the outage: dropped unused, not failed on a call
     }
 }
 
-/// Calls `<api_schema>.<name>` with `params` (object, array or null).
-pub fn call(ctx: &Context, name: &str, params: &Value, budget: &Budget) -> Result<Value, RpcError> {
+/// Calls `<api_schema>.<name>` with `params` (object, array or null) as
+/// `session`'s user.
+pub fn call(
+    ctx: &Context,
+    session: &Session,
+    name: &str,
+    params: &Value,
+    budget: &Budget,
+) -> Result<Value, RpcError> {
     let mut conn = acquire(ctx, budget)?;
     let mut catalog = ctx.catalog.get(ctx, &mut conn, budget)?;
     if catalog.prepare(name, params).is_none() {
@@ -159,19 +170,26 @@ pub fn call(ctx: &Context, name: &str, params: &Value, budget: &Budget) -> Resul
         .prepare(name, params)
         .ok_or_else(|| RpcError::method_not_found(&format!("api.{name}")))?
         .map_err(|e| RpcError::invalid_params(e.param.as_deref(), e.message))?;
-    run(ctx, &mut conn, name, &prepared, budget)
+    let outcome = run(ctx, &mut conn, name, &prepared, session, budget);
+    if !matches!(&outcome, Err(e) if e.code == code::UNAUTHENTICATED) {
+        ctx.sessions.touch(session);
+    }
+    outcome
 }
 
-/// Runs one prepared call of function `name` as one transaction, retrying
-/// 40001/40P01.
+/// Runs one prepared call of function `name` as one transaction inside
+/// `session` (see [`session_call`]), retrying 40001/40P01.
 fn run(
     ctx: &Context,
     conn: &mut PooledConn,
     name: &str,
     call: &PreparedCall,
+    session: &Session,
     budget: &Budget,
 ) -> Result<Value, RpcError> {
-    let params = call.param_refs();
+    let enter = EnterArgs::new(&ctx.sessions, session, call.oid);
+    let call_params = call.param_refs();
+    let statement = session_call(&call.sql, &call.param_types, &call_params, &enter);
     let max_retries = ctx.config.invocation.max_retries as u32;
     let mut attempt = 1u32;
     let mut replanned = false;
@@ -179,19 +197,9 @@ fn run(
         if ctx.shutdown.past_drain_deadline() {
             return Err(RpcError::shutting_down(ctx.retry_after_shutdown_ms()));
         }
-        let guard = ctx
-            .watchdog
-            .arm(cancel_at(ctx, budget), conn.cancel_token());
-        let result = conn.query_json(&call.sql, &call.param_types, &params);
-        let fired = guard
-            .disarm()
-            .map(|reason| match ctx.shutdown.past_drain_deadline() {
-                true => CancelReason::Shutdown,
-                false => reason,
-            });
-        if fired.is_some() {
-            conn.mark_broken(); // a late cancel must not reach the next statement
-        }
+        let (result, fired) = guarded(ctx, conn, budget, |db| {
+            db.query_json(&statement.sql, &statement.types, &statement.params)
+        });
         let error = match result {
             Ok(value) => {
                 ctx.health.report_up();
@@ -221,6 +229,50 @@ fn run(
             failure => return Err(failure_reply(ctx, failure, budget, attempt)),
         }
     }
+}
+
+/// Runs `work` on `conn` with the watchdog armed for the deadline (or the
+/// drain deadline); returns its result and whether a cancel was sent. A
+/// connection that was sent a cancel is marked broken: a late cancel must
+/// not reach its next statement.
+fn guarded<T>(
+    ctx: &Context,
+    conn: &mut PooledConn,
+    budget: &Budget,
+    work: impl FnOnce(&mut DbConn) -> Result<T, postgres::Error>,
+) -> (Result<T, postgres::Error>, Option<CancelReason>) {
+    let guard = ctx
+        .watchdog
+        .arm(cancel_at(ctx, budget), conn.cancel_token());
+    let result = work(conn);
+    let fired = guard
+        .disarm()
+        .map(|reason| match ctx.shutdown.past_drain_deadline() {
+            true => CancelReason::Shutdown,
+            false => reason,
+        });
+    if fired.is_some() {
+        conn.mark_broken();
+    }
+    (result, fired)
+}
+
+/// Runs `work` (one or a few quick statements) on `conn` under the
+/// request's deadline; a failure becomes its reply through [`classify`].
+pub fn with_db<T>(
+    ctx: &Context,
+    conn: &mut PooledConn,
+    budget: &Budget,
+    work: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+) -> Result<T, RpcError> {
+    let (result, fired) = guarded(ctx, conn, budget, |db| work(db.client()));
+    result.map_err(|e| {
+        let failure = classify(&e, fired);
+        if let Failure::ConnectionLost { .. } = failure {
+            conn.mark_broken();
+        }
+        failure_reply(ctx, failure, budget, 1)
+    })
 }
 
 /// When to cancel a statement: at the caller's deadline, or at the drain

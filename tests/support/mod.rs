@@ -295,11 +295,16 @@ pub fn bin(name: &str) -> PathBuf {
 impl Server {
     /// Starts `blitz-server` on a free port against `db_url` with extra
     /// `--set key=value` overrides, and waits until it accepts connections.
+    /// `auth.mode` is `trust` unless `settings` say otherwise, so that
+    /// [`Rpc::session`] can log in by name.
     pub fn start(db_url: &str, settings: &[(&str, &str)]) -> Server {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(bin("blitz-server"));
         cmd.arg("--listen").arg(&addr).arg("--db-url").arg(db_url);
+        if !settings.iter().any(|(k, _)| *k == "auth.mode") {
+            cmd.arg("--set").arg("auth.mode=trust");
+        }
         for (k, v) in settings {
             cmd.arg("--set").arg(format!("{k}={v}"));
         }
@@ -440,6 +445,29 @@ impl Rpc {
             reader: reader(&stream),
             stream,
             next_id: 0,
+        }
+    }
+
+    /// Connects to `addr` and logs in as user `test` (trust mode).
+    pub fn session(addr: &str) -> Rpc {
+        let mut rpc = Rpc::connect(addr);
+        rpc.login(serde_json::json!({"user": "test"}));
+        rpc
+    }
+
+    /// `session.login` with `params`, waiting out overload refusals (-32001)
+    /// as a client would; returns the reply's `result`.
+    pub fn login(&mut self, params: serde_json::Value) -> serde_json::Value {
+        loop {
+            let reply = self.call("session.login", params.clone());
+            match reply["error"]["code"].as_i64() {
+                None => return reply["result"].clone(),
+                Some(-32001) => {
+                    let pause = reply["error"]["data"]["retry_after_ms"].as_u64().unwrap_or(50);
+                    std::thread::sleep(Duration::from_millis(pause.clamp(1, 1000)));
+                }
+                Some(_) => panic!("login failed: {reply}"),
+            }
         }
     }
 

@@ -1,0 +1,137 @@
+//! The server's own tables, in schema `blitz` (never in the api schema):
+//! users, sessions, and `blitz.enter`, the function that puts a session's
+//! identity into a call's transaction.
+//!
+//! Changes are versioned [`MIGRATIONS`], applied in order by [`migrate`] in
+//! one transaction under an advisory lock, so two instances starting at once
+//! apply each migration exactly once. A migration, once released, is never
+//! edited: a change is a new migration.
+
+use postgres::{Client, GenericClient};
+
+/// Advisory lock key held while migrating ("blitz" in ASCII).
+const MIGRATION_LOCK: i64 = 0x626c_6974_7a;
+
+/// One schema change: its version, what it does, and its SQL.
+pub struct Migration {
+    /// Applied in increasing order; recorded in `blitz.schema_migrations`.
+    pub version: i32,
+    /// One line for the log and the migrations table.
+    pub description: &'static str,
+    /// The statements.
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users and sessions",
+        sql: "
+CREATE TABLE blitz.users (
+    name          text PRIMARY KEY CHECK (name <> '' AND length(name) <= 63),
+    password_hash text,              -- argon2id PHC string; NULL: no password (trust mode)
+    created       timestamptz NOT NULL DEFAULT now(),
+    disabled      boolean NOT NULL DEFAULT false
+);
+CREATE TABLE blitz.sessions (
+    key       text PRIMARY KEY,      -- 256 random bits, base64url
+    user_name text NOT NULL REFERENCES blitz.users (name) ON DELETE CASCADE,
+    created   timestamptz NOT NULL DEFAULT now(),
+    last_used timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX sessions_last_used ON blitz.sessions (last_used);
+",
+    },
+    Migration {
+        version: 2,
+        description: "blitz.enter: a session's identity in the call's transaction",
+        sql: r#"
+CREATE FUNCTION blitz.enter(session_key text, idle_s int, max_life_s int,
+                            set_role boolean, callee oid)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    who text;
+BEGIN
+    SELECT s.user_name INTO who
+      FROM blitz.sessions s JOIN blitz.users u ON u.name = s.user_name
+     WHERE s.key = session_key
+       AND NOT u.disabled
+       AND s.last_used > now() - make_interval(secs => idle_s)
+       AND (max_life_s = 0 OR s.created > now() - make_interval(secs => max_life_s));
+    IF who IS NULL THEN
+        RAISE EXCEPTION 'the session has expired or was ended; log in again'
+              USING ERRCODE = 'BZ006';
+    END IF;
+    PERFORM pg_catalog.set_config('blitz.user', who, true);
+    PERFORM pg_catalog.set_config('blitz.session', session_key, true);
+    IF set_role THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = who) THEN
+            RAISE EXCEPTION 'auth.set_role is on but there is no PostgreSQL role "%"', who
+                  USING ERRCODE = '42501',
+                        HINT = 'CREATE ROLE for the user and GRANT it to the server''s database user';
+        END IF;
+        PERFORM pg_catalog.set_config('role', who, true);
+        IF NOT pg_catalog.has_function_privilege(who, callee, 'EXECUTE') THEN
+            RAISE EXCEPTION 'permission denied for function %', callee::regprocedure
+                  USING ERRCODE = '42501';
+        END IF;
+    END IF;
+    RETURN true;
+END
+$$;
+"#,
+    },
+];
+
+/// Brings schema `blitz` up to the newest migration; returns the versions
+/// applied now (empty when it was already current).
+pub fn migrate(client: &mut Client) -> Result<Vec<i32>, postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute("SET LOCAL client_min_messages = warning")?; // no "already exists" notices
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS blitz;
+         CREATE TABLE IF NOT EXISTS blitz.schema_migrations (
+             version     integer PRIMARY KEY,
+             description text NOT NULL,
+             applied_at  timestamptz NOT NULL DEFAULT now()
+         );",
+    )?;
+    let current = current_version(&mut tx)?;
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+        tx.batch_execute(migration.sql)?;
+        tx.execute(
+            "INSERT INTO blitz.schema_migrations (version, description) VALUES ($1, $2)",
+            &[&migration.version, &migration.description],
+        )?;
+        applied.push(migration.version);
+    }
+    tx.commit()?;
+    Ok(applied)
+}
+
+fn current_version(client: &mut impl GenericClient) -> Result<i32, postgres::Error> {
+    let row = client.query_one(
+        "SELECT COALESCE(max(version), 0) FROM blitz.schema_migrations",
+        &[],
+    )?;
+    Ok(row.get(0))
+}
+
+/// The newest version this build knows.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        assert_eq!(latest_version(), MIGRATIONS.len() as i32);
+    }
+}

@@ -1,0 +1,400 @@
+//! Sessions, kept in PostgreSQL (`blitz.sessions`) so that any instance
+//! serves any session, as OMERO's `joinSession` does.
+//!
+//! - [`Session`]: the identity bound to a connection (never logs its key).
+//! - [`Sessions`]: the per-instance part: whether schema `blitz` is current,
+//!   the queries that create, find and end sessions, and the batched
+//!   `last_used` writes ([`Sessions::touch`]), flushed off the request path
+//!   by one background thread on its own database connection.
+//! - [`session_call`]: wraps an api call's statement so that `blitz.enter`
+//!   checks the session and sets `blitz.user`, `blitz.session` (and the
+//!   role) in the call's own transaction, in the same round trip.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, GenericClient, NoTls};
+use serde_json::{json, Value};
+
+use crate::config::AuthConfig;
+use crate::schema;
+use crate::server::Context;
+use crate::stats::LogThrottle;
+
+/// The identity bound to a connection by `session.login` or `session.join`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The session key: the client's credential.
+    pub key: String,
+    /// The user it belongs to.
+    pub user: String,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.user)
+            .field("key", &"***")
+            .finish()
+    }
+}
+
+/// How a session looks on the wire: `{session, user, expires_at}`.
+pub fn describe(session: &Session, expires_at: Value) -> Value {
+    json!({"session": session.key, "user": session.user, "expires_at": expires_at})
+}
+
+/// The SQL expression for when a session expires, from its `created` and
+/// `last_used` columns; `$2` idle seconds, `$3` max lifetime (0 = none).
+const EXPIRES_AT: &str = "pg_catalog.to_json(LEAST(s.last_used + make_interval(secs => $2::int4), \
+     CASE WHEN $3::int4 = 0 THEN 'infinity'::timestamptz ELSE s.created + make_interval(secs => $3::int4) END))";
+
+/// The per-instance session state; see the module doc.
+pub struct Sessions {
+    auth: AuthConfig,
+    schema_ready: AtomicBool,
+    schema_lock: Mutex<()>,
+    schema_warnings: LogThrottle,
+    touches: Mutex<Touches>,
+}
+
+/// Sessions used since the last flush, and when each was last written.
+#[derive(Default)]
+struct Touches {
+    pending: HashSet<String>,
+    written: HashMap<String, Instant>,
+}
+
+impl Sessions {
+    /// Session state for `auth`; nothing is checked until first use.
+    pub fn new(auth: &AuthConfig) -> Sessions {
+        if auth.mode == "password" {
+            crate::auth::prepare_dummy_hash();
+        }
+        Sessions {
+            auth: auth.clone(),
+            schema_ready: AtomicBool::new(false),
+            schema_lock: Mutex::new(()),
+            schema_warnings: LogThrottle::new(Duration::from_secs(30)),
+            touches: Mutex::default(),
+        }
+    }
+
+    /// Applies pending migrations once per process (cheap afterwards).
+    pub fn ensure_schema(&self, client: &mut Client) -> Result<(), postgres::Error> {
+        if self.schema_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.schema_lock.lock();
+        if self.schema_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match schema::migrate(client) {
+            Ok(applied) => {
+                log_migrations(&applied);
+                self.schema_ready.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                if self.schema_warnings.ready() {
+                    log::error!("cannot bring schema blitz up to date: {e}; calls needing sessions fail until it can (does the database user have CREATE on the database?)");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates session `key` (from [`crate::auth::new_session_key`]) for
+    /// `user`; returns it and its `expires_at`.
+    pub fn create(
+        &self,
+        client: &mut impl GenericClient,
+        user: &str,
+        key: String,
+    ) -> Result<(Session, Value), postgres::Error> {
+        let sql = format!(
+            "INSERT INTO blitz.sessions AS s (key, user_name) VALUES ($1, $4) RETURNING {EXPIRES_AT}"
+        );
+        let (idle, max) = self.limits();
+        let row = client.query_one(&sql, &[&key, &idle, &max, &user])?;
+        let session = Session {
+            key,
+            user: user.to_string(),
+        };
+        self.touches
+            .lock()
+            .written
+            .insert(session.key.clone(), Instant::now());
+        Ok((session, row.get(0)))
+    }
+
+    /// The live session with `key`, and its `expires_at`; `None` when it
+    /// does not exist, has expired, or its user is disabled.
+    pub fn find(
+        &self,
+        client: &mut impl GenericClient,
+        key: &str,
+    ) -> Result<Option<(Session, Value)>, postgres::Error> {
+        let sql = format!(
+            "SELECT s.user_name, {EXPIRES_AT} FROM blitz.sessions s \
+             JOIN blitz.users u ON u.name = s.user_name \
+             WHERE s.key = $1 AND NOT u.disabled \
+               AND s.last_used > now() - make_interval(secs => $2::int4) \
+               AND ($3::int4 = 0 OR s.created > now() - make_interval(secs => $3::int4))"
+        );
+        let (idle, max) = self.limits();
+        let row = client.query_opt(&sql, &[&key, &idle, &max])?;
+        Ok(row.map(|row| {
+            let session = Session {
+                key: key.to_string(),
+                user: row.get(0),
+            };
+            (session, row.get(1))
+        }))
+    }
+
+    /// Ends the session with `key` for every instance.
+    pub fn end(&self, client: &mut impl GenericClient, key: &str) -> Result<(), postgres::Error> {
+        client.execute("DELETE FROM blitz.sessions WHERE key = $1", &[&key])?;
+        let mut touches = self.touches.lock();
+        touches.pending.remove(key);
+        touches.written.remove(key);
+        Ok(())
+    }
+
+    /// Notes that `session` was used. Its `last_used` is written by the
+    /// background flush, at most once per [`Sessions::touch_interval`].
+    pub fn touch(&self, session: &Session) {
+        let every = self.touch_interval();
+        let mut touches = self.touches.lock();
+        let due = touches
+            .written
+            .get(&session.key)
+            .is_none_or(|t| t.elapsed() >= every);
+        if due && !touches.pending.contains(&session.key) {
+            touches.pending.insert(session.key.clone());
+        }
+    }
+
+    /// How often one session's `last_used` may be written: a quarter of
+    /// the idle timeout, between 100 ms and 5 s.
+    pub fn touch_interval(&self) -> Duration {
+        let quarter = Duration::from_secs(self.auth.session_idle_timeout_s) / 4;
+        quarter.clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// `(idle timeout, max lifetime)` in seconds, as SQL int4.
+    fn limits(&self) -> (i32, i32) {
+        let clamp = |s: u64| s.min(i32::MAX as u64) as i32;
+        (
+            clamp(self.auth.session_idle_timeout_s),
+            clamp(self.auth.session_max_lifetime_s),
+        )
+    }
+
+    /// Writes the pending `last_used` times in one statement.
+    fn flush(&self, client: &mut Client) -> Result<(), postgres::Error> {
+        let keys: Vec<String> = std::mem::take(&mut self.touches.lock().pending)
+            .into_iter()
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let result = client.execute(
+            "UPDATE blitz.sessions SET last_used = now() WHERE key = ANY($1)",
+            &[&keys],
+        );
+        let mut touches = self.touches.lock();
+        match result {
+            Ok(_) => {
+                let now = Instant::now();
+                for key in keys {
+                    touches.written.insert(key, now);
+                }
+                let keep = Duration::from_secs(self.auth.session_idle_timeout_s);
+                touches.written.retain(|_, t| t.elapsed() < keep);
+                Ok(())
+            }
+            Err(e) => {
+                touches.pending.extend(keys); // try again next round
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes sessions past their idle timeout or lifetime.
+    fn purge_expired(&self, client: &mut Client) -> Result<u64, postgres::Error> {
+        let (idle, max) = self.limits();
+        client.execute(
+            "DELETE FROM blitz.sessions \
+             WHERE last_used < now() - make_interval(secs => $1::int4) \
+                OR ($2::int4 > 0 AND created < now() - make_interval(secs => $2::int4))",
+            &[&idle, &max],
+        )
+    }
+}
+
+fn log_migrations(applied: &[i32]) {
+    if applied.is_empty() {
+        log::debug!("schema blitz is current (version {})", schema::latest_version());
+    } else {
+        log::info!(
+            "schema blitz migrated to version {} (applied {applied:?})",
+            schema::latest_version()
+        );
+    }
+}
+
+/// Starts the thread that flushes `last_used` writes and purges expired
+/// sessions, on its own connection (one beyond the pool). It makes a last
+/// flush and ends once the workers have stopped.
+pub fn spawn_session_writer(ctx: Arc<Context>) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("blitz-sessions".into())
+        .spawn(move || SessionWriter::new(&ctx).run(&ctx))
+        .expect("spawn the session writer thread")
+}
+
+/// The state of the session-writer thread.
+struct SessionWriter {
+    connect: postgres::Config,
+    client: Option<Client>,
+    last_purge: Option<Instant>,
+    warnings: LogThrottle,
+}
+
+/// How often expired sessions are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+impl SessionWriter {
+    fn new(ctx: &Context) -> SessionWriter {
+        SessionWriter {
+            connect: {
+                let mut connect = crate::db::connect_config(&ctx.config);
+                connect.application_name("blitz-sessions"); // not counted as a pool connection
+                connect
+            },
+            client: None,
+            last_purge: None,
+            warnings: LogThrottle::new(Duration::from_secs(60)),
+        }
+    }
+
+    fn run(mut self, ctx: &Context) {
+        let every = ctx.sessions.touch_interval();
+        self.round(&ctx.sessions); // migrates at start when the database is up
+        let mut last = Instant::now();
+        while !ctx.workers_may_exit() {
+            std::thread::sleep(Duration::from_millis(50));
+            if last.elapsed() >= every {
+                self.round(&ctx.sessions);
+                last = Instant::now();
+            }
+        }
+        self.round(&ctx.sessions); // the last touches before exit
+    }
+
+    fn round(&mut self, sessions: &Sessions) {
+        if let Err(e) = self.try_round(sessions) {
+            self.client = None;
+            if self.warnings.ready() {
+                log::warn!("cannot record session activity: {e}; retrying (at most one such line a minute)");
+            }
+        }
+    }
+
+    fn try_round(&mut self, sessions: &Sessions) -> Result<(), postgres::Error> {
+        if self.client.is_none() {
+            self.client = Some(self.connect.connect(NoTls)?);
+        }
+        let client = self.client.as_mut().expect("connected above");
+        sessions.ensure_schema(client)?;
+        sessions.flush(client)?;
+        if self.last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+            let purged = sessions.purge_expired(client)?;
+            if purged > 0 {
+                log::debug!("deleted {purged} expired sessions");
+            }
+            self.last_purge = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// An api call's statement and params, wrapped to run inside `session`.
+pub struct SessionCall<'a> {
+    /// The wrapped statement.
+    pub sql: String,
+    /// The call's parameter types followed by `blitz.enter`'s.
+    pub types: Vec<Type>,
+    /// The call's params followed by `blitz.enter`'s.
+    pub params: Vec<&'a (dyn ToSql + Sync)>,
+}
+
+/// `blitz.enter`'s arguments for one call.
+pub struct EnterArgs {
+    key: String,
+    idle_s: i32,
+    max_life_s: i32,
+    set_role: bool,
+    callee: u32,
+}
+
+impl EnterArgs {
+    /// The arguments that admit `session` to call function `callee` (OID).
+    pub fn new(sessions: &Sessions, session: &Session, callee: u32) -> EnterArgs {
+        let (idle_s, max_life_s) = sessions.limits();
+        EnterArgs {
+            key: session.key.clone(),
+            idle_s,
+            max_life_s,
+            set_role: sessions.auth.set_role,
+            callee,
+        }
+    }
+}
+
+/// Wraps `sql` (a statement of one row, one `json` column, with `call_params`
+/// params) so that `blitz.enter` runs first in the same statement: it
+/// checks the session, sets `blitz.user`, `blitz.session` and maybe the
+/// role, and raises BZ006 (→ -32006) for a dead session. The LATERAL
+/// subquery refers to `blitz.enter`'s result, so PostgreSQL must evaluate
+/// it first; `OFFSET 0` keeps the planner from flattening either side.
+pub fn session_call<'a>(
+    sql: &str,
+    types: &[Type],
+    call_params: &[&'a (dyn ToSql + Sync)],
+    enter: &'a EnterArgs,
+) -> SessionCall<'a> {
+    let n = call_params.len();
+    let sql = format!(
+        "SELECT c.* FROM (SELECT blitz.enter(${}, ${}, ${}, ${}, ${}) AS ok OFFSET 0) AS e \
+         CROSS JOIN LATERAL (SELECT * FROM ({sql}) AS c WHERE e.ok OFFSET 0) AS c",
+        n + 1,
+        n + 2,
+        n + 3,
+        n + 4,
+        n + 5
+    );
+    let mut all_types = types.to_vec();
+    all_types.extend([Type::TEXT, Type::INT4, Type::INT4, Type::BOOL, Type::OID]);
+    let mut params = call_params.to_vec();
+    params.extend([
+        &enter.key as &(dyn ToSql + Sync),
+        &enter.idle_s,
+        &enter.max_life_s,
+        &enter.set_role,
+        &enter.callee,
+    ]);
+    SessionCall {
+        sql,
+        types: all_types,
+        params,
+    }
+}
