@@ -57,7 +57,10 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 pub fn verify_password(password: &str, stored: Option<&str>) -> bool {
     let (phc, real) = match stored.and_then(|s| PasswordHash::new(s).ok()) {
         Some(hash) => (hash, true),
-        None => (PasswordHash::new(dummy_hash()).expect("the dummy hash parses"), false),
+        None => (
+            PasswordHash::new(dummy_hash()).expect("the dummy hash parses"),
+            false,
+        ),
     };
     let matches = Argon2::default()
         .verify_password(password.as_bytes(), &phc)

@@ -294,10 +294,12 @@ pub fn check_capacity(config: &Config) -> Result<Option<u64>, ConfigError> {
         .map_err(|e| ConfigError(format!("cannot read max_connections: {e}")))?;
     let max_connections = row.get::<_, i64>(0) as u64;
     let usable = max_connections.saturating_sub(config.db.reserved_connections);
-    if config.db.pool_size > usable {
+    // One connection beyond the pool: the session writer's (sessions.rs).
+    if config.db.pool_size + 1 > usable {
         return Err(ConfigError(format!(
-            "config key db.pool_size = {}: larger than the database's max_connections {} \
-             minus db.reserved_connections {} = {usable}; lower db.pool_size or raise max_connections",
+            "config key db.pool_size = {}: with the session writer's connection, more than the \
+             database's max_connections {} minus db.reserved_connections {} = {usable}; \
+             lower db.pool_size or raise max_connections",
             config.db.pool_size, max_connections, config.db.reserved_connections
         )));
     }

@@ -72,6 +72,9 @@ BEGIN
                         HINT = 'CREATE ROLE for the user and GRANT it to the server''s database user';
         END IF;
         PERFORM pg_catalog.set_config('role', who, true);
+        -- Checked here, not only by PostgreSQL: a simple SQL function is
+        -- inlined when a statement is planned, and a plan cached on this
+        -- connection for another user would skip the check.
         IF NOT pg_catalog.has_function_privilege(who, callee, 'EXECUTE') THEN
             RAISE EXCEPTION 'permission denied for function %', callee::regprocedure
                   USING ERRCODE = '42501';
@@ -88,7 +91,10 @@ $$;
 /// applied now (empty when it was already current).
 pub fn migrate(client: &mut Client) -> Result<Vec<i32>, postgres::Error> {
     let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_catalog.pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1)",
+        &[&MIGRATION_LOCK],
+    )?;
     tx.batch_execute("SET LOCAL client_min_messages = warning")?; // no "already exists" notices
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS blitz;

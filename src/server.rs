@@ -14,6 +14,7 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::auth::LoginLimiter;
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::db::{self, Health, Pool};
@@ -23,7 +24,6 @@ use crate::router;
 use crate::services::api::CatalogCache;
 use crate::sessions::{self, Sessions};
 use crate::shutdown::Shutdown;
-use crate::auth::LoginLimiter;
 use crate::stats::Stats;
 use crate::watchdog::{CancelReason, Watchdog};
 

@@ -6,7 +6,7 @@
 //!   the queries that create, find and end sessions, and the batched
 //!   `last_used` writes ([`Sessions::touch`]), flushed off the request path
 //!   by one background thread on its own database connection.
-//! - [`session_call`]: wraps an api call's statement so that `blitz.enter`
+//! - [`run_in_session`]: runs an api call's statement so that `blitz.enter`
 //!   checks the session and sets `blitz.user`, `blitz.session` (and the
 //!   role) in the call's own transaction, in the same round trip.
 
@@ -18,11 +18,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use postgres::types::{ToSql, Type};
+use postgres::types::{Oid, ToSql, Type};
 use postgres::{Client, GenericClient, NoTls};
 use serde_json::{json, Value};
 
 use crate::config::AuthConfig;
+use crate::db::DbConn;
 use crate::schema;
 use crate::server::Context;
 use crate::stats::LogThrottle;
@@ -242,7 +243,10 @@ impl Sessions {
 
 fn log_migrations(applied: &[i32]) {
     if applied.is_empty() {
-        log::debug!("schema blitz is current (version {})", schema::latest_version());
+        log::debug!(
+            "schema blitz is current (version {})",
+            schema::latest_version()
+        );
     } else {
         log::info!(
             "schema blitz migrated to version {} (applied {applied:?})",
@@ -327,28 +331,21 @@ impl SessionWriter {
     }
 }
 
-/// An api call's statement and params, wrapped to run inside `session`.
-pub struct SessionCall<'a> {
-    /// The wrapped statement.
-    pub sql: String,
-    /// The call's parameter types followed by `blitz.enter`'s.
-    pub types: Vec<Type>,
-    /// The call's params followed by `blitz.enter`'s.
-    pub params: Vec<&'a (dyn ToSql + Sync)>,
-}
-
 /// `blitz.enter`'s arguments for one call.
 pub struct EnterArgs {
     key: String,
     idle_s: i32,
     max_life_s: i32,
     set_role: bool,
-    callee: u32,
+    callee: Oid,
 }
 
+/// `blitz.enter` as a statement of its own (the `auth.set_role` path).
+const ENTER: &str = "SELECT blitz.enter($1, $2, $3, $4, $5)::text::json";
+
 impl EnterArgs {
-    /// The arguments that admit `session` to call function `callee` (OID).
-    pub fn new(sessions: &Sessions, session: &Session, callee: u32) -> EnterArgs {
+    /// The arguments that admit `session` to a call of function `callee`.
+    pub fn new(sessions: &Sessions, session: &Session, callee: Oid) -> EnterArgs {
         let (idle_s, max_life_s) = sessions.limits();
         EnterArgs {
             key: session.key.clone(),
@@ -358,22 +355,49 @@ impl EnterArgs {
             callee,
         }
     }
+
+    fn types() -> [Type; 5] {
+        [Type::TEXT, Type::INT4, Type::INT4, Type::BOOL, Type::OID]
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.key,
+            &self.idle_s,
+            &self.max_life_s,
+            &self.set_role,
+            &self.callee,
+        ]
+    }
 }
 
-/// Wraps `sql` (a statement of one row, one `json` column, with `call_params`
-/// params) so that `blitz.enter` runs first in the same statement: it
-/// checks the session, sets `blitz.user`, `blitz.session` and maybe the
-/// role, and raises BZ006 (→ -32006) for a dead session. The LATERAL
-/// subquery refers to `blitz.enter`'s result, so PostgreSQL must evaluate
-/// it first; `OFFSET 0` keeps the planner from flattening either side.
-pub fn session_call<'a>(
+/// Runs an api call's statement (one row, one `json` column) inside the
+/// session that `enter` describes; `blitz.enter` checks the session, sets
+/// `blitz.user`, `blitz.session` and, with `auth.set_role`, the role, and
+/// raises BZ006 (→ -32006) for a dead session.
+///
+/// Without `set_role` this is one statement, one round trip: the call is
+/// wrapped in a LATERAL subquery that refers to `blitz.enter`'s result, so
+/// PostgreSQL must evaluate `blitz.enter` first (`OFFSET 0` keeps the
+/// planner from flattening either side).
+///
+/// With `set_role` the call must also be *planned* under the user's role
+/// (row-level security and privileges are applied when a statement is
+/// planned, and PostgreSQL inlines simple SQL functions into the calling
+/// statement), so it runs as BEGIN; `blitz.enter`; the call; COMMIT: four
+/// round trips.
+pub fn run_in_session(
+    db: &mut DbConn,
+    enter: &EnterArgs,
     sql: &str,
     types: &[Type],
-    call_params: &[&'a (dyn ToSql + Sync)],
-    enter: &'a EnterArgs,
-) -> SessionCall<'a> {
-    let n = call_params.len();
-    let sql = format!(
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Value>, postgres::Error> {
+    if enter.set_role {
+        return run_as_role(db, enter, sql, types, params);
+    }
+    let n = params.len();
+    let wrapped = format!(
         "SELECT c.* FROM (SELECT blitz.enter(${}, ${}, ${}, ${}, ${}) AS ok OFFSET 0) AS e \
          CROSS JOIN LATERAL (SELECT * FROM ({sql}) AS c WHERE e.ok OFFSET 0) AS c",
         n + 1,
@@ -383,18 +407,28 @@ pub fn session_call<'a>(
         n + 5
     );
     let mut all_types = types.to_vec();
-    all_types.extend([Type::TEXT, Type::INT4, Type::INT4, Type::BOOL, Type::OID]);
-    let mut params = call_params.to_vec();
-    params.extend([
-        &enter.key as &(dyn ToSql + Sync),
-        &enter.idle_s,
-        &enter.max_life_s,
-        &enter.set_role,
-        &enter.callee,
-    ]);
-    SessionCall {
-        sql,
-        types: all_types,
-        params,
+    all_types.extend(EnterArgs::types());
+    let mut all_params = params.to_vec();
+    all_params.extend(enter.params());
+    db.query_json(&wrapped, &all_types, &all_params)
+}
+
+fn run_as_role(
+    db: &mut DbConn,
+    enter: &EnterArgs,
+    sql: &str,
+    types: &[Type],
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Value>, postgres::Error> {
+    db.client().batch_execute("BEGIN")?;
+    let outcome = db
+        .query_json(ENTER, &EnterArgs::types(), &enter.params())
+        .and_then(|_| db.query_json(sql, types, params));
+    match outcome {
+        Ok(value) => db.client().batch_execute("COMMIT").map(|()| value),
+        Err(e) => {
+            let _ = db.client().batch_execute("ROLLBACK");
+            Err(e)
+        }
     }
 }

@@ -415,7 +415,10 @@ mod tests {
         assert_eq!(r.capacity(t0, 4), None);
         // Five 10 ms calls over a mostly idle second: 4 workers can do 400/s.
         for i in 0..5 {
-            r.record(t0 + Duration::from_millis(i * 200), Duration::from_millis(10));
+            r.record(
+                t0 + Duration::from_millis(i * 200),
+                Duration::from_millis(10),
+            );
         }
         let capacity = r.capacity(t0 + Duration::from_millis(1000), 4).unwrap();
         assert!((399.0..=401.0).contains(&capacity), "{capacity}");

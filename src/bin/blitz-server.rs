@@ -193,7 +193,10 @@ fn new_password(name: &str, generate: bool) -> Result<String, AdminError> {
 }
 
 fn print_users(admin: &mut Admin) -> Result<(), AdminError> {
-    println!("{:<24} {:<9} {:<9} {:>8}  created", "name", "state", "password", "sessions");
+    println!(
+        "{:<24} {:<9} {:<9} {:>8}  created",
+        "name", "state", "password", "sessions"
+    );
     for user in admin.list()? {
         println!(
             "{:<24} {:<9} {:<9} {:>8}  {}",

@@ -16,7 +16,7 @@ use crate::catalog::{Catalog, PreparedCall};
 use crate::db::{classify, DbConn, Failure, PooledConn};
 use crate::protocol::{code, RpcError};
 use crate::server::Context;
-use crate::sessions::{session_call, EnterArgs, Session};
+use crate::sessions::{run_in_session, EnterArgs, Session};
 use crate::watchdog::CancelReason;
 
 /// Shortest time between two catalogue reloads.
@@ -178,7 +178,7 @@ pub fn call(
 }
 
 /// Runs one prepared call of function `name` as one transaction inside
-/// `session` (see [`session_call`]), retrying 40001/40P01.
+/// `session` (see [`run_in_session`]), retrying 40001/40P01.
 fn run(
     ctx: &Context,
     conn: &mut PooledConn,
@@ -188,8 +188,7 @@ fn run(
     budget: &Budget,
 ) -> Result<Value, RpcError> {
     let enter = EnterArgs::new(&ctx.sessions, session, call.oid);
-    let call_params = call.param_refs();
-    let statement = session_call(&call.sql, &call.param_types, &call_params, &enter);
+    let params = call.param_refs();
     let max_retries = ctx.config.invocation.max_retries as u32;
     let mut attempt = 1u32;
     let mut replanned = false;
@@ -198,7 +197,7 @@ fn run(
             return Err(RpcError::shutting_down(ctx.retry_after_shutdown_ms()));
         }
         let (result, fired) = guarded(ctx, conn, budget, |db| {
-            db.query_json(&statement.sql, &statement.types, &statement.params)
+            run_in_session(db, &enter, &call.sql, &call.param_types, &params)
         });
         let error = match result {
             Ok(value) => {

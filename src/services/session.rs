@@ -60,7 +60,12 @@ pub fn login(
     let (session, expires_at) = with_db(ctx, &mut db, budget, |client| {
         ctx.sessions.create(client, &user, key)
     })?;
-    log::debug!("connection {} ({}): {} logged in", conn.number, conn.peer, session.user);
+    log::debug!(
+        "connection {} ({}): {} logged in",
+        conn.number,
+        conn.peer,
+        session.user
+    );
     Ok(bind(conn, session, expires_at))
 }
 
@@ -72,14 +77,21 @@ pub fn join(
     budget: &Budget,
 ) -> Result<Value, RpcError> {
     let mut fields = Fields::of(params, &["session"])?;
-    let key = fields.string("session")?.ok_or_else(|| missing("session"))?;
+    let key = fields
+        .string("session")?
+        .ok_or_else(|| missing("session"))?;
     let mut db = api::acquire(ctx, budget)?;
     let found = with_db(ctx, &mut db, budget, |client| {
         ctx.sessions.find(client, &key)
     })?;
     let (session, expires_at) = found.ok_or_else(|| RpcError::unauthenticated(DEAD_SESSION))?;
     ctx.sessions.touch(&session);
-    log::debug!("connection {} ({}): {} joined a session", conn.number, conn.peer, session.user);
+    log::debug!(
+        "connection {} ({}): {} joined a session",
+        conn.number,
+        conn.peer,
+        session.user
+    );
     Ok(bind(conn, session, expires_at))
 }
 
@@ -100,7 +112,12 @@ pub fn logout(
     })?;
     ctx.connections.unbind_session(&session.key);
     conn.unbind_session(&session.key);
-    log::debug!("connection {} ({}): {} logged out", conn.number, conn.peer, session.user);
+    log::debug!(
+        "connection {} ({}): {} logged out",
+        conn.number,
+        conn.peer,
+        session.user
+    );
     Ok(Value::Null)
 }
 

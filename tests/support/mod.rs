@@ -315,14 +315,16 @@ impl Server {
 
     /// Spawns `cmd` with stderr captured, without waiting.
     pub fn spawn(mut cmd: Command, addr: String) -> Server {
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .env_remove("BLITZ_DB_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        }
+        cmd.env_remove("BLITZ_DB_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn blitz-server");
         let log = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().unwrap();
@@ -437,7 +439,11 @@ pub struct Rpc {
 impl Rpc {
     /// Connects to `addr` with a 60 s read timeout.
     pub fn connect(addr: &str) -> Rpc {
-        let stream = TcpStream::connect(addr).expect("connect to blitz-server");
+        Rpc::from_stream(TcpStream::connect(addr).expect("connect to blitz-server"))
+    }
+
+    /// Wraps a connected stream, with a 60 s read timeout.
+    pub fn from_stream(stream: TcpStream) -> Rpc {
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
@@ -463,7 +469,9 @@ impl Rpc {
             match reply["error"]["code"].as_i64() {
                 None => return reply["result"].clone(),
                 Some(-32001) => {
-                    let pause = reply["error"]["data"]["retry_after_ms"].as_u64().unwrap_or(50);
+                    let pause = reply["error"]["data"]["retry_after_ms"]
+                        .as_u64()
+                        .unwrap_or(50);
                     std::thread::sleep(Duration::from_millis(pause.clamp(1, 1000)));
                 }
                 Some(_) => panic!("login failed: {reply}"),
