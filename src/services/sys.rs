@@ -8,9 +8,10 @@ use super::api::{self, Budget};
 use crate::protocol::RpcError;
 use crate::server::Context;
 
-/// `sys.ping`: answered by the router thread.
+/// `sys.ping`: answered by the router thread. `auth` tells a client whether
+/// `session.login` needs a password ("password") or not ("trust").
 pub fn ping(ctx: &Context) -> Value {
-    json!({"pong": true, "instance": ctx.instance})
+    json!({"pong": true, "instance": ctx.instance, "auth": ctx.config.auth.mode})
 }
 
 /// `sys.status`: a snapshot of this instance.
