@@ -327,7 +327,12 @@ mod tests {
     #[test]
     fn failover_errors_are_draining_full_and_unreachable() {
         let data = || Some(json!({"retryable": true}));
-        for (code, over) in [(-32003, true), (-32005, true), (-32001, false), (-32004, false)] {
+        for (code, over) in [
+            (-32003, true),
+            (-32005, true),
+            (-32001, false),
+            (-32004, false),
+        ] {
             let e = CallError::server(code, "m".into(), data());
             assert_eq!(e.fails_over(), over, "{code}");
         }

@@ -584,8 +584,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(numeric.expires_at, "1700000000");
-        let e = SessionInfo::from_result(&json!({"session": "s3cret"}), "session.login")
-            .unwrap_err();
+        let e =
+            SessionInfo::from_result(&json!({"session": "s3cret"}), "session.login").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);
         assert!(e.message().contains("session.login"), "{e}");
         assert!(!e.message().contains("s3cret"), "{e}");

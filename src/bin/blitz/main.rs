@@ -142,7 +142,9 @@ impl Command {
             Command::Ping => Ok(("sys.ping".into(), empty())),
             Command::Status => Ok(("sys.status".into(), empty())),
             Command::Instances => Ok(("sys.instances".into(), empty())),
-            Command::Login(_) | Command::Logout => Err("login and logout make no single call".into()),
+            Command::Login(_) | Command::Logout => {
+                Err("login and logout make no single call".into())
+            }
         }
     }
 
