@@ -408,26 +408,13 @@ fn run_logout(args: &Args, servers: &[String]) -> Result<(), Failure> {
     let Some(key) = load_key(&path)? else {
         return say(&format!("not logged in on {list}"));
     };
-    let kept = || {
-        format!(
+    let note = end_session(args, servers, &key).map_err(|error| Failure::Call {
+        error,
+        hint: Some(format!(
             "the session file was kept: run `blitz logout` again, or delete {}",
             path.display()
-        )
-    };
-    let ended = connect(args, servers).and_then(|mut client| {
-        client.join(&key)?;
-        client.logout()
-    });
-    let note = match ended {
-        Ok(()) => "",
-        Err(e) if e.code() == Some(UNAUTHENTICATED) => " (the session had already ended)",
-        Err(error) => {
-            return Err(Failure::Call {
-                error,
-                hint: Some(kept()),
-            })
-        }
-    };
+        )),
+    })?;
     store::remove(&path).map_err(|e| {
         Failure::Local(format!(
             "logged out, but cannot remove the session file {}: {e}",
@@ -435,6 +422,20 @@ fn run_logout(args: &Args, servers: &[String]) -> Result<(), Failure> {
         ))
     })?;
     say(&format!("logged out of {list}{note}"))
+}
+
+/// Joins session `key` and logs it out; `Ok` with a note when the server
+/// says it had already ended (-32006).
+fn end_session(args: &Args, servers: &[String], key: &str) -> Result<&'static str, CallError> {
+    let ended = connect(args, servers).and_then(|mut client| {
+        client.join(key)?;
+        client.logout()
+    });
+    match ended {
+        Ok(()) => Ok(""),
+        Err(e) if e.code() == Some(UNAUTHENTICATED) => Ok(" (the session had already ended)"),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes `text` and a newline to stdout.
