@@ -33,7 +33,8 @@
 //! - [`watchdog`]: cancels a running statement at its deadline.
 //! - [`stats`]: counters, completion rate and latency percentiles.
 //! - [`shutdown`]: the running → draining → stopped state.
-//! - [`client`]: the thin client library behind the `blitz` command.
+//! - [`client`]: the thin client library behind the `blitz` command:
+//!   retries within a shared budget, failover between instances, sessions.
 
 pub mod admin;
 pub mod auth;

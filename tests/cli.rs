@@ -7,13 +7,33 @@ use std::process::Command;
 
 use support::{bin, free_port, run, Server, TestDb};
 
+/// Runs `blitz --server addr args…` with no stored sessions.
 fn blitz(addr: &str, args: &[&str]) -> (i32, String, String) {
+    run(blitz_command(addr, args))
+}
+
+/// The `blitz` command line, with an empty config dir (no stored sessions).
+fn blitz_command(addr: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin("blitz"));
     cmd.arg("--server")
         .arg(addr)
         .args(args)
-        .env_remove("BLITZ_SERVER");
-    run(cmd)
+        .env_remove("BLITZ_SERVER")
+        .env(
+            "XDG_CONFIG_HOME",
+            std::env::temp_dir().join("blitz-cli-test-no-config"),
+        );
+    cmd
+}
+
+/// A database with `blitz_api.sleep_ms(ms)`.
+fn sleepy_db() -> TestDb {
+    let db = TestDb::new();
+    db.execute(
+        "CREATE SCHEMA blitz_api;
+         CREATE FUNCTION blitz_api.sleep_ms(ms int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(ms / 1000.0); RETURN ms; END $$;",
+    );
+    db
 }
 
 #[test]
@@ -55,12 +75,8 @@ fn the_thin_client_calls_pings_and_reports_errors_by_class() {
 }
 
 #[test]
-fn an_overloaded_server_is_a_retryable_refusal() {
-    let db = TestDb::new();
-    db.execute(
-        "CREATE SCHEMA blitz_api;
-         CREATE FUNCTION blitz_api.sleep_ms(ms int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(ms / 1000.0); RETURN ms; END $$;",
-    );
+fn an_overloaded_server_is_a_retryable_refusal_after_the_retries() {
+    let db = sleepy_db();
     let server = Server::start(
         &db.url,
         &[("db.pool_size", "1"), ("invocation.queue_capacity", "1")],
@@ -77,4 +93,43 @@ fn an_overloaded_server_is_a_retryable_refusal() {
         err.contains("-32001 Server overloaded") && err.contains("retry after"),
         "{err}"
     );
+    assert!(err.contains(", 3 attempts)"), "the default: {err}");
+    let args = ["--max-attempts", "2", "call", "api.sleep_ms", "ms=1"];
+    let (code, _, err) = blitz(&server.addr, &args);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(", 2 attempts)"), "{err}");
+}
+
+#[test]
+fn a_server_list_skips_an_instance_that_is_down() {
+    let db = sleepy_db();
+    let server = Server::start(&db.url, &[]);
+    let down = format!("127.0.0.1:{}", free_port());
+    for list in [
+        format!("{down},{}", server.addr),
+        format!("{},{down}", server.addr),
+    ] {
+        let (code, out, err) = blitz(&list, &["call", "api.sleep_ms", "ms=1"]);
+        assert_eq!((code, out.trim()), (0, "1"), "{list}: {err}");
+    }
+}
+
+#[test]
+fn a_server_killed_mid_call_exits_6_outcome_unknown() {
+    let db = sleepy_db();
+    let mut server = Server::start(&db.url, &[]);
+    let cmd = blitz_command(&server.addr, &["call", "api.sleep_ms", "ms=5000"]);
+    let caller = std::thread::spawn(move || run(cmd));
+    let start = std::time::Instant::now();
+    let mut rpc = support::Rpc::connect(&server.addr);
+    while support::result(&rpc.call("sys.status", serde_json::json!({})))["workers"]["busy"] != 1 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let (code, out, err) = caller.join().unwrap();
+    assert_eq!(code, 6, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("may or may not have run"), "{err}");
 }
