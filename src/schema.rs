@@ -10,7 +10,7 @@
 use postgres::{Client, GenericClient};
 
 /// Advisory lock key held while migrating ("blitz" in ASCII).
-const MIGRATION_LOCK: i64 = 0x626c_6974_7a;
+const MIGRATION_LOCK: i64 = 0x0062_6c69_747a;
 
 /// One schema change: its version, what it does, and its SQL.
 pub struct Migration {

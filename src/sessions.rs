@@ -160,13 +160,18 @@ impl Sessions {
         }))
     }
 
-    /// Ends the session with `key` for every instance.
-    pub fn end(&self, client: &mut impl GenericClient, key: &str) -> Result<(), postgres::Error> {
-        client.execute("DELETE FROM blitz.sessions WHERE key = $1", &[&key])?;
+    /// Ends the session with `key` for every instance; false when it had
+    /// ended already (by a logout elsewhere, or expiry).
+    pub fn end(&self, client: &mut impl GenericClient, key: &str) -> Result<bool, postgres::Error> {
+        let sql = "DELETE FROM blitz.sessions AS s WHERE key = $1 \
+             AND s.last_used > now() - make_interval(secs => $2::int4) \
+             AND ($3::int4 = 0 OR s.created > now() - make_interval(secs => $3::int4))";
+        let (idle, max) = self.limits();
+        let ended = client.execute(sql, &[&key, &idle, &max])? > 0;
         let mut touches = self.touches.lock();
         touches.pending.remove(key);
         touches.written.remove(key);
-        Ok(())
+        Ok(ended)
     }
 
     /// Notes that `session` was used. Its `last_used` is written by the

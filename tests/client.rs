@@ -814,7 +814,7 @@ fn fixture_db() -> TestDb {
 /// Polls `sys.status` of `addr` on a connection of its own until `ready`
 /// holds (panics after 20 s).
 fn wait_for_status(addr: &str, ready: impl Fn(&Value) -> bool) {
-    let mut rpc = Rpc::connect(addr);
+    let mut rpc = Rpc::session(addr);
     let start = Instant::now();
     loop {
         let status = support::result(&rpc.call("sys.status", json!({}))).clone();
@@ -829,12 +829,32 @@ fn wait_for_status(addr: &str, ready: impl Fn(&Value) -> bool) {
 /// Fills a server with `pool_size` = `queue_capacity` = 1: one
 /// `sleep_ms(ms)` running and one queued, on the returned connection.
 fn fill(addr: &str, ms: u64) -> Rpc {
-    let mut busy = Rpc::connect(addr);
+    let mut watcher = Rpc::session(addr); // logged in before the queue is full
+    let mut busy = Rpc::session(addr);
     busy.send("api.sleep_ms", json!({ "ms": ms }));
-    wait_for_status(addr, |s| s["workers"]["busy"] == 1);
+    wait_until(&mut watcher, |s| s["workers"]["busy"] == 1);
     busy.send("api.sleep_ms", json!({ "ms": ms }));
-    wait_for_status(addr, |s| s["queue"]["depth"] == 1);
+    wait_until(&mut watcher, |s| s["queue"]["depth"] == 1);
     busy
+}
+
+/// Polls `sys.status` on `rpc` until `ready` holds (panics after 20 s).
+fn wait_until(rpc: &mut Rpc, ready: impl Fn(&Value) -> bool) {
+    let start = Instant::now();
+    loop {
+        let status = support::result(&rpc.call("sys.status", json!({}))).clone();
+        if ready(&status) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{status}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `c` logged in as `test` (the test servers run in trust mode).
+fn logged_in(mut c: Client) -> Client {
+    c.login("test", None).expect("trust-mode login");
+    c
 }
 
 /// A server that can run one call and queue one.
@@ -849,11 +869,11 @@ fn tiny_server(db: &TestDb) -> Server {
 fn an_overloaded_call_is_retried_until_the_queue_has_room() {
     let db = fixture_db();
     let server = tiny_server(&db);
-    let _busy = fill(&server.addr, 800);
     let patient = ClientOptions::default()
         .max_attempts(100)
         .retry_budget(RetryBudget::new(1000.0, 0.1));
-    let mut c = Client::connect_with(&[&server.addr], patient).unwrap();
+    let mut c = logged_in(Client::connect_with(&[&server.addr], patient).unwrap());
+    let _busy = fill(&server.addr, 800);
     let started = Instant::now();
     assert_eq!(c.call("api.add", json!({"a": 2, "b": 3})).unwrap(), 5);
     assert!(
@@ -872,18 +892,24 @@ fn an_overloaded_call_is_retried_until_the_queue_has_room() {
 fn attempts_are_counted_and_the_budget_stops_retries() {
     let db = fixture_db();
     let server = tiny_server(&db);
-    let mut c = Client::connect(&[&server.addr]).unwrap();
+    let mut c = logged_in(Client::connect(&[&server.addr]).unwrap());
     let e = c.call("api.add", json!({"a": "x"})).unwrap_err();
     assert_eq!(
         (e.code(), e.attempts()),
         (Some(-32602), 1),
         "final: not retried"
     );
-    let _busy = fill(&server.addr, 6000);
-
     let generous = RetryBudget::new(1000.0, 0.1);
     let three = ClientOptions::default().retry_budget(generous);
-    let mut c = Client::connect_with(&[&server.addr], three).unwrap();
+    let mut c = logged_in(Client::connect_with(&[&server.addr], three).unwrap());
+    let shared = RetryBudget::default();
+    let options = ClientOptions::default()
+        .max_attempts(10)
+        .retry_budget(shared.clone());
+    let mut first = logged_in(Client::connect_with(&[&server.addr], options.clone()).unwrap());
+    let mut second = logged_in(Client::connect_with(&[&server.addr], options).unwrap());
+    let _busy = fill(&server.addr, 6000);
+
     let e = c.call("api.add", json!({"a": 1})).unwrap_err();
     assert_eq!((e.code(), e.attempts()), (Some(-32001), 3), "{e}");
     assert!(e.retryable() && e.retry_after().is_some());
@@ -893,12 +919,6 @@ fn attempts_are_counted_and_the_budget_stops_retries() {
     // Two clients share the default budget of 10 tokens: five failures
     // leave 5 (not above half), so the first call stops after 5 attempts
     // and the second makes no retry at all.
-    let shared = RetryBudget::default();
-    let options = ClientOptions::default()
-        .max_attempts(10)
-        .retry_budget(shared.clone());
-    let mut first = Client::connect_with(&[&server.addr], options.clone()).unwrap();
-    let mut second = Client::connect_with(&[&server.addr], options).unwrap();
     let e = first.call("api.add", json!({"a": 1})).unwrap_err();
     assert_eq!((e.code(), e.attempts()), (Some(-32001), 5), "{e}");
     let e = second.call("api.add", json!({"a": 1})).unwrap_err();
@@ -910,9 +930,8 @@ fn attempts_are_counted_and_the_budget_stops_retries() {
 fn a_server_killed_mid_call_leaves_the_outcome_unknown() {
     let db = fixture_db();
     let mut server = Server::start(&db.url, &[]);
-    let addr = server.addr.clone();
+    let mut c = logged_in(Client::connect(&[&server.addr]).unwrap());
     let caller = thread::spawn(move || {
-        let mut c = Client::connect(&[&addr]).unwrap();
         let lost = c.call("api.sleep_ms", json!({"ms": 5000})).unwrap_err();
         (c, lost)
     });
@@ -949,7 +968,7 @@ fn clients_spread_over_instances_and_avoid_a_stopped_one() {
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     for _ in 0..8 {
-        let mut c = Client::connect(&servers).unwrap();
+        let mut c = logged_in(Client::connect(&servers).unwrap());
         assert_eq!(c.call("api.add", json!({"a": 1, "b": 1})).unwrap(), 2);
         assert_eq!(c.server(), Some(a.addr.as_str()));
     }
@@ -961,13 +980,13 @@ fn a_draining_server_sends_the_call_to_the_other_instance() {
     let a = Server::start(&db.url, &[("server.drain_timeout_s", "10")]);
     let b = Server::start(&db.url, &[]);
     let in_order = ClientOptions::default().spread(false);
-    let mut c = Client::connect_with(&[&a.addr, &b.addr], in_order).unwrap();
+    let mut c = logged_in(Client::connect_with(&[&a.addr, &b.addr], in_order).unwrap());
     assert_eq!(c.call("api.add", json!({"a": 1})).unwrap(), 1);
     assert_eq!(c.server(), Some(a.addr.as_str()));
 
-    let mut holder = Rpc::connect(&a.addr);
+    let mut holder = Rpc::session(&a.addr);
     holder.send("api.sleep_ms", json!({"ms": 3000}));
-    let mut watcher = Rpc::connect(&a.addr);
+    let mut watcher = Rpc::session(&a.addr);
     wait_for_status(&a.addr, |s| s["workers"]["busy"] == 1);
     let sigterm = Command::new("kill")
         .args(["-TERM", &a.child.id().to_string()])
@@ -995,9 +1014,10 @@ fn a_full_server_sends_the_client_to_the_other_instance() {
     for _ in 0..3 {
         let in_order = ClientOptions::default().spread(false);
         let mut c = Client::connect_with(&[&a.addr, &b.addr], in_order).unwrap();
-        assert_eq!(c.call("api.add", json!({"a": 3})).unwrap(), 3);
+        c.login("test", None).unwrap();
         assert_eq!(c.server(), Some(b.addr.as_str()));
         assert_eq!(c.last_attempts(), 2, "-32005 from a, then b");
+        assert_eq!(c.call("api.add", json!({"a": 3})).unwrap(), 3);
     }
     let only_a = ClientOptions::default().max_attempts(2);
     let mut c = Client::connect_with(&[&a.addr], only_a).unwrap();
@@ -1016,7 +1036,6 @@ fn trust_server(db: &TestDb) -> Server {
 }
 
 #[test]
-#[ignore = "needs session.* on the server"]
 fn login_in_trust_mode_gives_a_session_any_instance_accepts() {
     let db = fixture_db();
     let (a, b) = (trust_server(&db), trust_server(&db));
@@ -1033,7 +1052,6 @@ fn login_in_trust_mode_gives_a_session_any_instance_accepts() {
 }
 
 #[test]
-#[ignore = "needs session.* on the server"]
 fn a_failover_rejoins_the_session_on_the_other_instance() {
     let db = fixture_db();
     let (mut a, b) = (trust_server(&db), trust_server(&db));
@@ -1050,7 +1068,6 @@ fn a_failover_rejoins_the_session_on_the_other_instance() {
 }
 
 #[test]
-#[ignore = "needs session.* on the server"]
 fn logout_ends_the_session_everywhere() {
     let db = fixture_db();
     let (a, b) = (trust_server(&db), trust_server(&db));
@@ -1071,7 +1088,6 @@ fn logout_ends_the_session_everywhere() {
 }
 
 #[test]
-#[ignore = "needs session.* on the server"]
 fn an_unknown_session_key_is_unauthenticated_and_not_retried() {
     let db = fixture_db();
     let server = trust_server(&db);
@@ -1083,10 +1099,9 @@ fn an_unknown_session_key_is_unauthenticated_and_not_retried() {
 }
 
 #[test]
-#[ignore = "needs session.* on the server"]
 fn a_wrong_password_is_refused_in_password_mode() {
     let db = fixture_db();
-    let server = Server::start(&db.url, &[]);
+    let server = Server::start(&db.url, &[("auth.mode", "password")]);
     let mut c = Client::connect(&[&server.addr]).unwrap();
     let e = c.login("nobody", Some("wrong")).unwrap_err();
     assert_eq!(
@@ -1103,7 +1118,6 @@ fn mode_of(path: &std::path::Path) -> u32 {
 }
 
 #[test]
-#[ignore = "needs session.* on the server"]
 fn cli_login_keeps_a_private_session_that_calls_join_and_logout_removes() {
     let db = fixture_db();
     let server = trust_server(&db);
@@ -1143,7 +1157,6 @@ fn cli_login_keeps_a_private_session_that_calls_join_and_logout_removes() {
 }
 
 #[test]
-#[ignore = "needs session.* on the server"]
 fn cli_with_an_expired_session_says_to_log_in_and_logout_still_removes_it() {
     let db = fixture_db();
     let server = trust_server(&db);
@@ -1169,7 +1182,6 @@ fn cli_with_an_expired_session_says_to_log_in_and_logout_still_removes_it() {
 }
 
 #[test]
-#[ignore = "needs session.* and `blitz-server user add` on the server"]
 fn cli_login_reads_the_password_from_stdin_in_password_mode() {
     use std::process::Stdio;
     let db = fixture_db();
@@ -1180,7 +1192,7 @@ fn cli_login_reads_the_password_from_stdin_in_password_mode() {
         .unwrap();
     add.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
     assert!(add.wait().unwrap().success(), "blitz-server user add ann");
-    let server = Server::start(&db.url, &[]);
+    let server = Server::start(&db.url, &[("auth.mode", "password")]);
     let config = temp_dir("password");
     let login = |password: &str| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_blitz"))

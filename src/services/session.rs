@@ -107,11 +107,14 @@ pub fn logout(
         .session()
         .ok_or_else(|| RpcError::unauthenticated(NO_SESSION))?;
     let mut db = api::acquire(ctx, budget)?;
-    with_db(ctx, &mut db, budget, |client| {
+    let ended = with_db(ctx, &mut db, budget, |client| {
         ctx.sessions.end(client, &session.key)
     })?;
     ctx.connections.unbind_session(&session.key);
     conn.unbind_session(&session.key);
+    if !ended {
+        return Err(RpcError::unauthenticated(DEAD_SESSION));
+    }
     log::debug!(
         "connection {} ({}): {} logged out",
         conn.number,

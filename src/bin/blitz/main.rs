@@ -128,7 +128,8 @@ struct LoginArgs {
     /// on the terminal.
     #[arg(long, conflicts_with = "no_password")]
     password_stdin: bool,
-    /// Send no password (a server with auth.mode = "trust").
+    /// Send no password (a server with auth.mode = "trust"; without a flag
+    /// the password is asked only when the server is not in trust mode).
     #[arg(long)]
     no_password: bool,
 }
@@ -313,25 +314,43 @@ fn run_call(args: &Args, servers: &[String], command: &Command) -> Result<(), Fa
     let result = match args.timeout_ms {
         Some(ms) => client.call_with_timeout(&method, params, Duration::from_millis(ms)),
         None => client.call(&method, params),
-    }?;
+    }
+    .map_err(|error| Failure::Call {
+        hint: (error.code() == Some(UNAUTHENTICATED))
+            .then(|| "this needs a session: run `blitz login -u NAME` first".to_string()),
+        error,
+    })?;
     let text = serde_json::to_string_pretty(&result).expect("a JSON value serializes");
     say(&text)
 }
 
-/// Joins the session `blitz login` stored for `servers`, if there is one
-/// (and a place to keep sessions at all).
+/// Joins the session `blitz login` stored for `servers`. Without one, a
+/// server in trust mode gets a login as `$USER` for this call alone, so a
+/// newcomer on `make run` can call the API at once.
 fn join_stored(client: &mut Client, servers: &[String]) -> Result<(), Failure> {
-    let Ok(path) = store::session_path(&servers.join(",")) else {
-        return Ok(());
+    let stored = match store::session_path(&servers.join(",")) {
+        Ok(path) => load_key(&path)?,
+        Err(_) => None,
     };
-    let Some(key) = load_key(&path)? else {
-        return Ok(());
+    let Some(key) = stored else {
+        return log_in_if_trusted(client);
     };
     match client.join(&key) {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(UNAUTHENTICATED) => Err(Failure::SessionExpired),
         Err(e) => Err(e.into()),
     }
+}
+
+fn log_in_if_trusted(client: &mut Client) -> Result<(), Failure> {
+    if !server_trusts(client) {
+        return Ok(()); // the call will say -32006 and the hint says `blitz login`
+    }
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "blitz".into());
+    client.login(&user, None).map(|_| ()).map_err(Failure::from)
 }
 
 /// The session key stored at `path`, if any.
@@ -350,7 +369,7 @@ fn run_login(args: &Args, servers: &[String], login: &LoginArgs) -> Result<(), F
     let list = servers.join(",");
     let path = store::session_path(&list).map_err(Failure::Local)?;
     let mut client = connect(args, servers)?;
-    let password = login_password(login, &user, &list)?;
+    let password = login_password(login, &user, &list, || server_trusts(&mut client))?;
     let info = client
         .login(&user, password.as_deref())
         .map_err(|error| Failure::Call {
@@ -370,6 +389,14 @@ fn run_login(args: &Args, servers: &[String], login: &LoginArgs) -> Result<(), F
     ))
 }
 
+/// Whether the server logs in by name alone (`sys.ping` says `auth: "trust"`),
+/// so there is no password to ask for.
+fn server_trusts(client: &mut Client) -> bool {
+    client
+        .call("sys.ping", Value::Object(Map::new()))
+        .is_ok_and(|pong| pong["auth"] == "trust")
+}
+
 /// The user to log in as: `-u NAME`, else `$USER`.
 fn login_user(login: &LoginArgs) -> Result<String, Failure> {
     login
@@ -381,8 +408,14 @@ fn login_user(login: &LoginArgs) -> Result<String, Failure> {
 }
 
 /// The password: none with `--no-password`, one line of stdin with
-/// `--password-stdin`, else asked on the terminal without echo.
-fn login_password(login: &LoginArgs, user: &str, list: &str) -> Result<Option<String>, Failure> {
+/// `--password-stdin`, none when the server `trusts` (trust mode), else
+/// asked on the terminal without echo.
+fn login_password(
+    login: &LoginArgs,
+    user: &str,
+    list: &str,
+    trusts: impl FnOnce() -> bool,
+) -> Result<Option<String>, Failure> {
     if login.no_password {
         return Ok(None);
     }
@@ -390,6 +423,9 @@ fn login_password(login: &LoginArgs, user: &str, list: &str) -> Result<Option<St
         return prompt::read_line_from(&mut std::io::stdin().lock())
             .map(Some)
             .map_err(|e| Failure::Usage(format!("--password-stdin: {e}")));
+    }
+    if trusts() {
+        return Ok(None);
     }
     prompt::read_password(&format!("Password for {user} on {list}: "))
         .map(Some)
