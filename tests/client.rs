@@ -814,16 +814,7 @@ fn fixture_db() -> TestDb {
 /// Polls `sys.status` of `addr` on a connection of its own until `ready`
 /// holds (panics after 20 s).
 fn wait_for_status(addr: &str, ready: impl Fn(&Value) -> bool) {
-    let mut rpc = Rpc::session(addr);
-    let start = Instant::now();
-    loop {
-        let status = support::result(&rpc.call("sys.status", json!({}))).clone();
-        if ready(&status) {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "{status}");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&mut Rpc::session(addr), ready);
 }
 
 /// Fills a server with `pool_size` = `queue_capacity` = 1: one
