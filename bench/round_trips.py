@@ -34,7 +34,7 @@ def main():
     trace = tempfile.NamedTemporaryFile(prefix="blitz-strace-", delete=False).name
     proc = subprocess.Popen(["strace", "-f", "-yy", "-e", "trace=sendto,write,writev,sendmsg",
                              "-e", "signal=none", "-o", trace, server_bin, "--listen", f"127.0.0.1:{port}",
-                             "--db-url", db_url], stderr=subprocess.DEVNULL,
+                             "--db-url", db_url, "--set", "auth.mode=trust"], stderr=subprocess.DEVNULL,
                             env={**os.environ, "RUST_LOG": "warn"})
     try:
         for _ in range(400):
@@ -43,6 +43,8 @@ def main():
             except OSError:
                 time.sleep(0.05)
         reader = sock.makefile("r")
+        sock.sendall(b'{"jsonrpc":"2.0","id":0,"method":"session.login","params":{"user":"bench"}}\n')
+        assert "result" in json.loads(reader.readline())
         for i in range(200):
             call(sock, reader, i)
         time.sleep(0.5)
