@@ -27,7 +27,10 @@
 //! - [`stats`]: counters, completion rate and latency percentiles.
 //! - [`shutdown`]: the running → draining → stopped state.
 //! - [`client`]: the thin client library behind the `blitz` command.
+//! - [`bench`]: the load generator behind `blitz bench` (closed and open
+//!   loop, HdrHistogram latencies, goodput, server CPU per call).
 
+pub mod bench;
 pub mod catalog;
 pub mod client;
 pub mod config;
