@@ -11,6 +11,10 @@ run: prereqs
 	$(CARGO) build --release --bins
 	@scripts/run.sh
 
+## bench: blitz vs PgBouncer vs direct PostgreSQL on a throw-away cluster; table + bench/results/
+bench: prereqs build
+	@bench/run.sh
+
 ## test: formatting, lints, and the whole suite against a PostgreSQL the suite starts itself
 test: prereqs lint
 	$(CARGO) test --all-targets

@@ -19,7 +19,13 @@
 //!   before the request was sent; the call did not run;
 //! - 6: outcome unknown: the connection broke or timed out after the
 //!   request was sent, or the reply was not JSON-RPC; the call may have run.
+//!
+//! `blitz bench` (the load generator in [`blitz::bench`], options in
+//! [`bench`]) exits 0 when the run ran, whatever it measured (rejections and
+//! connection errors are in its report), 2 for bad options, 5 when no
+//! connection could be made or a `--user` login was refused.
 
+mod bench;
 mod prompt;
 mod store;
 
@@ -112,6 +118,9 @@ enum Command {
     Status,
     /// List the live instances sharing the database (sys.instances).
     Instances,
+    /// Load-test the server: many connections, closed or open loop.
+    #[command(after_help = bench::BENCH_HELP)]
+    Bench(bench::BenchArgs),
     /// Log in and keep the session for this --server list.
     Login(LoginArgs),
     /// End the session of this --server list and forget it.
@@ -143,8 +152,8 @@ impl Command {
             Command::Ping => Ok(("sys.ping".into(), empty())),
             Command::Status => Ok(("sys.status".into(), empty())),
             Command::Instances => Ok(("sys.instances".into(), empty())),
-            Command::Login(_) | Command::Logout => {
-                Err("login and logout make no single call".into())
+            Command::Login(_) | Command::Logout | Command::Bench(_) => {
+                Err("login, logout and bench make no single call".into())
             }
         }
     }
@@ -172,6 +181,8 @@ enum Failure {
     SessionExpired,
     /// stdout or the session file could not be used: exit 1.
     Local(String),
+    /// `blitz bench` could not connect or log in: exit 5.
+    Connect(String),
 }
 
 impl From<CallError> for Failure {
@@ -188,13 +199,14 @@ impl Failure {
             Failure::Usage(_) => 2,
             Failure::Call { error, .. } => call_exit_code(error),
             Failure::SessionExpired => 4,
+            Failure::Connect(_) => 5,
         }
     }
 
     /// The one line printed to stderr after `blitz: `.
     fn message(&self) -> String {
         match self {
-            Failure::Usage(m) | Failure::Local(m) => m.clone(),
+            Failure::Usage(m) | Failure::Local(m) | Failure::Connect(m) => m.clone(),
             Failure::Call { error, hint: None } => error.to_string(),
             Failure::Call {
                 error,
@@ -293,6 +305,7 @@ fn run(args: &Args) -> Result<(), Failure> {
     match &args.command {
         Command::Login(login) => run_login(args, &servers, login),
         Command::Logout => run_logout(args, &servers),
+        Command::Bench(bench_args) => bench::run_bench(servers, args.timeout_ms, bench_args),
         command => run_call(args, &servers, command),
     }
 }

@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""The table, markdown, CSV and SVG of `make bench` (Python 3 stdlib only).
+
+bench/run.sh calls it:
+
+  report.py --row JSON OUTDIR             one status line for a row just run
+  report.py --best-direct ROWS OUTDIR     the direct concurrency with the best tps
+  report.py --peak ROWS OUTDIR ID         the ok/s of row ID (an integer)
+  report.py --report ROWS OUTDIR META RESULTS
+                                          prints the table; writes RESULTS/latest.md,
+                                          latest.csv and tps.svg
+
+ROWS holds one JSON object per line as run.sh wrote it; each names the file
+in OUTDIR with the tool's own output: pgbench's text (plus its sampled
+per-transaction logs, for percentiles) or `blitz bench --json`.
+"""
+import csv
+import glob
+import json
+import math
+import os
+import re
+import sys
+
+# ----------------------------------------------------------------- parsing
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return None
+    i = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[i]
+
+
+def pgbench_latencies(outdir, row_id):
+    """Latencies (ms) from pgbench -l logs: column 3 is the latency in µs."""
+    values = []
+    for path in glob.glob(os.path.join(outdir, row_id + ".*")):
+        if path.endswith(".txt"):
+            continue
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2].isdigit():
+                    values.append(int(parts[2]) / 1000.0)
+    values.sort()
+    return values
+
+
+def from_pgbench(meta, outdir):
+    text = open(os.path.join(outdir, meta["file"])).read()
+
+    def num(pattern, default=None):
+        m = re.search(pattern, text)
+        return float(m.group(1)) if m else default
+
+    processed = int(num(r"number of transactions actually processed: (\d+)", 0))
+    failed = int(num(r"number of failed transactions: (\d+)", 0))
+    aborted = len(re.findall(r"client \d+ aborted", text))
+    tps = num(r"tps = ([0-9.]+) \(without initial connection time\)", 0.0)
+    lat = pgbench_latencies(outdir, meta["id"])
+    r = base(meta)
+    r.update({
+        "tps": tps, "ok": processed, "rejected": failed, "connection_errors": aborted,
+        "p50_ms": percentile(lat, 0.50), "p90_ms": percentile(lat, 0.90),
+        "p99_ms": percentile(lat, 0.99), "p999_ms": percentile(lat, 0.999),
+        "max_ms": lat[-1] if lat else None,
+        "mean_ms": num(r"latency average = ([0-9.]+) ms"),
+        "connect_ms": num(r"initial connection time = ([0-9.]+) ms"),
+        "pg_cpu_us": meta["pg_cpu_s"] * 1e6 / processed if processed else None,
+        "mid_cpu_us": (meta["mid_cpu_s"] * 1e6 / processed
+                       if processed and meta["system"] == "pgbouncer" else None),
+        "goodput": tps,
+    })
+    if not processed:
+        r["note"] = "pgbench failed: " + text.strip().splitlines()[-1][:120] if text.strip() else "no output"
+    return r
+
+
+def from_blitz(meta, outdir):
+    r = base(meta)
+    try:
+        j = json.load(open(os.path.join(outdir, meta["file"])))
+    except (OSError, ValueError):
+        progress = os.path.join(outdir, meta["id"] + ".progress")
+        tail = open(progress).read().strip().splitlines()[-1:] if os.path.exists(progress) else []
+        r["note"] = "blitz bench failed: " + (tail[0][:160] if tail else "no output")
+        return r
+    ok, rej = j["latency_ok"], j["latency_rejected"]
+    r.update({
+        "tps": j["ok_per_s"], "ok": j["ok"], "rejected": j["rejected"],
+        "connection_errors": j["connection_errors"] + j["lost"],
+        "p50_ms": ok["p50_ms"], "p90_ms": ok["p90_ms"], "p99_ms": ok["p99_ms"],
+        "p999_ms": ok["p999_ms"], "max_ms": ok["max_ms"], "mean_ms": ok["mean_ms"],
+        "rej_p50_ms": rej["p50_ms"] if rej["count"] else None,
+        "rej_p99_ms": rej["p99_ms"] if rej["count"] else None,
+        "rej_p999_ms": rej["p999_ms"] if rej["count"] else None,
+        "rej_max_ms": rej["max_ms"] if rej["count"] else None,
+        "connect_ms": j["connect_s"] * 1000,
+        "goodput": j["goodput"], "offered": j.get("offered_rate"),
+        "target_rate": j.get("target_rate"), "throughput": j["throughput"],
+        "errors_by_code": " ".join(f"{c}:{n}" for c, n in j["errors_by_code"].items()),
+        "pg_cpu_us": (j.get("postgres_cpu") or {}).get("us_per_call"),
+        "mid_cpu_us": (j.get("server_cpu") or {}).get("us_per_call"),
+        "client_cpu_us": j["client_cpu_s"] * 1e6 / j["sent"] if j["sent"] else None,
+        "send_lag_p99_ms": (j.get("send_lag") or {}).get("p99_ms"),
+    })
+    if j["rejected"] and "-32001" in j.get("error_samples", {}):
+        m = re.search(r'"reason":"([^"]*)"', j["error_samples"]["-32001"])
+        if m:
+            r["note"] = "first -32001: " + m.group(1)
+    return r
+
+
+def base(meta):
+    return {"id": meta["id"], "system": meta["system"], "kind": meta["kind"],
+            "clients": meta["clients"], "pool": meta.get("pool"), "tool": meta["tool"],
+            "wall_s": meta["wall_s"]}
+
+
+def load(meta, outdir):
+    return from_pgbench(meta, outdir) if meta["tool"] == "pgbench" else from_blitz(meta, outdir)
+
+
+def load_all(rows_path, outdir):
+    with open(rows_path) as f:
+        return [load(json.loads(line), outdir) for line in f if line.strip()]
+
+# ----------------------------------------------------------------- formatting
+
+
+def fmt(v, digits=0, unit=""):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and digits == 0:
+        return f"{v:,.0f}{unit}"
+    if isinstance(v, int):
+        return f"{v:,}{unit}"
+    return f"{v:,.{digits}f}{unit}"
+
+
+def ms(v):
+    if v is None:
+        return "–"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:,.0f}"
+
+
+def label(r):
+    return {"direct": "direct PostgreSQL", "pgbouncer": "PgBouncer (transaction)",
+            "blitz": "blitz"}[r["system"]]
+
+
+def md_table(headers, rows):
+    out = ["| " + " | ".join(headers) + " |",
+           "| " + " | ".join("---:" if i else "---" for i in range(len(headers))) + " |"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def text_table(headers, rows):
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
+                               for i, c in enumerate(r)))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+# ----------------------------------------------------------------- the report
+
+
+def build(rows, meta):
+    by_id = {r["id"]: r for r in rows}
+    big = 500
+    direct = sorted([r for r in rows if r["system"] == "direct" and r["kind"] == "curve"],
+                    key=lambda r: r["clients"])
+    blitz_curve = sorted([r for r in rows if r["system"] == "blitz" and r["kind"] == "curve"],
+                         key=lambda r: r["clients"])
+    best = max(direct, key=lambda r: r["tps"] or 0) if direct else None
+    d500 = by_id.get(f"direct-c{big}")
+    b500 = by_id.get(f"blitz-c{big}")
+    pgb = by_id.get(f"pgbouncer-c{big}")
+    sections = []
+
+    # 1. throughput against concurrency
+    headers = ["system", "clients", "tps", "p50 ms", "p99 ms", "max ms", "errors",
+               "conn err", "PG CPU µs/tx", "middle CPU µs/tx"]
+    t1 = []
+    for r in direct + ([pgb] if pgb else []) + blitz_curve:
+        t1.append([label(r) + (" (best)" if r is best else ""), r["clients"], fmt(r.get("tps")),
+                   ms(r.get("p50_ms")), ms(r.get("p99_ms")), ms(r.get("max_ms")),
+                   fmt(r.get("rejected")), fmt(r.get("connection_errors")),
+                   fmt(r.get("pg_cpu_us")), fmt(r.get("mid_cpu_us"))])
+    sections.append(("Throughput against concurrency (closed loop, "
+                     f"{meta['duration_s']} s each)", headers, t1,
+                     "direct: pgbench -M prepared -f transfer.sql; PgBouncer: pgbench -M simple "
+                     f"through PgBouncer, pool {meta['pool']}; blitz: blitz bench, default "
+                     f"configuration (pool {meta['pool']}). p50/p99/max: pgbench from a 10 % "
+                     "sample of its per-transaction log, blitz bench from every call. errors: "
+                     "error replies (blitz) or failed transactions (pgbench). middle CPU: "
+                     "blitz-server or PgBouncer."))
+
+    # 2. the seed's experiment
+    tx = [by_id.get(i) for i in ("tx10k-blitz", "tx10k-pgbouncer", f"tx10k-direct-c{big}")]
+    tx += [r for r in rows if r["kind"] == "tx10k" and r["system"] == "direct"
+           and r["clients"] != big]
+    headers = ["system", "clients", "transactions", "errors", "wall s", "tx/s (wall)"]
+    t2 = []
+    for r in [r for r in tx if r]:
+        done = r.get("ok") or 0
+        t2.append([label(r), r["clients"], fmt(done), fmt(r.get("rejected")),
+                   f"{r['wall_s']:.2f}", fmt(done / r["wall_s"] if r["wall_s"] else None)])
+    sections.append((f"10,000 transactions from 500 clients (wall time, connection setup "
+                     "included)", headers, t2,
+                     "Wall time of the whole client process: connecting, all the "
+                     "transactions, disconnecting. Direct at its best concurrency runs the "
+                     "same 10,000 (rounded up to a multiple of the clients) with fewer "
+                     "connections."))
+
+    # 3. overload
+    headers = ["load", "offered/s", "ok/s", "goodput/s", "goodput / peak", "rejected/s",
+               "rej p50 ms", "rej p99 ms", "rej max ms", "ok p99 ms", "conn err",
+               "server CPU µs/call"]
+    t3 = []
+    peak = b500["tps"] if b500 else None
+    for x in (2, 10):
+        r = by_id.get(f"overload-{x}x")
+        if not r or r.get("tps") is None:
+            continue
+        el = r["ok"] / r["tps"] if r["tps"] else None
+        t3.append([f"{x}× ({fmt(r.get('target_rate'))}/s target)", fmt(r.get("offered")),
+                   fmt(r["tps"]), fmt(r["goodput"]),
+                   f"{r['goodput'] / peak:.2f}" if peak else "–",
+                   fmt(r["rejected"] / el if el else None), ms(r.get("rej_p50_ms")),
+                   ms(r.get("rej_p99_ms")), ms(r.get("rej_max_ms")), ms(r.get("p99_ms")),
+                   fmt(r.get("connection_errors")), fmt(r.get("mid_cpu_us"))])
+    sections.append((f"blitz under overload (open loop, 500 connections, timeout_ms "
+                     f"{meta['timeout_ms']})", headers, t3,
+                     "Offered: calls sent per second on a fixed schedule; latency counts "
+                     "from the scheduled send time. goodput: successes within timeout_ms. "
+                     "peak: blitz closed loop at 500 clients."))
+
+    # 4. ratios and targets
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+    tx_blitz = by_id.get("tx10k-blitz")
+    tx_best = next((r for r in rows if r["kind"] == "tx10k" and r["system"] == "direct"
+                    and best and r["clients"] == best["clients"]), None)
+    over10 = by_id.get("overload-10x")
+    blitz_rows = [r for r in rows if r["system"] == "blitz"]
+    conn_err = sum(r.get("connection_errors") or 0 for r in blitz_rows)
+    targets = [
+        ("blitz 500 / best direct" + (f" ({best['clients']} clients)" if best else ""),
+         ratio(b500 and b500["tps"], best and best["tps"]), "≥ 1.00", lambda v: v >= 1.0),
+        ("blitz 500 / PgBouncer 500 (same pool)", ratio(b500 and b500["tps"], pgb and pgb["tps"]),
+         "≥ 1.30", lambda v: v >= 1.3),
+        ("blitz 500 / direct 500", ratio(b500 and b500["tps"], d500 and d500["tps"]), "≥ 3.50",
+         lambda v: v >= 3.5),
+        ("10,000 tx wall: blitz / direct at best", ratio(tx_blitz and tx_blitz["wall_s"],
+                                                         tx_best and tx_best["wall_s"]),
+         "≤ 1.00", lambda v: v <= 1.0),
+        ("10× overload goodput / blitz peak", ratio(over10 and over10.get("goodput"), peak),
+         "≥ 0.90", lambda v: v >= 0.9),
+        ("10× overload rejection p99 (ms)", over10 and over10.get("rej_p99_ms"), "≤ 1.00",
+         lambda v: v <= 1.0),
+        ("connection errors, all blitz rows", conn_err, "= 0", lambda v: v == 0),
+        ("blitz-server CPU µs/call at 500 (PostgreSQL: "
+         f"{fmt(b500 and b500.get('pg_cpu_us'))} µs/tx)", b500 and b500.get("mid_cpu_us"),
+         "report", None),
+    ]
+    t4 = []
+    for name, v, goal, ok in targets:
+        verdict = "–" if v is None or ok is None else ("met" if ok(v) else "MISSED")
+        shown = "–" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.2f}")
+        t4.append([name, shown, goal, verdict])
+    sections.append(("Ratios and targets", ["measure", "value", "target", ""], t4, ""))
+    return sections, direct, blitz_curve, pgb
+
+
+def notes(rows):
+    return [f"{r['id']}: {r['note']}" for r in rows if r.get("note")]
+
+
+def header_lines(meta):
+    lines = [f"{meta['date']}, commit {meta['commit']}: {meta['cpus']} CPUs ({meta['cpu_model']}), "
+             f"Linux {meta['kernel']}, load average at start {meta['load_start']}, "
+             f"at end {meta['load_end']}",
+             f"{meta['postgres']}; " + (meta["pgbouncer"] or f"PgBouncer skipped: {meta['pgbouncer_note']}"),
+             f"pgbench scale {meta['scale']}; blitz pool {meta['pool']} (default configuration); "
+             f"sessions: {'on (--user bench, auth.mode=trust)' if meta['sessions'] else 'not in this server'}; "
+             "fsync and synchronous_commit on"]
+    return lines
+
+
+def write_csv(rows, path):
+    fields = ["id", "system", "kind", "clients", "pool", "tool", "tps", "ok", "rejected",
+              "connection_errors", "wall_s", "connect_ms", "mean_ms", "p50_ms", "p90_ms",
+              "p99_ms", "p999_ms", "max_ms", "rej_p50_ms", "rej_p99_ms", "rej_p999_ms",
+              "rej_max_ms", "goodput", "offered", "target_rate", "throughput",
+              "send_lag_p99_ms", "pg_cpu_us", "mid_cpu_us", "client_cpu_us",
+              "errors_by_code", "note"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 3) if isinstance(v, float) else v)
+                        for k, v in r.items()})
+
+
+def svg(direct, blitz, pgb, meta):
+    """A line chart of tps against clients, log-2 x axis; hand-written SVG."""
+    W, H, L, R, T, B = 720, 420, 70, 170, 40, 50
+    pts = [(r["clients"], r["tps"]) for r in direct + blitz + ([pgb] if pgb else [])
+           if r.get("tps") is not None]
+    if not pts:
+        return "<svg xmlns='http://www.w3.org/2000/svg'/>"
+    xmax = max(c for c, _ in pts)
+    ymax = max(t for _, t in pts)
+    step = 10 ** math.floor(math.log10(ymax)) if ymax > 0 else 1
+    ytop = math.ceil(ymax * 1.1 / step) * step if ymax > 0 else 1
+    lx = lambda c: L + (math.log2(c) / math.log2(max(xmax, 2))) * (W - L - R)
+    ly = lambda t: H - B - t / ytop * (H - T - B)
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' "
+           f"viewBox='0 0 {W} {H}' font-family='sans-serif' font-size='12'>",
+           f"<rect width='{W}' height='{H}' fill='white'/>",
+           f"<text x='{L}' y='22' font-size='14' font-weight='bold'>TPC-B transfer: "
+           f"transactions/s against concurrent clients</text>"]
+    # grid and axes
+    nticks = int(ytop / step)
+    for i in range(nticks + 1):
+        v = i * step
+        y = ly(v)
+        out.append(f"<line x1='{L}' y1='{y:.1f}' x2='{W - R}' y2='{y:.1f}' stroke='#ddd'/>")
+        out.append(f"<text x='{L - 6}' y='{y + 4:.1f}' text-anchor='end'>{v:,.0f}</text>")
+    c = 1
+    while c <= xmax * 1.01:
+        x = lx(c)
+        out.append(f"<line x1='{x:.1f}' y1='{T}' x2='{x:.1f}' y2='{H - B}' stroke='#eee'/>")
+        out.append(f"<text x='{x:.1f}' y='{H - B + 16}' text-anchor='middle'>{c}</text>")
+        c *= 2
+    if xmax not in [2 ** k for k in range(20)]:
+        x = lx(xmax)
+        out.append(f"<text x='{x:.1f}' y='{H - B + 30}' text-anchor='middle'>{xmax}</text>")
+    out.append(f"<line x1='{L}' y1='{H - B}' x2='{W - R}' y2='{H - B}' stroke='black'/>")
+    out.append(f"<line x1='{L}' y1='{T}' x2='{L}' y2='{H - B}' stroke='black'/>")
+    out.append(f"<text x='{(L + W - R) / 2}' y='{H - 6}' text-anchor='middle'>"
+               "concurrent clients (log scale)</text>")
+    out.append(f"<text x='16' y='{(T + H - B) / 2}' text-anchor='middle' "
+               f"transform='rotate(-90 16 {(T + H - B) / 2})'>transactions/s</text>")
+
+    def series(rows, color, name, ly_legend):
+        rs = [r for r in rows if r.get("tps") is not None]
+        if not rs:
+            return
+        path = " ".join(f"{lx(r['clients']):.1f},{ly(r['tps']):.1f}" for r in rs)
+        out.append(f"<polyline points='{path}' fill='none' stroke='{color}' stroke-width='2'/>")
+        for r in rs:
+            out.append(f"<circle cx='{lx(r['clients']):.1f}' cy='{ly(r['tps']):.1f}' r='3.5' "
+                       f"fill='{color}'><title>{name}, {r['clients']} clients: "
+                       f"{r['tps']:,.0f} tps</title></circle>")
+        out.append(f"<line x1='{W - R + 15}' y1='{ly_legend}' x2='{W - R + 40}' "
+                   f"y2='{ly_legend}' stroke='{color}' stroke-width='2'/>")
+        out.append(f"<text x='{W - R + 46}' y='{ly_legend + 4}'>{name}</text>")
+
+    series(direct, "#1f77b4", "direct PostgreSQL", T + 10)
+    series(blitz, "#d62728", f"blitz (pool {meta['pool']})", T + 30)
+    if pgb and pgb.get("tps") is not None:
+        x, y = lx(pgb["clients"]), ly(pgb["tps"])
+        out.append(f"<rect x='{x - 4:.1f}' y='{y - 4:.1f}' width='8' height='8' fill='#2ca02c'>"
+                   f"<title>PgBouncer, {pgb['clients']} clients: {pgb['tps']:,.0f} tps</title></rect>")
+        out.append(f"<rect x='{W - R + 23}' y='{T + 46}' width='8' height='8' fill='#2ca02c'/>")
+        out.append(f"<text x='{W - R + 46}' y='{T + 54}'>PgBouncer (pool {meta['pool']})</text>")
+    out.append(f"<text x='{W - R + 15}' y='{T + 80}' font-size='10' fill='#555'>"
+               f"{meta['cpus']} CPUs, scale {meta['scale']}</text>")
+    out.append(f"<text x='{W - R + 15}' y='{T + 94}' font-size='10' fill='#555'>"
+               f"{meta['date']}</text>")
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def report(rows_path, outdir, meta_path, results):
+    rows = load_all(rows_path, outdir)
+    meta = json.load(open(meta_path))
+    sections, direct, blitz, pgb = build(rows, meta)
+    os.makedirs(results, exist_ok=True)
+    text = ["", "make bench: " + header_lines(meta)[0]] + ["  " + l for l in header_lines(meta)[1:]]
+    md = ["# make bench: latest run", "", *[f"- {l}" for l in header_lines(meta)], "",
+          "Compare figures within this run only: runs on a shared 2-core machine move by ±20 %.",
+          "How to read it: README.md, section Benchmark. Plot: [tps.svg](tps.svg); every "
+          "figure: [latest.csv](latest.csv).", ""]
+    for title, headers, body, note in sections:
+        text += ["", title, text_table(headers, body)]
+        md += [f"## {title}", "", md_table(headers, body), ""]
+        if note:
+            md += [note, ""]
+    extra = notes(rows)
+    if extra:
+        text += ["", "Notes:"] + ["  " + n for n in extra]
+        md += ["## Notes", ""] + [f"- {n}" for n in extra] + [""]
+    text += ["", f"Written: {results}/latest.md, latest.csv, tps.svg"]
+    print("\n".join(text))
+    with open(os.path.join(results, "latest.md"), "w") as f:
+        f.write("\n".join(md).rstrip() + "\n")
+    write_csv(rows, os.path.join(results, "latest.csv"))
+    with open(os.path.join(results, "tps.svg"), "w") as f:
+        f.write(svg(direct, blitz, pgb, meta))
+
+
+def row_line(meta_json, outdir):
+    meta = json.loads(meta_json)
+    r = load(meta, outdir)
+    parts = [f"{r['id']:<22}", f"{fmt(r.get('tps')):>7} tps"]
+    if r["kind"] == "tx10k":
+        parts.append(f"wall {r['wall_s']:.2f} s")
+    if r.get("p99_ms") is not None:
+        parts.append(f"p99 {ms(r['p99_ms'])} ms")
+    if r.get("goodput") is not None and r["kind"].startswith("overload"):
+        parts.append(f"goodput {fmt(r['goodput'])}/s, rejected {fmt(r.get('rejected'))}, "
+                     f"rej p99 {ms(r.get('rej_p99_ms'))} ms")
+    elif r.get("rejected"):
+        parts.append(f"errors {fmt(r['rejected'])}")
+    if r.get("connection_errors"):
+        parts.append(f"CONNECTION ERRORS {r['connection_errors']}")
+    if r.get("note"):
+        parts.append(r["note"])
+    print("bench: " + "  ".join(parts))
+
+
+def main(argv):
+    if len(argv) == 3 and argv[0] == "--row":
+        row_line(argv[1], argv[2])
+    elif len(argv) == 3 and argv[0] == "--best-direct":
+        direct = [r for r in load_all(argv[1], argv[2])
+                  if r["system"] == "direct" and r["kind"] == "curve" and r.get("tps")]
+        print(max(direct, key=lambda r: r["tps"])["clients"] if direct else 8)
+    elif len(argv) == 4 and argv[0] == "--peak":
+        r = next((r for r in load_all(argv[1], argv[2]) if r["id"] == argv[3]), None)
+        print(int(r["tps"]) if r and r.get("tps") else 1000)
+    elif len(argv) == 5 and argv[0] == "--report":
+        report(*argv[1:])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# `make bench`: blitz side by side with direct PostgreSQL and PgBouncer, on
+# one machine, in one run, with the same transaction everywhere
+# (blitz_api.transfer: pgbench's TPC-B transaction as one plpgsql function).
+#
+#   bench/run.sh            (make bench builds first, then calls this)
+#
+# Environment:
+#   BENCH_DURATION  seconds per throughput row (default 15)
+#   BENCH_SCALE     pgbench scale of the data set (default 10)
+#   BENCH_CLIENTS   concurrencies of the curve (default "1 2 4 8 16 32 500")
+#   BENCH_TIMEOUT_MS  deadline of the overload rows' calls (default 1000)
+#   BENCH_OUT       where the results go (default bench/results)
+#
+# What it does, all in a temporary directory it deletes at the end:
+#   1. a throw-away PostgreSQL cluster (initdb as user postgres when run as
+#      root) on a free port: max_connections 520, shared_buffers 256MB,
+#      fsync and synchronous_commit left on (durable commits, as deployed),
+#      checkpoints only between rows; `pgbench -i -s SCALE`, then
+#      conf/api.sql through scripts/load-api.sh;
+#   2. blitz-server with its default configuration (pool = cores × 2), and
+#      PgBouncer 1.18+ in transaction mode with the same pool size
+#      (installed with apt-get when missing and running as root; otherwise
+#      its rows are skipped and the table says so);
+#   3. the rows (each after TRUNCATE pgbench_history, VACUUM of the small
+#      tables and a CHECKPOINT, as pgbench does before a run):
+#        direct PostgreSQL, pgbench -M prepared, at each BENCH_CLIENTS;
+#        blitz, `blitz bench` closed loop, at each BENCH_CLIENTS;
+#        PgBouncer at 500 clients (pgbench -M simple: transaction pooling
+#        in PgBouncer 1.18 cannot keep prepared statements);
+#        10,000 transactions from 500 clients (wall time, connections
+#        included): blitz, PgBouncer, direct at 500, direct at its best;
+#        blitz open loop at 2× and 10× its closed-loop peak;
+#   4. bench/report.py prints the table and writes BENCH_OUT/latest.md,
+#      latest.csv and tps.svg.
+# Every process it starts is stopped on exit, however it exits (trap EXIT).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+duration=${BENCH_DURATION:-15}
+scale=${BENCH_SCALE:-10}
+clients=${BENCH_CLIENTS:-"1 2 4 8 16 32 500"}
+timeout_ms=${BENCH_TIMEOUT_MS:-1000}
+out=${BENCH_OUT:-bench/results}
+big=500          # "500 clients": the overload concurrency
+txns=10000       # the seed's experiment: 10,000 transactions from 500 clients
+
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+server_bin=$target_dir/release/blitz-server
+blitz_bin=$target_dir/release/blitz
+[ -x "$server_bin" ] && [ -x "$blitz_bin" ] \
+  || { echo "bench: build first: cargo build --release --bins (make bench does)" >&2; exit 1; }
+
+say() { echo "bench: $*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+bindir=$(scripts/localdb.sh check) || die "PostgreSQL server binaries not found"
+for b in initdb pg_ctl psql pgbench; do
+  [ -x "$bindir/$b" ] || die "$bindir/$b not found (install the PostgreSQL 15 server and client)"
+done
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+tmp=$(mktemp -d /tmp/blitz-bench.XXXXXX)
+rows=$tmp/rows.jsonl
+: >"$rows"
+mkdir -p "$tmp/out"
+blitz_pid=
+bouncer_pidfile=$tmp/pgbouncer.pid
+
+# PostgreSQL and PgBouncer refuse to run as root: run them as `postgres`.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  # Children of this script still running (a pgbench or blitz bench cut short).
+  local j
+  for j in $(jobs -p); do kill "$j" 2>/dev/null || true; done
+  if [ -n "$blitz_pid" ]; then
+    kill "$blitz_pid" 2>/dev/null && wait "$blitz_pid" 2>/dev/null || true
+  fi
+  if [ -s "$bouncer_pidfile" ]; then kill "$(cat "$bouncer_pidfile")" 2>/dev/null || true; fi
+  if [ "$rc" != 0 ]; then
+    local log
+    for log in pg.log blitz-server.log pgbouncer.log; do
+      [ -s "$tmp/$log" ] && { echo "bench: last lines of $log:" >&2; tail -5 "$tmp/$log" >&2; }
+    done
+  fi
+  if [ -f "$tmp/data/postmaster.pid" ]; then
+    as_pg "$bindir/pg_ctl" -D "$tmp/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$tmp"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ulimit -n 16384 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+  local p=$(( $1 + RANDOM % 1000 ))
+  while port_in_use "$p"; do p=$((p + 1)); done
+  echo "$p"
+}
+
+clk_tck=$(getconf CLK_TCK)
+# CPU ticks of a process: utime + stime (+ cutime + cstime of reaped
+# children when $2 = tree, + utime + stime of live children).
+ticks() {
+  local pid=$1 mode=${2:-own}
+  # cat, not awk on the glob: backends exit while we read.
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v P="$pid" -v M="$mode" '
+    { s = $0; sub(/^[^)]*\) /, "", s); split(s, f, " ")
+      if ($1 == P) t += f[12] + f[13] + (M == "tree" ? f[14] + f[15] : 0)
+      else if (M == "tree" && f[2] == P) t += f[12] + f[13] }
+    END { print t + 0 }'
+}
+now() { date +%s.%N; }
+calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
+
+# ---------------------------------------------------------------- cluster
+pg_port=$(free_port 56000)
+[ "$(id -u)" = 0 ] && chown postgres "$tmp"
+chmod 755 "$tmp"
+say "PostgreSQL: initdb in $tmp/data (port $pg_port)"
+as_pg "$bindir/initdb" -D "$tmp/data" -U postgres -A trust -E UTF8 --no-instructions >"$tmp/initdb.log" 2>&1 \
+  || { cat "$tmp/initdb.log" >&2; die "initdb failed"; }
+cat >>"$tmp/data/postgresql.conf" <<CONF
+# bench/run.sh
+port = $pg_port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$tmp'
+max_connections = 520
+shared_buffers = 256MB
+# Durable commits, as deployed: fsync and synchronous_commit stay on.
+# Checkpoints are taken between rows, not during them.
+max_wal_size = 8GB
+checkpoint_timeout = 1h
+CONF
+as_pg "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w -t 60 start >/dev/null \
+  || { cat "$tmp/pg.log" >&2; die "PostgreSQL did not start"; }
+pg_pid=$(head -1 "$tmp/data/postmaster.pid")
+psql() { "$bindir/psql" -X -q -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
+psql -d postgres -c "CREATE DATABASE blitz" >/dev/null
+db_url="postgresql://postgres@127.0.0.1:$pg_port/blitz"
+say "data: pgbench -i -s $scale, then conf/api.sql"
+"$bindir/pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pg_port" -U postgres blitz >"$tmp/init.log" 2>&1 \
+  || { cat "$tmp/init.log" >&2; die "pgbench -i failed"; }
+scripts/load-api.sh "$db_url" "$scale" >&2
+
+cat >"$tmp/transfer.sql" <<'SQL'
+\set aid random(1, 100000 * :scale)
+\set tid random(1, 10 * :scale)
+\set bid random(1, 1 * :scale)
+\set delta random(-5000, 5000)
+SELECT blitz_api.transfer(:aid, :tid, :bid, :delta);
+SQL
+
+reset_db() {
+  psql -d blitz -c "TRUNCATE pgbench_history" -c "VACUUM pgbench_branches, pgbench_tellers" -c "CHECKPOINT" >/dev/null
+}
+
+# ---------------------------------------------------------------- blitz
+blitz_port=$(free_port 57000)
+auth=()
+if "$server_bin" --set auth.mode=trust --print-config >/dev/null 2>&1; then
+  auth=(--set auth.mode=trust)
+fi
+RUST_LOG=warn "$server_bin" --listen "127.0.0.1:$blitz_port" --db-url "$db_url" \
+  --set "server.max_clients=2000" "${auth[@]}" >"$tmp/blitz-server.log" 2>&1 &
+blitz_pid=$!
+for _ in $(seq 100); do
+  "$blitz_bin" --server "127.0.0.1:$blitz_port" ping >/dev/null 2>&1 && break
+  kill -0 "$blitz_pid" 2>/dev/null || { cat "$tmp/blitz-server.log" >&2; die "blitz-server did not start"; }
+  sleep 0.1
+done
+status=$("$blitz_bin" --server "127.0.0.1:$blitz_port" status)
+pool=$(printf '%s' "$status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pool"]["size"])')
+say "blitz-server: pid $blitz_pid, default configuration, pool_size $pool"
+
+# Sessions: when this server has session.login, every bench connection logs
+# in first (--user bench, trust mode); a server without sessions answers
+# -32601 and the bench runs without.
+user=()
+probe=$("$blitz_bin" --server "127.0.0.1:$blitz_port" bench -c 1 --calls 1 --method sys.ping \
+  --user bench --quiet --json 2>&1) && user=(--user bench) || true
+if [ ${#user[@]} -gt 0 ]; then
+  say "sessions: supported; bench connections log in with --user bench (auth.mode=trust)"
+elif printf '%s' "$probe" | grep -q -- '-32601'; then
+  say "sessions: this server has no session.login yet; bench runs without --user"
+else
+  die "the session.login probe failed: $probe"
+fi
+
+# ---------------------------------------------------------------- pgbouncer
+bouncer=
+bouncer_note=
+if ! command -v pgbouncer >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing pgbouncer with apt-get"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; } >"$tmp/apt.log" 2>&1 \
+      || bouncer_note="apt-get install pgbouncer failed"
+  else
+    bouncer_note="pgbouncer not installed (and not root to install it)"
+  fi
+fi
+if command -v pgbouncer >/dev/null 2>&1; then
+  bouncer_port=$(free_port 58000)
+  printf '"postgres" ""\n' >"$tmp/userlist.txt"
+  cat >"$tmp/pgbouncer.ini" <<INI
+[databases]
+blitz = host=127.0.0.1 port=$pg_port dbname=blitz user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir = $tmp
+auth_type = trust
+auth_file = $tmp/userlist.txt
+pool_mode = transaction
+default_pool_size = $pool
+min_pool_size = $pool
+max_client_conn = 1000
+logfile = $tmp/pgbouncer.log
+pidfile = $bouncer_pidfile
+INI
+  chmod 644 "$tmp/pgbouncer.ini" "$tmp/userlist.txt"
+  if as_pg pgbouncer -d -q "$tmp/pgbouncer.ini" >"$tmp/pgbouncer.out" 2>&1; then
+    for _ in $(seq 50); do [ -s "$bouncer_pidfile" ] && break; sleep 0.1; done
+    bouncer=$(pgbouncer --version | head -1)
+    say "$bouncer: pid $(cat "$bouncer_pidfile"), transaction mode, pool $pool"
+  else
+    bouncer_note="pgbouncer did not start: $(tail -1 "$tmp/pgbouncer.out")"
+  fi
+fi
+[ -n "$bouncer_note" ] && say "PgBouncer rows skipped: $bouncer_note"
+
+# ---------------------------------------------------------------- rows
+# Each row appends one JSON line to $rows; bench/report.py reads them.
+row() { printf '%s\n' "$1" >>"$rows"; python3 bench/report.py --row "$1" "$tmp/out" >&2; }
+
+# pgbench at C clients: ID SYSTEM PORT C MODE [-T SECS | -t N] [log]
+pgbench_row() {
+  local id=$1 system=$2 port=$3 c=$4 mode=$5 kind=$6 limit=$7 n=$8 log=${9:-}
+  local j=$(( c < 4 ? c : 4 )) mid_pid=0 t0 t1 pg0 pg1 mid0=0 mid1=0
+  [ "$system" = pgbouncer ] && mid_pid=$(cat "$bouncer_pidfile")
+  local logargs=()
+  [ -n "$log" ] && logargs=(-l --sampling-rate=0.1 --log-prefix="$tmp/out/$id")
+  reset_db
+  pg0=$(ticks "$pg_pid" tree); [ "$mid_pid" != 0 ] && mid0=$(ticks "$mid_pid")
+  t0=$(now)
+  ( cd "$tmp/out" && "$bindir/pgbench" -n -f "$tmp/transfer.sql" -s "$scale" -c "$c" -j "$j" \
+      -M "$mode" "$limit" "$n" "${logargs[@]}" -h 127.0.0.1 -p "$port" -U postgres blitz ) \
+      >"$tmp/out/$id.txt" 2>&1 || say "$id: pgbench failed (see the row)"
+  t1=$(now)
+  pg1=$(ticks "$pg_pid" tree); [ "$mid_pid" != 0 ] && mid1=$(ticks "$mid_pid")
+  row "{\"id\":\"$id\",\"system\":\"$system\",\"kind\":\"$kind\",\"clients\":$c,\"pool\":${pool},\"tool\":\"pgbench\",\"file\":\"$id.txt\",\"wall_s\":$(calc "$t1 - $t0"),\"pg_cpu_s\":$(calc "($pg1 - $pg0) / $clk_tck"),\"mid_cpu_s\":$(calc "($mid1 - $mid0) / $clk_tck")}"
+}
+
+# blitz bench: ID KIND C ARGS…
+blitz_row() {
+  local id=$1 kind=$2 c=$3 t0 t1
+  shift 3
+  reset_db
+  t0=$(now)
+  "$blitz_bin" --server "127.0.0.1:$blitz_port" bench -c "$c" --scale "$scale" "${user[@]}" \
+    --server-pid "$blitz_pid" --postgres-pid "$pg_pid" --json "$@" >"$tmp/out/$id.json" 2>"$tmp/out/$id.progress" \
+    || say "$id: blitz bench failed: $(tail -3 "$tmp/out/$id.progress")"
+  t1=$(now)
+  row "{\"id\":\"$id\",\"system\":\"blitz\",\"kind\":\"$kind\",\"clients\":$c,\"pool\":$pool,\"tool\":\"blitz bench\",\"file\":\"$id.json\",\"wall_s\":$(calc "$t1 - $t0")}"
+}
+
+n_curve=$(echo $clients | wc -w)
+say "rows: $((2 * n_curve + 3)) of ${duration} s and 4 short ones (about $(( (2 * n_curve + 3) * (duration + 3) / 60 + 1 )) min); the table comes at the end"
+for c in $clients; do
+  pgbench_row "direct-c$c" direct "$pg_port" "$c" prepared curve -T "$duration" log
+done
+for c in $clients; do
+  blitz_row "blitz-c$c" curve "$c" --duration "$duration"
+done
+if [ -n "$bouncer" ]; then
+  pgbench_row "pgbouncer-c$big" pgbouncer "$bouncer_port" "$big" simple curve -T "$duration" log
+fi
+
+# The seed's experiment: 10,000 transactions from 500 clients, wall time
+# with connection setup. Direct at its best concurrency: the curve's best.
+best=$(python3 bench/report.py --best-direct "$rows" "$tmp/out")
+blitz_row "tx10k-blitz" tx10k "$big" --calls "$txns"
+if [ -n "$bouncer" ]; then
+  pgbench_row "tx10k-pgbouncer" pgbouncer "$bouncer_port" "$big" simple tx10k -t $((txns / big))
+fi
+pgbench_row "tx10k-direct-c$big" direct "$pg_port" "$big" prepared tx10k -t $((txns / big))
+pgbench_row "tx10k-direct-c$best" direct "$pg_port" "$best" prepared tx10k -t $(( (txns + best - 1) / best ))
+
+# Overload: open loop at 2× and 10× blitz's closed-loop peak at 500.
+peak=$(python3 bench/report.py --peak "$rows" "$tmp/out" "blitz-c$big")
+for x in 2 10; do
+  rate=$(calc "$peak * $x")
+  blitz_row "overload-${x}x" "overload-${x}x" "$big" --rate "$rate" --duration "$duration" --timeout-ms "$timeout_ms"
+done
+
+# ---------------------------------------------------------------- report
+meta=$tmp/meta.json
+python3 - "$meta" <<PY
+import json, os, platform, subprocess, sys, datetime
+def sh(c):
+    try: return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception: return ""
+model = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+json.dump({
+  "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+  "commit": sh("git rev-parse --short HEAD"),
+  "cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+  "load_start": "$load_start", "load_end": sh("cut -d' ' -f1-3 /proc/loadavg"),
+  "postgres": sh("'$bindir/postgres' --version"), "pgbouncer": "$bouncer", "pgbouncer_note": "$bouncer_note",
+  "duration_s": $duration, "scale": $scale, "pool": $pool, "timeout_ms": $timeout_ms,
+  "sessions": ${#user[@]} > 0, "clk_tck": $clk_tck,
+}, open(sys.argv[1], "w"))
+PY
+mkdir -p "$out"
+python3 bench/report.py --report "$rows" "$tmp/out" "$meta" "$out"

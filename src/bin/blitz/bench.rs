@@ -1,0 +1,147 @@
+//! `blitz bench`: the options of the load generator in [`blitz::bench`],
+//! and printing its report.
+
+use std::io::Write;
+use std::time::Duration;
+
+use blitz::bench;
+use serde_json::{Map, Value};
+
+use crate::Failure;
+
+/// How `blitz bench` works, for `blitz bench --help`.
+pub const BENCH_HELP: &str = "\
+Closed loop (default): each connection sends its next call when the reply
+to the last one arrives. Open loop (--rate): calls leave on a fixed
+schedule, pipelined on the connections, and latency counts from the
+scheduled send time. --timeout-ms is sent with every call and is the
+deadline of goodput. The default method, api.transfer, draws pgbench's
+TPC-B values: aid 1..100000*scale, tid 1..10*scale, bid 1..scale,
+delta -5000..5000. Connections are spread over the --server addresses in
+turn; a refusal is counted, never retried. A progress line goes to stderr
+once a second.
+
+Example: blitz bench -c 500 --duration 10 --scale 10 --server-pid $(pidof blitz-server)";
+
+/// The options of `blitz bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Client connections, all opened before the measured phase.
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    connections: u64,
+    /// Stop after N calls in total (default: --duration 10).
+    #[arg(long, value_name = "N", conflicts_with = "duration",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    calls: Option<u64>,
+    /// Stop sending after SECS seconds (fractions allowed).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// The method to call.
+    #[arg(long, value_name = "METHOD", default_value = "api.transfer")]
+    method: String,
+    /// Params of every call, one JSON object or array (default: the
+    /// transfer draw for api.transfer, {} for other methods).
+    #[arg(long, value_name = "JSON")]
+    params: Option<String>,
+    /// pgbench scale of the database, for the api.transfer draw.
+    #[arg(long, value_name = "S", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    scale: u32,
+    /// Open loop at R calls per second in total (default: closed loop).
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+    /// Event-loop threads the connections are spread over (0 = min(connections, 4)).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// Log in on every connection first with session.login {"user": NAME}
+    /// (once per connection, not timed).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// pid of the server, to report its CPU time per call (/proc/PID/stat).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// pid of PostgreSQL's postmaster, to report PostgreSQL's CPU per call.
+    #[arg(long, value_name = "PID")]
+    postgres_pid: Option<u32>,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress lines on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl BenchArgs {
+    /// The library's options, with the global `--server` and `--timeout-ms`.
+    fn options(
+        &self,
+        servers: Vec<String>,
+        timeout_ms: Option<u64>,
+    ) -> Result<bench::Options, String> {
+        let stop = match (self.calls, self.duration) {
+            (Some(n), _) => bench::Stop::Calls(n),
+            (None, Some(secs)) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
+                bench::Stop::Duration(Duration::from_secs_f64(secs))
+            }
+            (None, Some(secs)) => return Err(format!("--duration {secs}: expected seconds > 0")),
+            (None, None) => bench::Stop::Duration(Duration::from_secs(10)),
+        };
+        let params = match &self.params {
+            Some(text) => match serde_json::from_str(text) {
+                Ok(v @ (Value::Object(_) | Value::Array(_))) => bench::Params::Fixed(v),
+                _ => {
+                    return Err(format!(
+                        "--params {text:?}: expected one JSON object or array"
+                    ))
+                }
+            },
+            None if self.method == "api.transfer" => bench::Params::Transfer { scale: self.scale },
+            None => bench::Params::Fixed(Value::Object(Map::new())),
+        };
+        if let Some(r) = self.rate {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(format!("--rate {r}: expected calls per second > 0"));
+            }
+        }
+        Ok(bench::Options {
+            servers,
+            connections: self.connections as usize,
+            threads: self.threads,
+            stop,
+            method: self.method.clone(),
+            params,
+            rate: self.rate,
+            timeout_ms,
+            user: self.user.clone(),
+            server_pid: self.server_pid,
+            postgres_pid: self.postgres_pid,
+            progress: !self.quiet,
+        })
+    }
+}
+
+/// Runs `blitz bench` and prints its report (text, or JSON with `--json`).
+pub fn run_bench(
+    servers: Vec<String>,
+    timeout_ms: Option<u64>,
+    bench_args: &BenchArgs,
+) -> Result<(), Failure> {
+    let options = bench_args
+        .options(servers, timeout_ms)
+        .map_err(Failure::Usage)?;
+    let report = bench::run(&options).map_err(|e| match e {
+        bench::BenchError::Usage(m) => Failure::Usage(m),
+        bench::BenchError::Connect(m) => Failure::Connect(m),
+    })?;
+    let text = if bench_args.json {
+        serde_json::to_string(&report)
+            .map_err(|e| Failure::Local(format!("cannot render the report: {e}")))?
+    } else {
+        report.to_text()
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", text.trim_end())
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::Local(format!("cannot write the report to stdout: {e}")))
+}
