@@ -102,9 +102,17 @@ trap 'exit 143' TERM
 
 ulimit -n 16384 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# A port nothing is bound to, below the ephemeral range (where 500 client
+# connections take their local ports), tested by binding it.
+port_in_use() {
+  python3 -c 'import socket, sys
+s = socket.socket()
+try: s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError: sys.exit(0)
+sys.exit(1)' "$1"
+}
 free_port() {
-  local p=$(( $1 + RANDOM % 1000 ))
+  local p=$(( $1 + RANDOM % 2000 ))
   while port_in_use "$p"; do p=$((p + 1)); done
   echo "$p"
 }
@@ -125,7 +133,7 @@ now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
 
 # ---------------------------------------------------------------- cluster
-pg_port=$(free_port 56000)
+pg_port=$(free_port 20000)
 [ "$(id -u)" = 0 ] && chown postgres "$tmp"
 chmod 755 "$tmp"
 say "PostgreSQL: initdb in $tmp/data (port $pg_port)"
@@ -167,7 +175,7 @@ reset_db() {
 }
 
 # ---------------------------------------------------------------- blitz
-blitz_port=$(free_port 57000)
+blitz_port=$(free_port 23000)
 auth=()
 if "$server_bin" --set auth.mode=trust --print-config >/dev/null 2>&1; then
   auth=(--set auth.mode=trust)
@@ -211,7 +219,7 @@ if ! command -v pgbouncer >/dev/null 2>&1; then
   fi
 fi
 if command -v pgbouncer >/dev/null 2>&1; then
-  bouncer_port=$(free_port 58000)
+  bouncer_port=$(free_port 26000)
   printf '"postgres" ""\n' >"$tmp/userlist.txt"
   cat >"$tmp/pgbouncer.ini" <<INI
 [databases]
