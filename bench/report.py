@@ -10,9 +10,9 @@ bench/run.sh calls it:
                                           prints the table; writes RESULTS/latest.md,
                                           latest.csv and tps.svg
 
-ROWS holds one JSON object per line as run.sh wrote it; each names the file
-in OUTDIR with the tool's own output: pgbench's text (plus its sampled
-per-transaction logs, for percentiles) or `blitz bench --json`.
+ROWS holds one JSON object per line as run.sh wrote it; OUTDIR holds each
+row's ID.out and ID.err: pgbench's text (plus its sampled per-transaction
+logs ID.*, for percentiles) or `blitz bench --json`.
 """
 import csv
 import glob
@@ -36,7 +36,7 @@ def pgbench_latencies(outdir, row_id):
     """Latencies (ms) from pgbench -l logs: column 3 is the latency in µs."""
     values = []
     for path in glob.glob(os.path.join(outdir, row_id + ".*")):
-        if path.endswith(".txt"):
+        if path.endswith((".out", ".err")):
             continue
         with open(path) as f:
             for line in f:
@@ -47,8 +47,16 @@ def pgbench_latencies(outdir, row_id):
     return values
 
 
+def read(outdir, name):
+    try:
+        with open(os.path.join(outdir, name), errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def from_pgbench(meta, outdir):
-    text = open(os.path.join(outdir, meta["file"])).read()
+    text = read(outdir, meta["id"] + ".out") + read(outdir, meta["id"] + ".err")
 
     def num(pattern, default=None):
         m = re.search(pattern, text)
@@ -73,17 +81,18 @@ def from_pgbench(meta, outdir):
         "goodput": tps,
     })
     if not processed:
-        r["note"] = "pgbench failed: " + text.strip().splitlines()[-1][:120] if text.strip() else "no output"
+        r["note"] = ("pgbench failed: " + text.strip().splitlines()[-1][:120]
+                     if text.strip() else "pgbench: no output")
+    client_and_other(r, meta, processed)
     return r
 
 
 def from_blitz(meta, outdir):
     r = base(meta)
     try:
-        j = json.load(open(os.path.join(outdir, meta["file"])))
-    except (OSError, ValueError):
-        progress = os.path.join(outdir, meta["id"] + ".progress")
-        tail = open(progress).read().strip().splitlines()[-1:] if os.path.exists(progress) else []
+        j = json.loads(read(outdir, meta["id"] + ".out"))
+    except ValueError:
+        tail = read(outdir, meta["id"] + ".err").strip().splitlines()[-1:]
         r["note"] = "blitz bench failed: " + (tail[0][:160] if tail else "no output")
         return r
     ok, rej = j["latency_ok"], j["latency_rejected"]
@@ -102,14 +111,24 @@ def from_blitz(meta, outdir):
         "errors_by_code": " ".join(f"{c}:{n}" for c, n in j["errors_by_code"].items()),
         "pg_cpu_us": (j.get("postgres_cpu") or {}).get("us_per_call"),
         "mid_cpu_us": (j.get("server_cpu") or {}).get("us_per_call"),
-        "client_cpu_us": j["client_cpu_s"] * 1e6 / j["sent"] if j["sent"] else None,
         "send_lag_p99_ms": (j.get("send_lag") or {}).get("p99_ms"),
     })
+    client_and_other(r, meta, j["sent"])
     if j["rejected"] and "-32001" in j.get("error_samples", {}):
         m = re.search(r'"reason":"([^"]*)"', j["error_samples"]["-32001"])
         if m:
             r["note"] = "first -32001: " + m.group(1)
     return r
+
+
+def client_and_other(r, meta, calls):
+    """Client CPU per call, and the cores other programs kept busy meanwhile."""
+    if "client_cpu_s" not in meta:
+        return
+    r["client_cpu_us"] = meta["client_cpu_s"] * 1e6 / calls if calls else None
+    ours = meta["pg_cpu_s"] + meta["mid_cpu_s"] + meta["client_cpu_s"]
+    if meta["wall_s"] > 0:
+        r["other_cores"] = max(0.0, meta["busy_cpu_s"] - ours) / meta["wall_s"]
 
 
 def base(meta):
@@ -186,13 +205,15 @@ def build(rows, meta):
 
     # 1. throughput against concurrency
     headers = ["system", "clients", "tps", "p50 ms", "p99 ms", "max ms", "errors",
-               "conn err", "PG CPU µs/tx", "middle CPU µs/tx"]
+               "conn err", "PG CPU µs/tx", "middle CPU µs/tx", "client CPU µs/tx",
+               "other load (cores)"]
     t1 = []
     for r in direct + ([pgb] if pgb else []) + blitz_curve:
         t1.append([label(r) + (" (best)" if r is best else ""), r["clients"], fmt(r.get("tps")),
                    ms(r.get("p50_ms")), ms(r.get("p99_ms")), ms(r.get("max_ms")),
                    fmt(r.get("rejected")), fmt(r.get("connection_errors")),
-                   fmt(r.get("pg_cpu_us")), fmt(r.get("mid_cpu_us"))])
+                   fmt(r.get("pg_cpu_us")), fmt(r.get("mid_cpu_us")),
+                   fmt(r.get("client_cpu_us")), fmt(r.get("other_cores"), 2)])
     sections.append(("Throughput against concurrency (closed loop, "
                      f"{meta['duration_s']} s each)", headers, t1,
                      "direct: pgbench -M prepared -f transfer.sql; PgBouncer: pgbench -M simple "
@@ -200,18 +221,22 @@ def build(rows, meta):
                      f"configuration (pool {meta['pool']}). p50/p99/max: pgbench from a 10 % "
                      "sample of its per-transaction log, blitz bench from every call. errors: "
                      "error replies (blitz) or failed transactions (pgbench). middle CPU: "
-                     "blitz-server or PgBouncer."))
+                     "blitz-server or PgBouncer. client CPU: pgbench or blitz bench, whole "
+                     "process. other load: CPU cores kept busy by programs outside the "
+                     "benchmark meanwhile, or stolen by the hypervisor: the noise."))
 
     # 2. the seed's experiment
     tx = [by_id.get(i) for i in ("tx10k-blitz", "tx10k-pgbouncer", f"tx10k-direct-c{big}")]
     tx += [r for r in rows if r["kind"] == "tx10k" and r["system"] == "direct"
            and r["clients"] != big]
-    headers = ["system", "clients", "transactions", "errors", "wall s", "tx/s (wall)"]
+    headers = ["system", "clients", "transactions", "errors", "wall s", "tx/s (wall)",
+               "other load (cores)"]
     t2 = []
     for r in [r for r in tx if r]:
         done = r.get("ok") or 0
         t2.append([label(r), r["clients"], fmt(done), fmt(r.get("rejected")),
-                   f"{r['wall_s']:.2f}", fmt(done / r["wall_s"] if r["wall_s"] else None)])
+                   f"{r['wall_s']:.2f}", fmt(done / r["wall_s"] if r["wall_s"] else None),
+                   fmt(r.get("other_cores"), 2)])
     sections.append((f"10,000 transactions from 500 clients (wall time, connection setup "
                      "included)", headers, t2,
                      "Wall time of the whole client process: connecting, all the "
@@ -222,7 +247,7 @@ def build(rows, meta):
     # 3. overload
     headers = ["load", "offered/s", "ok/s", "goodput/s", "goodput / peak", "rejected/s",
                "rej p50 ms", "rej p99 ms", "rej max ms", "ok p99 ms", "conn err",
-               "server CPU µs/call"]
+               "server CPU µs/call", "client CPU µs/call", "other load (cores)"]
     t3 = []
     peak = b500["tps"] if b500 else None
     for x in (2, 10):
@@ -235,7 +260,8 @@ def build(rows, meta):
                    f"{r['goodput'] / peak:.2f}" if peak else "–",
                    fmt(r["rejected"] / el if el else None), ms(r.get("rej_p50_ms")),
                    ms(r.get("rej_p99_ms")), ms(r.get("rej_max_ms")), ms(r.get("p99_ms")),
-                   fmt(r.get("connection_errors")), fmt(r.get("mid_cpu_us"))])
+                   fmt(r.get("connection_errors")), fmt(r.get("mid_cpu_us")),
+                   fmt(r.get("client_cpu_us")), fmt(r.get("other_cores"), 2)])
     sections.append((f"blitz under overload (open loop, 500 connections, timeout_ms "
                      f"{meta['timeout_ms']})", headers, t3,
                      "Offered: calls sent per second on a fixed schedule; latency counts "
@@ -300,7 +326,7 @@ def write_csv(rows, path):
               "p99_ms", "p999_ms", "max_ms", "rej_p50_ms", "rej_p99_ms", "rej_p999_ms",
               "rej_max_ms", "goodput", "offered", "target_rate", "throughput",
               "send_lag_p99_ms", "pg_cpu_us", "mid_cpu_us", "client_cpu_us",
-              "errors_by_code", "note"]
+              "other_cores", "errors_by_code", "note"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

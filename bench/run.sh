@@ -24,8 +24,8 @@
 #      its rows are skipped and the table says so);
 #   3. the rows (each after TRUNCATE pgbench_history, VACUUM of the small
 #      tables and a CHECKPOINT, as pgbench does before a run):
-#        direct PostgreSQL, pgbench -M prepared, at each BENCH_CLIENTS;
-#        blitz, `blitz bench` closed loop, at each BENCH_CLIENTS;
+#        direct PostgreSQL, pgbench -M prepared, and blitz, `blitz bench`
+#        closed loop, in turn at each BENCH_CLIENTS;
 #        PgBouncer at 500 clients (pgbench -M simple: transaction pooling
 #        in PgBouncer 1.18 cannot keep prepared statements);
 #        10,000 transactions from 500 clients (wall time, connections
@@ -102,9 +102,17 @@ trap 'exit 143' TERM
 
 ulimit -n 16384 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# A port nothing is bound to, below the ephemeral range (where 500 client
+# connections take their local ports), tested by binding it.
+port_in_use() {
+  python3 -c 'import socket, sys
+s = socket.socket()
+try: s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError: sys.exit(0)
+sys.exit(1)' "$1"
+}
 free_port() {
-  local p=$(( $1 + RANDOM % 1000 ))
+  local p=$(( $1 + RANDOM % 2000 ))
   while port_in_use "$p"; do p=$((p + 1)); done
   echo "$p"
 }
@@ -125,7 +133,7 @@ now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
 
 # ---------------------------------------------------------------- cluster
-pg_port=$(free_port 56000)
+pg_port=$(free_port 20000)
 [ "$(id -u)" = 0 ] && chown postgres "$tmp"
 chmod 755 "$tmp"
 say "PostgreSQL: initdb in $tmp/data (port $pg_port)"
@@ -167,7 +175,7 @@ reset_db() {
 }
 
 # ---------------------------------------------------------------- blitz
-blitz_port=$(free_port 57000)
+blitz_port=$(free_port 23000)
 auth=()
 if "$server_bin" --set auth.mode=trust --print-config >/dev/null 2>&1; then
   auth=(--set auth.mode=trust)
@@ -211,7 +219,7 @@ if ! command -v pgbouncer >/dev/null 2>&1; then
   fi
 fi
 if command -v pgbouncer >/dev/null 2>&1; then
-  bouncer_port=$(free_port 58000)
+  bouncer_port=$(free_port 26000)
   printf '"postgres" ""\n' >"$tmp/userlist.txt"
   cat >"$tmp/pgbouncer.ini" <<INI
 [databases]
@@ -245,46 +253,69 @@ fi
 # Each row appends one JSON line to $rows; bench/report.py reads them.
 row() { printf '%s\n' "$1" >>"$rows"; python3 bench/report.py --row "$1" "$tmp/out" >&2; }
 
-# pgbench at C clients: ID SYSTEM PORT C MODE [-T SECS | -t N] [log]
-pgbench_row() {
-  local id=$1 system=$2 port=$3 c=$4 mode=$5 kind=$6 limit=$7 n=$8 log=${9:-}
-  local j=$(( c < 4 ? c : 4 )) mid_pid=0 t0 t1 pg0 pg1 mid0=0 mid1=0
-  [ "$system" = pgbouncer ] && mid_pid=$(cat "$bouncer_pidfile")
-  local logargs=()
-  [ -n "$log" ] && logargs=(-l --sampling-rate=0.1 --log-prefix="$tmp/out/$id")
+# Busy CPU ticks of the whole machine (user, nice, system, irq, softirq),
+# plus steal: CPU the hypervisor gave to other machines.
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# CPU seconds of this shell's finished children, from the `times` builtin
+# (its second line), which must run in this shell, not in $(…).
+children_cpu() { awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.3f", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$1"; }
+
+# measure ID SYSTEM KIND CLIENTS TOOL MIDDLE_PID COMMAND…: runs one row on a
+# freshly reset database. Its stdout goes to OUTDIR/ID.out, stderr to
+# ID.err; the row records the wall time of the command and the CPU seconds
+# PostgreSQL (postmaster tree), the middle process (blitz-server or
+# PgBouncer), the client and the whole machine used meanwhile, so the
+# report can show how much CPU other programs took (the noise).
+measure() {
+  local id=$1 system=$2 kind=$3 c=$4 tool=$5 mid_pid=$6
+  shift 6
+  local t0 t1 pg0 pg1 mid0=0 mid1=0 busy0 busy1 cl0 cl1
   reset_db
-  pg0=$(ticks "$pg_pid" tree); [ "$mid_pid" != 0 ] && mid0=$(ticks "$mid_pid")
+  times >"$tmp/times"; cl0=$(children_cpu "$tmp/times")
+  busy0=$(busy_ticks); pg0=$(ticks "$pg_pid" tree)
+  if [ "$mid_pid" != 0 ]; then mid0=$(ticks "$mid_pid"); fi
   t0=$(now)
-  ( cd "$tmp/out" && "$bindir/pgbench" -n -f "$tmp/transfer.sql" -s "$scale" -c "$c" -j "$j" \
-      -M "$mode" "$limit" "$n" "${logargs[@]}" -h 127.0.0.1 -p "$port" -U postgres blitz ) \
-      >"$tmp/out/$id.txt" 2>&1 || say "$id: pgbench failed (see the row)"
+  "$@" >"$tmp/out/$id.out" 2>"$tmp/out/$id.err" || say "$id: $tool failed: $(tail -2 "$tmp/out/$id.err")"
   t1=$(now)
-  pg1=$(ticks "$pg_pid" tree); [ "$mid_pid" != 0 ] && mid1=$(ticks "$mid_pid")
-  row "{\"id\":\"$id\",\"system\":\"$system\",\"kind\":\"$kind\",\"clients\":$c,\"pool\":${pool},\"tool\":\"pgbench\",\"file\":\"$id.txt\",\"wall_s\":$(calc "$t1 - $t0"),\"pg_cpu_s\":$(calc "($pg1 - $pg0) / $clk_tck"),\"mid_cpu_s\":$(calc "($mid1 - $mid0) / $clk_tck")}"
+  times >"$tmp/times"; cl1=$(children_cpu "$tmp/times")
+  busy1=$(busy_ticks); pg1=$(ticks "$pg_pid" tree)
+  if [ "$mid_pid" != 0 ]; then mid1=$(ticks "$mid_pid"); fi
+  row "{\"id\":\"$id\",\"system\":\"$system\",\"kind\":\"$kind\",\"clients\":$c,\"pool\":$pool,\"tool\":\"$tool\",\"wall_s\":$(calc "$t1 - $t0"),\"pg_cpu_s\":$(calc "($pg1 - $pg0) / $clk_tck"),\"mid_cpu_s\":$(calc "($mid1 - $mid0) / $clk_tck"),\"client_cpu_s\":$(calc "$cl1 - $cl0"),\"busy_cpu_s\":$(calc "($busy1 - $busy0) / $clk_tck")}"
 }
 
-# blitz bench: ID KIND C ARGS…
+# pgbench_row ID SYSTEM PORT CLIENTS MODE KIND -T SECS|-t N [log]
+pgbench_row() {
+  local id=$1 system=$2 port=$3 c=$4 mode=$5 kind=$6 limit=$7 n=$8 log=${9:-}
+  local mid_pid=0 logargs=()
+  if [ "$system" = pgbouncer ]; then mid_pid=$(cat "$bouncer_pidfile"); fi
+  if [ -n "$log" ]; then logargs=(-l --sampling-rate=0.1 --log-prefix="$tmp/out/$id"); fi
+  measure "$id" "$system" "$kind" "$c" pgbench "$mid_pid" \
+    "$bindir/pgbench" -n -f "$tmp/transfer.sql" -s "$scale" -c "$c" -j $(( c < 4 ? c : 4 )) \
+    -M "$mode" "$limit" "$n" "${logargs[@]}" -h 127.0.0.1 -p "$port" -U postgres blitz
+}
+
+# blitz_row ID KIND CLIENTS BENCH_ARGS…
 blitz_row() {
-  local id=$1 kind=$2 c=$3 t0 t1
+  local id=$1 kind=$2 c=$3
   shift 3
-  reset_db
-  t0=$(now)
-  "$blitz_bin" --server "127.0.0.1:$blitz_port" bench -c "$c" --scale "$scale" "${user[@]}" \
-    --server-pid "$blitz_pid" --postgres-pid "$pg_pid" --json "$@" >"$tmp/out/$id.json" 2>"$tmp/out/$id.progress" \
-    || say "$id: blitz bench failed: $(tail -3 "$tmp/out/$id.progress")"
-  t1=$(now)
-  row "{\"id\":\"$id\",\"system\":\"blitz\",\"kind\":\"$kind\",\"clients\":$c,\"pool\":$pool,\"tool\":\"blitz bench\",\"file\":\"$id.json\",\"wall_s\":$(calc "$t1 - $t0")}"
+  measure "$id" blitz "$kind" "$c" "blitz bench" "$blitz_pid" \
+    "$blitz_bin" --server "127.0.0.1:$blitz_port" bench -c "$c" --scale "$scale" "${user[@]}" \
+    --server-pid "$blitz_pid" --postgres-pid "$pg_pid" --json "$@"
 }
 
 n_curve=$(echo $clients | wc -w)
 say "rows: $((2 * n_curve + 3)) of ${duration} s and 4 short ones (about $(( (2 * n_curve + 3) * (duration + 3) / 60 + 1 )) min); the table comes at the end"
+# The curve, direct and blitz interleaved at each concurrency so that a
+# burst of load from other programs hits both alike; PgBouncer right after
+# blitz at 500.
 for c in $clients; do
   pgbench_row "direct-c$c" direct "$pg_port" "$c" prepared curve -T "$duration" log
-done
-for c in $clients; do
   blitz_row "blitz-c$c" curve "$c" --duration "$duration"
+  if [ "$c" = "$big" ] && [ -n "$bouncer" ]; then
+    pgbench_row "pgbouncer-c$big" pgbouncer "$bouncer_port" "$big" simple curve -T "$duration" log
+  fi
 done
-if [ -n "$bouncer" ]; then
+if ! [[ " $clients " == *" $big "* ]] && [ -n "$bouncer" ]; then
   pgbench_row "pgbouncer-c$big" pgbouncer "$bouncer_port" "$big" simple curve -T "$duration" log
 fi
 
