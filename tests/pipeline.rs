@@ -556,8 +556,15 @@ fn notifications_run_without_a_reply() {
     rpc.send_line(r#"{"jsonrpc":"2.0","method":"api.mark"}"#);
     rpc.send_line(r#"{"jsonrpc":"2.0","method":"sys.ping","id":1}"#);
     assert_eq!(rpc.read_reply().unwrap()["id"], 1);
-    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now(); // the notification runs on a worker, soon
+    while db.count_rows("marks") == 0 && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(db.count_rows("marks"), 1);
+    assert!(
+        rpc.poll_reply(Duration::from_millis(200)).is_none(),
+        "no reply to a notification"
+    );
 }
 
 #[test]

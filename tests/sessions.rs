@@ -240,7 +240,7 @@ fn last_used_is_written_in_batches_not_per_call() {
     std::thread::sleep(Duration::from_millis(1500)); // the writer's statistics reach pg_stat
     let written = updates() - before;
     eprintln!("{calls} calls in 3 s: {written} last_used writes");
-    assert!(calls > 50, "only {calls} calls");
+    assert!(calls > 20, "only {calls} calls");
     assert!(
         (1..=10).contains(&written),
         "{written} row updates for {calls} calls"
@@ -263,7 +263,7 @@ fn connect_from(server: &Server, from: &str) -> Rpc {
 }
 
 fn median_login_time(server: &Server, user: &str, password: &str, from: &str) -> Duration {
-    let mut times: Vec<Duration> = (0..3)
+    let mut times: Vec<Duration> = (0..5)
         .map(|_| {
             let mut rpc = connect_from(server, from);
             let start = Instant::now();
@@ -278,7 +278,7 @@ fn median_login_time(server: &Server, user: &str, password: &str, from: &str) ->
         })
         .collect();
     times.sort();
-    times[1]
+    times[2]
 }
 
 #[test]
@@ -291,7 +291,7 @@ fn unknown_users_and_wrong_passwords_look_the_same() {
     let wrong = median_login_time(&server, "alice", "nope", "127.0.0.2");
     let unknown = median_login_time(&server, "mallory", "nope", "127.0.0.3");
     let ratio = unknown.as_secs_f64() / wrong.as_secs_f64();
-    eprintln!("login failure: wrong password {wrong:?}, unknown user {unknown:?} (median of 3)");
+    eprintln!("login failure: wrong password {wrong:?}, unknown user {unknown:?} (median of 5)");
     assert!(
         (0.25..4.0).contains(&ratio),
         "wrong {wrong:?} vs unknown {unknown:?}"
