@@ -81,21 +81,20 @@ impl Dispatcher {
         self.busy_workers.load(Ordering::Acquire)
     }
 
-    /// How long a job admitted now would wait: the queue depth over what
-    /// the workers can complete per second (judged from recent execution
-    /// times); `None` when too few calls ran recently to judge.
+    /// How long a job admitted now would wait: the queue depth over the
+    /// rate the workers got through jobs recently; `None` when too few
+    /// calls ran recently to judge.
     pub fn estimated_wait(&self, ctx: &Context) -> Option<Duration> {
-        let workers = ctx.config.invocation.workers as usize;
-        let capacity = ctx.stats.capacity_per_second(workers)?;
-        Some(Duration::from_secs_f64(self.depth() as f64 / capacity))
+        wait_for(self.depth(), ctx)
     }
 
     /// The `retry_after_ms` to suggest to a refused client: about the time
-    /// the queue needs to drain halfway at the workers' recent pace.
+    /// the queue needs to drain halfway at its recent pace.
     pub fn retry_after_ms(&self, ctx: &Context) -> u64 {
-        match self.estimated_wait(ctx) {
+        let depth = self.depth();
+        match wait_for(depth, ctx) {
             Some(wait) => (wait.as_millis() as u64 / 2).clamp(1, 60_000),
-            None => (100 * self.depth() / self.capacity.max(1)).max(10) as u64,
+            None => (100 * depth / self.capacity.max(1)).max(10) as u64,
         }
     }
 
@@ -168,6 +167,13 @@ impl Dispatcher {
     }
 }
 
+/// How long a job with `depth` jobs ahead of it would wait, with every
+/// worker going at the pace the workers kept recently.
+fn wait_for(depth: usize, ctx: &Context) -> Option<Duration> {
+    let rate = ctx.stats.worker_rate()? * ctx.config.invocation.workers as f64;
+    Some(Duration::from_secs_f64(depth as f64 / rate))
+}
+
 /// Starts `n` worker threads taking jobs from `queue`.
 pub fn spawn_workers(ctx: &Arc<Context>, queue: &Receiver<Job>, n: usize) -> Vec<JoinHandle<()>> {
     (0..n)
@@ -183,17 +189,30 @@ pub fn spawn_workers(ctx: &Arc<Context>, queue: &Receiver<Job>, n: usize) -> Vec
 }
 
 fn worker_loop(ctx: &Context, queue: &Receiver<Job>) {
+    let mut last_taken: Option<Instant> = None;
     loop {
-        match queue.recv_timeout(Duration::from_millis(50)) {
+        // A job already waiting closes a saturated cycle: the worker's pace.
+        let job = match queue.try_recv() {
             Ok(job) => {
-                ctx.dispatcher.busy_workers.fetch_add(1, Ordering::AcqRel);
-                run_job(ctx, job);
-                ctx.dispatcher.busy_workers.fetch_sub(1, Ordering::AcqRel);
+                if let Some(last) = last_taken {
+                    ctx.stats.record_cycle(last.elapsed());
+                }
+                job
             }
-            Err(RecvTimeoutError::Timeout) if ctx.workers_may_exit() => return,
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
+            Err(_) => {
+                last_taken = None; // idle time is not the worker's pace
+                match queue.recv_timeout(Duration::from_millis(50)) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) if ctx.workers_may_exit() => return,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        };
+        last_taken = Some(Instant::now());
+        ctx.dispatcher.busy_workers.fetch_add(1, Ordering::AcqRel);
+        run_job(ctx, job);
+        ctx.dispatcher.busy_workers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -1,10 +1,18 @@
-//! What the server counts: request counters, errors by code, the recent
-//! completion rate (for `retry_after_ms` and deadline admission), and queue
+//! What the server counts: request counters, errors by code, how fast the
+//! queue drains (for `retry_after_ms` and deadline admission), and queue
 //! wait / execution latency percentiles over the last minute.
 //!
-//! Everything here is cheap enough to update on every request: counters are
-//! atomics, and the latency window is a per-second log-scale histogram under
-//! one short lock.
+//! The router's threads touch only atomics here, so a storm of refusals
+//! does not queue 500 threads on one lock: counters and errors by code are
+//! atomics, and the pace of the workers is published to an atomic by the
+//! workers, which alone take the one short lock around the latency windows.
+//!
+//! That pace is measured as a worker's *cycle*: the time from taking one
+//! job to taking the next while the queue was never empty in between. It
+//! holds everything that slows the queue down (a slow or unreachable
+//! database, a CPU starved by a storm of clients, writing replies), unlike
+//! the execution time alone, which only served while no worker had been
+//! saturated recently.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,15 +40,73 @@ pub struct Counters {
     pub retries: AtomicU64,
 }
 
+/// The error codes of the contract, counted without a lock.
+const KNOWN_CODES: [i64; 15] = [
+    protocol::code::PARSE_ERROR,
+    protocol::code::INVALID_REQUEST,
+    protocol::code::METHOD_NOT_FOUND,
+    protocol::code::INVALID_PARAMS,
+    protocol::code::INTERNAL_ERROR,
+    protocol::code::OVERLOADED,
+    protocol::code::DEADLINE_EXCEEDED,
+    protocol::code::SHUTTING_DOWN,
+    protocol::code::DB_UNAVAILABLE,
+    protocol::code::TOO_MANY_CONNECTIONS,
+    protocol::code::UNAUTHENTICATED,
+    protocol::code::PERMISSION_DENIED,
+    protocol::code::TRANSACTION_CONFLICT,
+    protocol::code::MESSAGE_TOO_LARGE,
+    protocol::code::DATABASE_ERROR,
+];
+
+/// Error replies by code: an atomic per contract code, a map for others.
+#[derive(Debug, Default)]
+struct ErrorCounts {
+    known: [AtomicU64; KNOWN_CODES.len()],
+    other: Mutex<BTreeMap<i64, u64>>,
+}
+
+impl ErrorCounts {
+    fn add(&self, code: i64) {
+        match KNOWN_CODES.iter().position(|&c| c == code) {
+            Some(i) => Stats::bump(&self.known[i]),
+            None => *self.other.lock().entry(code).or_insert(0) += 1,
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Map<String, Value> {
+        let mut all = self.other.lock().clone();
+        for (code, n) in KNOWN_CODES.iter().zip(&self.known) {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                all.insert(*code, n);
+            }
+        }
+        all.iter()
+            .map(|(code, n)| (code.to_string(), json!(n)))
+            .collect()
+    }
+}
+
+/// What the workers record about each completion.
+#[derive(Debug)]
+struct Recent {
+    queue_wait: Window,
+    execution: Window,
+    rate: RateMeter,
+}
+
 /// All statistics of one server instance.
 #[derive(Debug)]
 pub struct Stats {
     /// The counters.
     pub counters: Counters,
-    errors_by_code: Mutex<BTreeMap<i64, u64>>,
-    queue_wait: Mutex<Window>,
-    execution: Mutex<Window>,
-    rate: Mutex<RateMeter>,
+    errors: ErrorCounts,
+    recent: Mutex<Recent>,
+    /// Jobs per second one worker completes (f64 bits; 0 = unknown), and
+    /// when that was last measured (µs since `started`).
+    worker_rate_bits: AtomicU64,
+    worker_rate_at_us: AtomicU64,
     started: Instant,
 }
 
@@ -50,16 +116,23 @@ impl Default for Stats {
     }
 }
 
+/// How long a published worker rate is trusted without a new completion.
+const WORKER_RATE_FRESH: Duration = Duration::from_secs(2);
+
 impl Stats {
     /// Fresh statistics.
     pub fn new() -> Stats {
         let now = Instant::now();
         Stats {
             counters: Counters::default(),
-            errors_by_code: Mutex::new(BTreeMap::new()),
-            queue_wait: Mutex::new(Window::new(now)),
-            execution: Mutex::new(Window::new(now)),
-            rate: Mutex::new(RateMeter::new(now)),
+            errors: ErrorCounts::default(),
+            recent: Mutex::new(Recent {
+                queue_wait: Window::new(now),
+                execution: Window::new(now),
+                rate: RateMeter::new(now),
+            }),
+            worker_rate_bits: AtomicU64::new(0),
+            worker_rate_at_us: AtomicU64::new(0),
             started: now,
         }
     }
@@ -85,28 +158,52 @@ impl Stats {
         if let Some(c) = counter {
             Stats::bump(c);
         }
-        *self.errors_by_code.lock().entry(code).or_insert(0) += 1;
+        self.errors.add(code);
     }
 
     /// Records a request a worker finished: how long it queued and ran.
     pub fn record_completion(&self, queued: Duration, executed: Duration) {
         let now = Instant::now();
         Stats::bump(&self.counters.completed);
-        self.queue_wait.lock().record(now, queued);
-        self.execution.lock().record(now, executed);
-        self.rate.lock().record(now, executed);
+        let mut recent = self.recent.lock();
+        recent.queue_wait.record(now, queued);
+        recent.execution.record(now, executed);
+        recent.rate.record_completion(now, executed);
+        self.publish_worker_rate(now, &mut recent.rate);
+    }
+
+    /// Records a worker's cycle: the time from taking one job to taking
+    /// the next one, which was already waiting.
+    pub fn record_cycle(&self, cycle: Duration) {
+        let now = Instant::now();
+        let mut recent = self.recent.lock();
+        recent.rate.record_cycle(now, cycle);
+        self.publish_worker_rate(now, &mut recent.rate);
+    }
+
+    fn publish_worker_rate(&self, now: Instant, meter: &mut RateMeter) {
+        let rate = meter.worker_rate(now).unwrap_or(0.0);
+        self.worker_rate_bits
+            .store(rate.to_bits(), Ordering::Relaxed);
+        let at = now.duration_since(self.started).as_micros() as u64;
+        self.worker_rate_at_us.store(at, Ordering::Relaxed);
     }
 
     /// Completions per second over the last few seconds (0 when idle).
     pub fn completion_rate(&self) -> f64 {
-        self.rate.lock().per_second(Instant::now())
+        self.recent.lock().rate.per_second(Instant::now())
     }
 
-    /// Calls per second `workers` workers can complete, judged from how
-    /// long recent calls ran (not from how many arrived, which says nothing
-    /// about capacity after an idle spell); `None` until a few calls ran.
-    pub fn capacity_per_second(&self, workers: usize) -> Option<f64> {
-        self.rate.lock().capacity(Instant::now(), workers)
+    /// Jobs per second one busy worker takes off the queue, measured over
+    /// the last two seconds; `None` when too few calls ran recently to
+    /// judge. Lock-free: the router asks this for every request it admits.
+    pub fn worker_rate(&self) -> Option<f64> {
+        let at = Duration::from_micros(self.worker_rate_at_us.load(Ordering::Relaxed));
+        if self.started.elapsed().saturating_sub(at) > WORKER_RATE_FRESH {
+            return None;
+        }
+        let rate = f64::from_bits(self.worker_rate_bits.load(Ordering::Relaxed));
+        (rate > 0.0).then_some(rate)
     }
 
     /// Seconds since the server started.
@@ -118,13 +215,11 @@ impl Stats {
     pub fn to_json(&self) -> Value {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let errors: serde_json::Map<String, Value> = self
-            .errors_by_code
-            .lock()
-            .iter()
-            .map(|(code, n)| (code.to_string(), json!(n)))
-            .collect();
         let now = Instant::now();
+        let recent = self.recent.lock();
+        let queue_wait = recent.queue_wait.percentiles(now);
+        let execution = recent.execution.percentiles(now);
+        drop(recent);
         json!({
             "counters": {
                 "accepted": get(&c.accepted),
@@ -133,12 +228,12 @@ impl Stats {
                 "deadline_exceeded": get(&c.deadline_exceeded),
                 "db_unavailable": get(&c.db_unavailable),
                 "retries": get(&c.retries),
-                "errors_by_code": errors,
+                "errors_by_code": self.errors.to_json(),
             },
             "completion_rate_per_s": (self.completion_rate() * 10.0).round() / 10.0,
             "latency_ms_last_minute": {
-                "queue_wait": self.queue_wait.lock().percentiles(now),
-                "execution": self.execution.lock().percentiles(now),
+                "queue_wait": queue_wait,
+                "execution": execution,
             },
         })
     }
@@ -146,10 +241,17 @@ impl Stats {
 
 /// Lets a log line through at most once per interval (refusal bursts,
 /// accept failures), so a storm of events logs one line, not thousands.
+/// Lock-free: it is asked on every refusal.
 #[derive(Debug)]
 pub struct LogThrottle {
     every: Duration,
-    last: Mutex<Option<Instant>>,
+    /// When the last line went through, in ms since [`throttle_origin`] plus one (0: never).
+    last_ms: AtomicU64,
+}
+
+fn throttle_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
 }
 
 impl LogThrottle {
@@ -157,7 +259,7 @@ impl LogThrottle {
     pub const fn new(every: Duration) -> LogThrottle {
         LogThrottle {
             every,
-            last: Mutex::new(None),
+            last_ms: AtomicU64::new(0),
         }
     }
 
@@ -168,26 +270,36 @@ impl LogThrottle {
 
     /// True (and the interval restarts) when the last line is old enough.
     pub fn ready(&self) -> bool {
-        let mut last = self.last.lock();
-        if last.is_some_and(|t| t.elapsed() < self.every) {
+        let now = throttle_origin().elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < self.every.as_millis() as u64 {
             return false;
         }
-        *last = Some(Instant::now());
-        true
+        self.last_ms
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 }
 
-/// Completions in the last `SLOTS` × 250 ms, for a smoothed rate.
+/// Completions and saturated worker cycles in the last `RATE_SLOTS` ×
+/// 250 ms: how many and how long.
 #[derive(Debug)]
 struct RateMeter {
-    slots: [u64; RATE_SLOTS],
-    busy: [Duration; RATE_SLOTS],
+    slots: [RateSlot; RATE_SLOTS],
     current: u64,
     origin: Instant,
 }
 
-/// Completions needed in the window before [`RateMeter::capacity`] answers.
-const MIN_CAPACITY_SAMPLES: u64 = 4;
+#[derive(Debug, Clone, Copy, Default)]
+struct RateSlot {
+    completed: u64,
+    busy: Duration,
+    cycles: u64,
+    cycling: Duration,
+}
+
+/// Samples the window must hold before [`RateMeter::worker_rate`] answers.
+const MIN_RATE_SAMPLES: u64 = 4;
 
 const RATE_SLOTS: usize = 8;
 const RATE_SLOT: Duration = Duration::from_millis(250);
@@ -195,8 +307,7 @@ const RATE_SLOT: Duration = Duration::from_millis(250);
 impl RateMeter {
     fn new(origin: Instant) -> RateMeter {
         RateMeter {
-            slots: [0; RATE_SLOTS],
-            busy: [Duration::ZERO; RATE_SLOTS],
+            slots: [RateSlot::default(); RATE_SLOTS],
             current: 0,
             origin,
         }
@@ -210,32 +321,44 @@ impl RateMeter {
         let slot = self.slot_of(now);
         let steps = slot.saturating_sub(self.current).min(RATE_SLOTS as u64);
         for i in 1..=steps {
-            let index = ((self.current + i) % RATE_SLOTS as u64) as usize;
-            self.slots[index] = 0;
-            self.busy[index] = Duration::ZERO;
+            self.slots[((self.current + i) % RATE_SLOTS as u64) as usize] = RateSlot::default();
         }
-        self.current = slot;
+        self.current = self.current.max(slot);
     }
 
-    fn record(&mut self, now: Instant, executed: Duration) {
+    fn slot(&mut self, now: Instant) -> &mut RateSlot {
         self.advance(now);
-        let index = (self.current % RATE_SLOTS as u64) as usize;
-        self.slots[index] += 1;
-        self.busy[index] += executed;
+        &mut self.slots[(self.current % RATE_SLOTS as u64) as usize]
     }
 
-    /// `workers` × completions per second of execution time in the window.
-    fn capacity(&mut self, now: Instant, workers: usize) -> Option<f64> {
+    fn record_completion(&mut self, now: Instant, executed: Duration) {
+        let slot = self.slot(now);
+        slot.completed += 1;
+        slot.busy += executed;
+    }
+
+    fn record_cycle(&mut self, now: Instant, cycle: Duration) {
+        let slot = self.slot(now);
+        slot.cycles += 1;
+        slot.cycling += cycle;
+    }
+
+    /// Jobs per second one saturated worker gets through: from its recent
+    /// cycles when there are enough, else from execution times alone
+    /// (the queue has just started to fill).
+    fn worker_rate(&mut self, now: Instant) -> Option<f64> {
         self.advance(now);
-        let count: u64 = self.slots.iter().sum();
-        let busy: Duration = self.busy.iter().sum();
-        let busy = busy.as_secs_f64().max(1e-6);
-        (count >= MIN_CAPACITY_SAMPLES).then(|| workers as f64 * count as f64 / busy)
+        let sum = |count: fn(&RateSlot) -> u64, time: fn(&RateSlot) -> Duration| {
+            let n: u64 = self.slots.iter().map(count).sum();
+            let t: Duration = self.slots.iter().map(time).sum();
+            (n >= MIN_RATE_SAMPLES).then(|| n as f64 / t.as_secs_f64().max(1e-6))
+        };
+        sum(|s| s.cycles, |s| s.cycling).or_else(|| sum(|s| s.completed, |s| s.busy))
     }
 
     fn per_second(&mut self, now: Instant) -> f64 {
         self.advance(now);
-        let total: u64 = self.slots.iter().sum();
+        let total: u64 = self.slots.iter().map(|s| s.completed).sum();
         let span = RATE_SLOT.as_secs_f64() * (RATE_SLOTS as f64 - 0.5);
         total as f64 / span
     }
@@ -401,7 +524,8 @@ mod tests {
         let t0 = Instant::now();
         let mut r = RateMeter::new(t0);
         for i in 0..100 {
-            r.record(t0 + Duration::from_millis(i * 10), Duration::from_millis(5));
+            let at = t0 + Duration::from_millis(i * 10);
+            r.record_completion(at, Duration::from_millis(5));
         }
         let rate = r.per_second(t0 + Duration::from_millis(1000));
         assert!((40.0..=120.0).contains(&rate), "{rate}");
@@ -409,18 +533,43 @@ mod tests {
     }
 
     #[test]
-    fn capacity_follows_execution_time_not_arrivals() {
+    fn a_saturated_workers_pace_is_its_cycle_time() {
         let t0 = Instant::now();
         let mut r = RateMeter::new(t0);
-        assert_eq!(r.capacity(t0, 4), None);
-        // Five 10 ms calls over a mostly idle second: 4 workers can do 400/s.
-        for i in 0..5 {
-            r.record(
-                t0 + Duration::from_millis(i * 200),
-                Duration::from_millis(10),
-            );
+        assert_eq!(r.worker_rate(t0), None);
+        // Calls run 2 ms, but the worker takes the next only every 10 ms
+        // (it waits for a CPU, writes replies): 100 jobs/s, not 500.
+        for i in 0..50 {
+            let at = t0 + Duration::from_millis(i * 10);
+            r.record_completion(at, Duration::from_millis(2));
+            r.record_cycle(at, Duration::from_millis(10));
         }
-        let capacity = r.capacity(t0 + Duration::from_millis(1000), 4).unwrap();
-        assert!((399.0..=401.0).contains(&capacity), "{capacity}");
+        let rate = r.worker_rate(t0 + Duration::from_millis(500)).unwrap();
+        assert!((99.0..=101.0).contains(&rate), "{rate}");
+        // Two seconds without completions: too old to judge.
+        assert_eq!(r.worker_rate(t0 + Duration::from_secs(4)), None);
+    }
+
+    #[test]
+    fn without_saturated_cycles_the_execution_time_judges() {
+        let t0 = Instant::now();
+        let mut r = RateMeter::new(t0);
+        for i in 0..10 {
+            let at = t0 + Duration::from_millis(i * 50);
+            r.record_completion(at, Duration::from_millis(4));
+        }
+        let rate = r.worker_rate(t0 + Duration::from_millis(500)).unwrap();
+        assert!((249.0..=251.0).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn error_codes_are_counted_by_code() {
+        let stats = Stats::new();
+        stats.count_error(protocol::code::OVERLOADED);
+        stats.count_error(protocol::code::OVERLOADED);
+        stats.count_error(-1);
+        let errors = stats.to_json()["counters"]["errors_by_code"].clone();
+        assert_eq!(errors, json!({"-32001": 2, "-1": 1}));
+        assert_eq!(stats.counters.rejected_overload.load(Ordering::Relaxed), 2);
     }
 }

@@ -416,15 +416,16 @@ fn raised_exceptions_pass_on_sqlstate_and_message() {
 #[test]
 fn deadlines_bound_running_and_queued_calls() {
     let (_db, server) = setup(&[("db.pool_size", "1")]);
+    // Both log in first: with one worker, a login would queue behind the sleep.
     let mut running = Rpc::session(&server.addr);
+    let mut queued = Rpc::session(&server.addr);
     let start = Instant::now();
     running.send_with(
         "api.sleep_ms",
         json!({"ms": 5000}),
         json!({"timeout_ms": 300}),
     );
-    let mut queued = Rpc::session(&server.addr);
-    std::thread::sleep(Duration::from_millis(50));
+    wait_until_busy(&mut queued, 1);
     queued.send_with("api.add", json!({"a": 1}), json!({"timeout_ms": 100}));
     let reply = queued.read_reply().unwrap();
     assert_eq!(error_code(&reply), -32002, "{reply}");
@@ -437,6 +438,19 @@ fn deadlines_bound_running_and_queued_calls() {
     );
     // The connection whose statement was cancelled is replaced; calls go on.
     assert_eq!(result(&running.call("api.add", json!({"a": 4}))), 4);
+}
+
+/// Polls `sys.status` (answered without the queue) until `busy` workers run.
+fn wait_until_busy(rpc: &mut Rpc, busy: u64) {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = rpc.call("sys.status", json!({}));
+        if result(&status)["workers"]["busy"].as_u64() == Some(busy) {
+            return;
+        }
+        assert!(Instant::now() < give_up, "never {busy} busy: {status}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]
