@@ -24,6 +24,10 @@ use crate::sessions::Session;
 /// the connection is closed (the client is too slow to keep).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How far the socket's send timeout may differ from the time a reply has
+/// left before it is set again (a system call per reply otherwise).
+const WRITE_TIMEOUT_SLACK: Duration = Duration::from_millis(50);
+
 /// The shared, write side of one client connection.
 pub struct Connection {
     /// Sequence number of the connection (for logs and the registry).
@@ -32,7 +36,8 @@ pub struct Connection {
     pub peer: SocketAddr,
     ctx: Arc<Context>,
     stream: TcpStream,
-    write_lock: Mutex<()>,
+    /// Serialises replies; holds the send timeout last set on the socket.
+    write_lock: Mutex<Option<Duration>>,
     in_flight: AtomicUsize,
     broken: AtomicBool,
     session: Mutex<Option<Arc<Session>>>,
@@ -47,7 +52,7 @@ impl Connection {
             peer,
             ctx,
             stream,
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             broken: AtomicBool::new(false),
             session: Mutex::new(None),
@@ -108,7 +113,7 @@ impl Connection {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        let Some(_serialized) = self.write_lock.try_lock_until(deadline) else {
+        let Some(mut send_timeout) = self.write_lock.try_lock_until(deadline) else {
             return self.give_up("another reply to this client is stuck");
         };
         let mut rest = &buf[..];
@@ -117,7 +122,7 @@ impl Connection {
                 return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.stream.set_write_timeout(Some(left)).is_err() {
+            if left.is_zero() || self.bound_send_time(&mut send_timeout, left).is_err() {
                 return self.give_up("the client reads too slowly");
             }
             match (&self.stream).write(rest) {
@@ -127,6 +132,17 @@ impl Connection {
                 Err(e) => return self.give_up(&e.to_string()),
             }
         }
+    }
+
+    /// Makes the socket's send timeout `left`, give or take
+    /// [`WRITE_TIMEOUT_SLACK`]; `current` is what it was last set to.
+    fn bound_send_time(&self, current: &mut Option<Duration>, left: Duration) -> io::Result<()> {
+        let close_enough = current.is_some_and(|c| c.abs_diff(left) <= WRITE_TIMEOUT_SLACK);
+        if !close_enough {
+            self.stream.set_write_timeout(Some(left))?;
+            *current = Some(left);
+        }
+        Ok(())
     }
 
     fn give_up(&self, why: &str) {

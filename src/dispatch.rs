@@ -189,9 +189,12 @@ pub fn spawn_workers(ctx: &Arc<Context>, queue: &Receiver<Job>, n: usize) -> Vec
 }
 
 fn worker_loop(ctx: &Context, queue: &Receiver<Job>) {
+    // When the last job that ran (not one answered at once) was taken.
     let mut last_taken: Option<Instant> = None;
     loop {
         // A job already waiting closes a saturated cycle: the worker's pace.
+        // Cycles of jobs answered without running (expired in the queue)
+        // are left out: the jobs admitted now will run.
         let job = match queue.try_recv() {
             Ok(job) => {
                 if let Some(last) = last_taken {
@@ -209,27 +212,28 @@ fn worker_loop(ctx: &Context, queue: &Receiver<Job>) {
                 }
             }
         };
-        last_taken = Some(Instant::now());
+        let taken = Instant::now();
         ctx.dispatcher.busy_workers.fetch_add(1, Ordering::AcqRel);
-        run_job(ctx, job);
+        let ran = run_job(ctx, job);
         ctx.dispatcher.busy_workers.fetch_sub(1, Ordering::AcqRel);
+        last_taken = ran.then_some(taken);
     }
 }
 
 /// Answers one job: refused if the drain deadline passed, -32002 if its own
-/// deadline passed while queued, else executed.
-pub fn run_job(ctx: &Context, job: Job) {
+/// deadline passed while queued, else executed (then it returns true).
+pub fn run_job(ctx: &Context, job: Job) -> bool {
     if ctx.shutdown.past_drain_deadline() {
-        return job
-            .responder
+        job.responder
             .reply(Err(RpcError::shutting_down(ctx.retry_after_shutdown_ms())));
+        return false;
     }
     let started = Instant::now();
     if started >= job.deadline {
         let queued_ms = job.queued_ms();
-        return job
-            .responder
+        job.responder
             .reply(Err(RpcError::deadline_exceeded(queued_ms)));
+        return false;
     }
     let Job {
         request,
@@ -253,4 +257,5 @@ pub fn run_job(ctx: &Context, job: Job) {
     ctx.stats
         .record_completion(started - arrived, started.elapsed());
     responder.reply(outcome);
+    true
 }
