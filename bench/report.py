@@ -165,6 +165,8 @@ def ms(v):
 
 
 def label(r):
+    if r["kind"] == "pool-alt":
+        return f"blitz, pool {r['pool']} (info)"
     return {"direct": "direct PostgreSQL", "pgbouncer": "PgBouncer (transaction)",
             "blitz": "blitz"}[r["system"]]
 
@@ -201,6 +203,7 @@ def build(rows, meta):
     d500 = by_id.get(f"direct-c{big}")
     b500 = by_id.get(f"blitz-c{big}")
     pgb = by_id.get(f"pgbouncer-c{big}")
+    alt = next((r for r in rows if r["kind"] == "pool-alt"), None)
     sections = []
 
     # 1. throughput against concurrency
@@ -208,7 +211,7 @@ def build(rows, meta):
                "conn err", "PG CPU µs/tx", "middle CPU µs/tx", "client CPU µs/tx",
                "other load (cores)"]
     t1 = []
-    for r in direct + ([pgb] if pgb else []) + blitz_curve:
+    for r in direct + ([pgb] if pgb else []) + blitz_curve + ([alt] if alt else []):
         t1.append([label(r) + (" (best)" if r is best else ""), r["clients"], fmt(r.get("tps")),
                    ms(r.get("p50_ms")), ms(r.get("p99_ms")), ms(r.get("max_ms")),
                    fmt(r.get("rejected")), fmt(r.get("connection_errors")),
@@ -223,7 +226,10 @@ def build(rows, meta):
                      "error replies (blitz) or failed transactions (pgbench). middle CPU: "
                      "blitz-server or PgBouncer. client CPU: pgbench or blitz bench, whole "
                      "process. other load: CPU cores kept busy by programs outside the "
-                     "benchmark meanwhile, or stolen by the hypervisor: the noise."))
+                     "benchmark meanwhile, or stolen by the hypervisor: the noise. "
+                     "blitz, pool N (info): a second server whose pool is direct's best "
+                     "concurrency instead of the formula's, to show what the pool size "
+                     "alone is worth."))
 
     # 2. the seed's experiment
     tx = [by_id.get(i) for i in ("tx10k-blitz", "tx10k-pgbouncer", f"tx10k-direct-c{big}")]
@@ -280,6 +286,9 @@ def build(rows, meta):
     targets = [
         ("blitz 500 / best direct" + (f" ({best['clients']} clients)" if best else ""),
          ratio(b500 and b500["tps"], best and best["tps"]), "≥ 1.00", lambda v: v >= 1.0),
+        (f"for information: blitz 500 with pool {alt['pool']} / best direct" if alt else
+         "for information: blitz 500 with a larger pool / best direct",
+         ratio(alt and alt["tps"], best and best["tps"]), "report", None),
         ("blitz 500 / PgBouncer 500 (same pool)", ratio(b500 and b500["tps"], pgb and pgb["tps"]),
          "≥ 1.30", lambda v: v >= 1.3),
         ("blitz 500 / direct 500", ratio(b500 and b500["tps"], d500 and d500["tps"]), "≥ 3.50",

@@ -30,6 +30,8 @@
 #        in PgBouncer 1.18 cannot keep prepared statements);
 #        10,000 transactions from 500 clients (wall time, connections
 #        included): blitz, PgBouncer, direct at 500, direct at its best;
+#        for information, blitz at 500 on a second server whose pool is
+#        direct's best concurrency (when that differs from the default);
 #        blitz open loop at 2× and 10× its closed-loop peak;
 #   4. bench/report.py prints the table and writes BENCH_OUT/latest.md,
 #      latest.csv and tps.svg.
@@ -67,8 +69,17 @@ rows=$tmp/rows.jsonl
 : >"$rows"
 mkdir -p "$tmp/out"
 blitz_pid=
+default_pid=
 bouncer_pidfile=$tmp/pgbouncer.pid
 
+# Separate services: PostgreSQL, blitz-server and PgBouncer each start in a
+# session of their own (setsid), as they would under systemd, rather than in
+# this script's. Linux's scheduler (with kernel.sched_autogroup_enabled, the
+# default on desktop and many server kernels) shares the CPU fairly between
+# sessions before sharing it between threads: in one session, blitz-server's
+# 500 reader threads under overload would outweigh PostgreSQL's 4 backends
+# 500 to 4, a contest no deployment sets up.
+#
 # PostgreSQL and PgBouncer refuse to run as root: run them as `postgres`.
 as_pg() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -80,9 +91,9 @@ cleanup() {
   # Children of this script still running (a pgbench or blitz bench cut short).
   local j
   for j in $(jobs -p); do kill "$j" 2>/dev/null || true; done
-  if [ -n "$blitz_pid" ]; then
-    kill "$blitz_pid" 2>/dev/null && wait "$blitz_pid" 2>/dev/null || true
-  fi
+  for j in $blitz_pid $default_pid; do
+    kill "$j" 2>/dev/null && wait "$j" 2>/dev/null || true
+  done
   if [ -s "$bouncer_pidfile" ]; then kill "$(cat "$bouncer_pidfile")" 2>/dev/null || true; fi
   if [ "$rc" != 0 ]; then
     local log
@@ -151,7 +162,7 @@ shared_buffers = 256MB
 max_wal_size = 8GB
 checkpoint_timeout = 1h
 CONF
-as_pg "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w -t 60 start >/dev/null \
+as_pg setsid "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w -t 60 start >/dev/null \
   || { cat "$tmp/pg.log" >&2; die "PostgreSQL did not start"; }
 pg_pid=$(head -1 "$tmp/data/postmaster.pid")
 psql() { "$bindir/psql" -X -q -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
@@ -175,19 +186,35 @@ reset_db() {
 }
 
 # ---------------------------------------------------------------- blitz
-blitz_port=$(free_port 23000)
 auth=()
 if "$server_bin" --set auth.mode=trust --print-config >/dev/null 2>&1; then
   auth=(--set auth.mode=trust)
 fi
-RUST_LOG=warn "$server_bin" --listen "127.0.0.1:$blitz_port" --db-url "$db_url" \
-  --set "server.max_clients=2000" "${auth[@]}" >"$tmp/blitz-server.log" 2>&1 &
-blitz_pid=$!
-for _ in $(seq 100); do
-  "$blitz_bin" --server "127.0.0.1:$blitz_port" ping >/dev/null 2>&1 && break
-  kill -0 "$blitz_pid" 2>/dev/null || { cat "$tmp/blitz-server.log" >&2; die "blitz-server did not start"; }
-  sleep 0.1
-done
+# start_blitz SETTINGS…: a blitz-server on a free port; sets blitz_port and
+# blitz_pid, and waits until it answers.
+start_blitz() {
+  blitz_port=$(free_port 23000)
+  RUST_LOG=warn setsid "$server_bin" --listen "127.0.0.1:$blitz_port" --db-url "$db_url" \
+    --set "server.max_clients=2000" "${auth[@]}" "$@" >>"$tmp/blitz-server.log" 2>&1 &
+  blitz_pid=$!
+  # setsid forks (and $! is not the server) only for a process-group leader,
+  # as under an interactive shell's job control.
+  sleep 0.2
+  local comm
+  comm=$(cat "/proc/$blitz_pid/comm" 2>/dev/null) || comm=blitz-server # exited: reported below
+  [ "$comm" = blitz-server ] \
+    || die "could not start blitz-server in a session of its own (pid $blitz_pid is not it); run bench/run.sh from make or a script"
+  for _ in $(seq 100); do
+    "$blitz_bin" --server "127.0.0.1:$blitz_port" ping >/dev/null 2>&1 && return
+    kill -0 "$blitz_pid" 2>/dev/null || { cat "$tmp/blitz-server.log" >&2; die "blitz-server did not start"; }
+    sleep 0.1
+  done
+}
+stop_blitz() {
+  kill "$blitz_pid" 2>/dev/null && wait "$blitz_pid" 2>/dev/null || true
+  blitz_pid=
+}
+start_blitz
 status=$("$blitz_bin" --server "127.0.0.1:$blitz_port" status)
 pool=$(printf '%s' "$status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pool"]["size"])')
 say "blitz-server: pid $blitz_pid, default configuration, pool_size $pool"
@@ -239,7 +266,7 @@ logfile = $tmp/pgbouncer.log
 pidfile = $bouncer_pidfile
 INI
   chmod 644 "$tmp/pgbouncer.ini" "$tmp/userlist.txt"
-  if as_pg pgbouncer -d -q "$tmp/pgbouncer.ini" >"$tmp/pgbouncer.out" 2>&1; then
+  if as_pg setsid pgbouncer -d -q "$tmp/pgbouncer.ini" >"$tmp/pgbouncer.out" 2>&1; then
     for _ in $(seq 50); do [ -s "$bouncer_pidfile" ] && break; sleep 0.1; done
     bouncer=$(pgbouncer --version | head -1)
     say "$bouncer: pid $(cat "$bouncer_pidfile"), transaction mode, pool $pool"
@@ -280,7 +307,7 @@ measure() {
   times >"$tmp/times"; cl1=$(children_cpu "$tmp/times")
   busy1=$(busy_ticks); pg1=$(ticks "$pg_pid" tree)
   if [ "$mid_pid" != 0 ]; then mid1=$(ticks "$mid_pid"); fi
-  row "{\"id\":\"$id\",\"system\":\"$system\",\"kind\":\"$kind\",\"clients\":$c,\"pool\":$pool,\"tool\":\"$tool\",\"wall_s\":$(calc "$t1 - $t0"),\"pg_cpu_s\":$(calc "($pg1 - $pg0) / $clk_tck"),\"mid_cpu_s\":$(calc "($mid1 - $mid0) / $clk_tck"),\"client_cpu_s\":$(calc "$cl1 - $cl0"),\"busy_cpu_s\":$(calc "($busy1 - $busy0) / $clk_tck")}"
+  row "{\"id\":\"$id\",\"system\":\"$system\",\"kind\":\"$kind\",\"clients\":$c,\"pool\":${row_pool:-$pool},\"tool\":\"$tool\",\"wall_s\":$(calc "$t1 - $t0"),\"pg_cpu_s\":$(calc "($pg1 - $pg0) / $clk_tck"),\"mid_cpu_s\":$(calc "($mid1 - $mid0) / $clk_tck"),\"client_cpu_s\":$(calc "$cl1 - $cl0"),\"busy_cpu_s\":$(calc "($busy1 - $busy0) / $clk_tck")}"
 }
 
 # pgbench_row ID SYSTEM PORT CLIENTS MODE KIND -T SECS|-t N [log]
@@ -304,7 +331,7 @@ blitz_row() {
 }
 
 n_curve=$(echo $clients | wc -w)
-say "rows: $((2 * n_curve + 3)) of ${duration} s and 4 short ones (about $(( (2 * n_curve + 3) * (duration + 3) / 60 + 1 )) min); the table comes at the end"
+say "rows: $((2 * n_curve + 4)) of ${duration} s and 4 short ones (about $(( (2 * n_curve + 4) * (duration + 3) / 60 + 1 )) min); the table comes at the end"
 # The curve, direct and blitz interleaved at each concurrency so that a
 # burst of load from other programs hits both alike; PgBouncer right after
 # blitz at 500.
@@ -328,6 +355,16 @@ if [ -n "$bouncer" ]; then
 fi
 pgbench_row "tx10k-direct-c$big" direct "$pg_port" "$big" prepared tx10k -t $((txns / big))
 pgbench_row "tx10k-direct-c$best" direct "$pg_port" "$best" prepared tx10k -t $(( (txns + best - 1) / best ))
+
+# For information: blitz at 500 with a pool as large as direct's best
+# concurrency, on a second server (the default pool follows the formula).
+if [ "$best" != "$pool" ]; then
+  default_port=$blitz_port default_pid=$blitz_pid
+  start_blitz --set "db.pool_size=$best"
+  row_pool=$best blitz_row "blitz-pool$best-c$big" pool-alt "$big" --duration "$duration"
+  stop_blitz
+  blitz_port=$default_port blitz_pid=$default_pid default_pid=
+fi
 
 # Overload: open loop at 2× and 10× blitz's closed-loop peak at 500.
 peak=$(python3 bench/report.py --peak "$rows" "$tmp/out" "blitz-c$big")
