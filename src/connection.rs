@@ -1,8 +1,14 @@
 //! One client connection's write side, and the guarantee that every request
 //! read gets exactly one reply.
 //!
-//! [`Connection`] owns the socket's write half (under a lock, one line per
-//! reply) and the count of requests in flight. [`Responder`] is the single
+//! [`Connection`] owns the socket's write half and the count of requests in
+//! flight. Replies go through an outbox: the thread that finds nobody
+//! writing becomes the writer and sends everything queued, in order, in as
+//! few writes as it can; a thread that finds a writer at work leaves its
+//! line to it and goes back to work. So no thread ever waits for another to
+//! get a CPU: a worker is never held by a reader thread that the scheduler
+//! put aside mid-write, and only a client that does not read (a write
+//! blocked [`WRITE_TIMEOUT`] long) closes a connection. [`Responder`] is the single
 //! place a reply is written: it is created for each request the router reads,
 //! travels with the request through the queue, and answers exactly once; if
 //! it is dropped unanswered (a bug, or shutdown), its `Drop` answers for it.
@@ -20,13 +26,24 @@ use crate::protocol::{render_error, render_result, Id, RpcError};
 use crate::server::Context;
 use crate::sessions::Session;
 
-/// How long a reply may wait for a client that does not read; after that
-/// the connection is closed (the client is too slow to keep).
+/// How long the replies queued for a client may take to be delivered once
+/// written; after that the connection is closed (the client does not read).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How far the socket's send timeout may differ from the time a reply has
-/// left before it is set again (a system call per reply otherwise).
+/// How far the socket's send timeout may differ from the time a write has
+/// left before it is set again (a system call per write otherwise).
 const WRITE_TIMEOUT_SLACK: Duration = Duration::from_millis(50);
+
+/// Replies waiting to be written, and whether a thread is writing.
+#[derive(Default)]
+struct Outbox {
+    /// Lines (each ending in `\n`) not yet handed to the socket.
+    pending: Vec<u8>,
+    /// A thread is writing; it will also send what is pending.
+    writing: bool,
+    /// The send timeout last set on the socket.
+    send_timeout: Option<Duration>,
+}
 
 /// The shared, write side of one client connection.
 pub struct Connection {
@@ -36,8 +53,7 @@ pub struct Connection {
     pub peer: SocketAddr,
     ctx: Arc<Context>,
     stream: TcpStream,
-    /// Serialises replies; holds the send timeout last set on the socket.
-    write_lock: Mutex<Option<Duration>>,
+    outbox: Mutex<Outbox>,
     in_flight: AtomicUsize,
     broken: AtomicBool,
     session: Mutex<Option<Arc<Session>>>,
@@ -52,7 +68,7 @@ impl Connection {
             peer,
             ctx,
             stream,
-            write_lock: Mutex::new(None),
+            outbox: Mutex::new(Outbox::default()),
             in_flight: AtomicUsize::new(0),
             broken: AtomicBool::new(false),
             session: Mutex::new(None),
@@ -105,24 +121,41 @@ impl Connection {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Writes one line (a `\n` is added). A reply not fully delivered
-    /// within [`WRITE_TIMEOUT`] (waiting for the lock included) closes the
-    /// connection: a client that reads too slowly cannot hold a worker.
+    /// Queues one line (a `\n` is added) and, unless another thread is
+    /// writing to this client already, writes it and whatever else is
+    /// queued meanwhile. Lines go out in the order they were queued.
     pub fn write_line(&self, line: &str) {
-        let deadline = Instant::now() + WRITE_TIMEOUT;
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
-        let Some(mut send_timeout) = self.write_lock.try_lock_until(deadline) else {
-            return self.give_up("another reply to this client is stuck");
-        };
-        let mut rest = &buf[..];
-        while !rest.is_empty() {
-            if self.broken.load(Ordering::Acquire) {
+        let mut outbox = self.outbox.lock();
+        if self.is_broken() {
+            return;
+        }
+        outbox.pending.extend_from_slice(line.as_bytes());
+        outbox.pending.push(b'\n');
+        if outbox.writing {
+            return; // the writer at work sends it
+        }
+        outbox.writing = true;
+        loop {
+            let batch = std::mem::take(&mut outbox.pending);
+            if batch.is_empty() || self.is_broken() {
+                outbox.writing = false;
                 return;
             }
+            let mut send_timeout = outbox.send_timeout;
+            drop(outbox);
+            self.write_all(&batch, &mut send_timeout);
+            outbox = self.outbox.lock();
+            outbox.send_timeout = send_timeout;
+        }
+    }
+
+    /// Writes `bytes` within [`WRITE_TIMEOUT`], or gives the client up.
+    fn write_all(&self, bytes: &[u8], send_timeout: &mut Option<Duration>) {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        let mut rest = bytes;
+        while !rest.is_empty() && !self.is_broken() {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.bound_send_time(&mut send_timeout, left).is_err() {
+            if left.is_zero() || self.bound_send_time(send_timeout, left).is_err() {
                 return self.give_up("the client reads too slowly");
             }
             match (&self.stream).write(rest) {
@@ -131,6 +164,15 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return self.give_up(&e.to_string()),
             }
+        }
+    }
+
+    /// Waits until no thread is writing to this client (at most until
+    /// `until`), so that replies queued before a shutdown go out before
+    /// the socket is closed.
+    pub fn wait_written(&self, until: Instant) {
+        while self.outbox.lock().writing && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
