@@ -118,6 +118,9 @@ def from_blitz(meta, outdir):
         m = re.search(r'"reason":"([^"]*)"', j["error_samples"]["-32001"])
         if m:
             r["note"] = "first -32001: " + m.group(1)
+    if j.get("first_connection_error"):
+        r["note"] = ((r.get("note", "") + "; ") if r.get("note") else "") + \
+            "first connection error: " + j["first_connection_error"][:160]
     return r
 
 

@@ -224,6 +224,8 @@ pub struct Report {
     pub error_samples: BTreeMap<String, String>,
     /// Connections that could not be made or broke (must be 0).
     pub connection_errors: u64,
+    /// What happened to the first connection that broke, if one did.
+    pub first_connection_error: Option<String>,
     /// Calls sent that never got a reply (lost with a broken connection or
     /// still outstanding at the end of the drain).
     pub lost: u64,
@@ -280,6 +282,9 @@ impl Report {
             self.sent, self.replies, self.ok, self.ok_in_deadline, self.rejected,
             self.connection_errors, self.lost
         );
+        if let Some(first) = &self.first_connection_error {
+            let _ = writeln!(s, "  first connection error: {first}");
+        }
         let _ = write!(
             s,
             "  throughput {:.1}/s, ok {:.1}/s, goodput {:.1}/s",
@@ -447,6 +452,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
             .map(|(c, s)| (c.to_string(), s.clone()))
             .collect(),
         connection_errors: total.connection_errors,
+        first_connection_error: total.first_error.clone(),
         lost: total.lost,
         throughput: per_s(replies),
         ok_per_s: per_s(total.ok),
