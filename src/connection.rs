@@ -2,16 +2,17 @@
 //! read gets exactly one reply.
 //!
 //! [`Connection`] owns the socket's write half and the count of requests in
-//! flight. Replies go through an outbox: the thread that finds nobody
+//! flight. Replies go through its outbox: the thread that finds nobody
 //! writing becomes the writer and sends everything queued, in order, in as
 //! few writes as it can; a thread that finds a writer at work leaves its
-//! line to it and goes back to work. So no thread ever waits for another to
-//! get a CPU: a worker is never held by a reader thread that the scheduler
-//! put aside mid-write, and only a client that does not read (a write
-//! blocked [`WRITE_TIMEOUT`] long) closes a connection. [`Responder`] is the single
-//! place a reply is written: it is created for each request the router reads,
-//! travels with the request through the queue, and answers exactly once; if
-//! it is dropped unanswered (a bug, or shutdown), its `Drop` answers for it.
+//! line to it and goes back to work. No thread waits for another to get a
+//! CPU, and only a client that does not read (a write blocked for
+//! [`WRITE_TIMEOUT`]) closes a connection.
+//!
+//! [`Responder`] is the single place a reply is written: it is created for
+//! each request the router reads, travels with the request through the
+//! queue, and answers exactly once; if it is dropped unanswered (a bug, or
+//! shutdown), its `Drop` answers for it.
 
 use std::io::{self, Write};
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpStream};

@@ -10,9 +10,9 @@
 //! That pace is measured as a worker's *cycle*: the time from taking one
 //! job to taking the next while the queue was never empty in between. It
 //! holds everything that slows the queue down (a slow or unreachable
-//! database, a CPU starved by a storm of clients, writing replies), unlike
-//! the execution time alone, which only served while no worker had been
-//! saturated recently.
+//! database, a CPU starved by a storm of clients, writing replies), which
+//! the execution time alone misses; that judges only until a worker has
+//! been saturated.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
