@@ -36,7 +36,7 @@
 //! - [`client`]: the thin client library behind the `blitz` command:
 //!   retries within a shared budget, failover between instances, sessions.
 
-//! - [`bench`]: the load generator behind `blitz bench` (closed and open
+//! - [`bench`](mod@bench): the load generator behind `blitz bench` (closed and open
 //!   loop, HdrHistogram latencies, goodput, server CPU per call).
 
 pub mod admin;
