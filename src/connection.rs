@@ -345,3 +345,95 @@ impl Drop for Responder {
         self.send(Err(error));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::server::Server;
+
+    /// A connection on a loopback socket pair; the database is never used.
+    fn loopback() -> (Arc<Connection>, TcpStream) {
+        let config = Config::with_flags(&[
+            ("server.listen", "127.0.0.1:0"),
+            ("db.url", "postgresql://nobody@127.0.0.1:1/none"),
+        ])
+        .expect("a valid configuration");
+        let ctx = Server::bind(config).expect("bind").context().clone();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        (Arc::new(Connection::new(ctx, 1, server_side, peer)), client)
+    }
+
+    #[test]
+    fn concurrent_replies_arrive_whole_once_and_in_each_writers_order() {
+        let (conn, client) = loopback();
+        const WRITERS: usize = 8;
+        const LINES: usize = 2_000;
+        let reader = std::thread::spawn(move || {
+            let mut next: HashMap<usize, usize> = HashMap::new();
+            for line in BufReader::new(client).lines().take(WRITERS * LINES) {
+                let line = line.expect("a whole line");
+                let (writer, n) = line.split_once(':').expect("writer:n, not interleaved");
+                let (writer, n): (usize, usize) = (writer.parse().unwrap(), n.parse().unwrap());
+                let expected = next.entry(writer).or_default();
+                assert_eq!(n, *expected, "writer {writer}'s lines out of order");
+                *expected += 1;
+                // Read slowly now and then, so that writers find one at work.
+                if n % 500 == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            next
+        });
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let conn = conn.clone();
+                std::thread::spawn(move || {
+                    for n in 0..LINES {
+                        conn.write_line(&format!("{w}:{n}"));
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let seen = reader.join().unwrap();
+        assert_eq!(seen.len(), WRITERS);
+        assert!(seen.values().all(|&n| n == LINES), "{seen:?}");
+        assert!(!conn.is_broken());
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_is_given_up_without_holding_the_writers() {
+        let (conn, _client) = loopback(); // never read
+        let big = "x".repeat(1 << 20);
+        let start = Instant::now();
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let (conn, big) = (conn.clone(), big.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..16 {
+                        conn.write_line(&big);
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(conn.is_broken());
+        // One writer waits out WRITE_TIMEOUT; the others never wait for it.
+        assert!(
+            start.elapsed() < WRITE_TIMEOUT * 3,
+            "took {:?}",
+            start.elapsed()
+        );
+    }
+}
