@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
 
 use crate::protocol::{render_error, render_result, Id, RpcError};
@@ -34,6 +34,12 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How far the socket's send timeout may differ from the time a write has
 /// left before it is set again (a system call per write otherwise).
 const WRITE_TIMEOUT_SLACK: Duration = Duration::from_millis(50);
+
+/// How many bytes of replies may wait in a connection's outbox; a thread
+/// with more to add waits until the writer at work has taken them (so a
+/// client that does not read cannot make the server buffer without end).
+/// One reply larger than this still goes in alone.
+const OUTBOX_LIMIT: usize = 1 << 20;
 
 /// Replies waiting to be written, and whether a thread is writing.
 #[derive(Default)]
@@ -55,6 +61,8 @@ pub struct Connection {
     ctx: Arc<Context>,
     stream: TcpStream,
     outbox: Mutex<Outbox>,
+    /// Signalled whenever the writer takes what is pending.
+    outbox_taken: Condvar,
     in_flight: AtomicUsize,
     broken: AtomicBool,
     session: Mutex<Option<Arc<Session>>>,
@@ -70,6 +78,7 @@ impl Connection {
             ctx,
             stream,
             outbox: Mutex::new(Outbox::default()),
+            outbox_taken: Condvar::new(),
             in_flight: AtomicUsize::new(0),
             broken: AtomicBool::new(false),
             session: Mutex::new(None),
@@ -124,9 +133,17 @@ impl Connection {
 
     /// Queues one line (a `\n` is added) and, unless another thread is
     /// writing to this client already, writes it and whatever else is
-    /// queued meanwhile. Lines go out in the order they were queued.
+    /// queued meanwhile. Lines go out in the order they were queued. With
+    /// [`OUTBOX_LIMIT`] bytes queued already, it first waits for the writer
+    /// at work to take them (at most until that writer gives up).
     pub fn write_line(&self, line: &str) {
         let mut outbox = self.outbox.lock();
+        while !outbox.pending.is_empty()
+            && outbox.pending.len() + line.len() >= OUTBOX_LIMIT
+            && !self.is_broken()
+        {
+            self.outbox_taken.wait(&mut outbox);
+        }
         if self.is_broken() {
             return;
         }
@@ -138,6 +155,7 @@ impl Connection {
         outbox.writing = true;
         loop {
             let batch = std::mem::take(&mut outbox.pending);
+            self.outbox_taken.notify_all();
             if batch.is_empty() || self.is_broken() {
                 outbox.writing = false;
                 return;
@@ -408,6 +426,34 @@ mod tests {
         assert_eq!(seen.len(), WRITERS);
         assert!(seen.values().all(|&n| n == LINES), "{seen:?}");
         assert!(!conn.is_broken());
+    }
+
+    #[test]
+    fn replies_for_a_client_that_does_not_read_stay_within_the_outbox_limit() {
+        let (conn, _client) = loopback(); // never read
+        let blocked = {
+            let conn = conn.clone();
+            std::thread::spawn(move || conn.write_line(&"x".repeat(8 << 20)))
+        };
+        std::thread::sleep(Duration::from_millis(100)); // that writer is at work
+        let adder = {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                let line = "y".repeat(100);
+                for _ in 0..100_000 {
+                    conn.write_line(&line); // 10 MB in all
+                }
+            })
+        };
+        let mut most = 0;
+        while !adder.is_finished() {
+            most = most.max(conn.outbox.lock().pending.len());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        adder.join().unwrap();
+        blocked.join().unwrap();
+        assert!(conn.is_broken());
+        assert!(most > 0 && most <= OUTBOX_LIMIT, "{most} bytes queued");
     }
 
     #[test]

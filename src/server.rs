@@ -112,9 +112,9 @@ impl Registry {
 
     fn close_all(&self) {
         let open: Vec<_> = self.open.lock().values().cloned().collect();
-        let until = Instant::now() + crate::connection::WRITE_TIMEOUT;
         for conn in open {
-            conn.wait_written(until);
+            // Each writer at work is bounded by its own write timeout.
+            conn.wait_written(Instant::now() + crate::connection::WRITE_TIMEOUT);
             conn.close();
         }
     }
