@@ -216,9 +216,10 @@ impl Stats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let now = Instant::now();
-        let recent = self.recent.lock();
+        let mut recent = self.recent.lock();
         let queue_wait = recent.queue_wait.percentiles(now);
         let execution = recent.execution.percentiles(now);
+        let completion_rate = recent.rate.per_second(now);
         drop(recent);
         json!({
             "counters": {
@@ -230,7 +231,7 @@ impl Stats {
                 "retries": get(&c.retries),
                 "errors_by_code": self.errors.to_json(),
             },
-            "completion_rate_per_s": (self.completion_rate() * 10.0).round() / 10.0,
+            "completion_rate_per_s": (completion_rate * 10.0).round() / 10.0,
             "latency_ms_last_minute": {
                 "queue_wait": queue_wait,
                 "execution": execution,
