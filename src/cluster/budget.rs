@@ -1,0 +1,105 @@
+//! The arithmetic of the one connection budget: how `max_connections −
+//! db.reserved_connections` is split among the live instances. Pure
+//! functions, so every instance computes the same split from the same
+//! registry rows.
+
+/// Connections each instance holds outside its pool: the housekeeping
+/// connection (heartbeat, rebalancing, session `last_used` writes, the
+/// idempotency sweep).
+pub const HOUSEKEEPING: u64 = 1;
+
+/// The pool connections each instance may hold, in the order of `pools`
+/// (each instance's configured `db.pool_size`), out of `budget`
+/// connections in all, housekeeping included.
+///
+/// When every configured pool fits, each gets its pool. Otherwise the
+/// connections left after housekeeping are split in proportion to the
+/// configured pools (largest remainders first, ties to the earlier
+/// instance), each at least 1 and at most its pool. `None` when the budget
+/// cannot give every instance one pool connection and its housekeeping.
+pub fn targets(budget: u64, pools: &[u64]) -> Option<Vec<u64>> {
+    let n = pools.len() as u64;
+    let available = budget.checked_sub(n * HOUSEKEEPING)?;
+    if available < n || pools.contains(&0) {
+        return None;
+    }
+    let total: u64 = pools.iter().sum();
+    if total <= available {
+        return Some(pools.to_vec());
+    }
+    // Proportional quotas (below each pool, since total > available).
+    let mut shares: Vec<u64> = pools
+        .iter()
+        .map(|&p| (available * p / total).max(1))
+        .collect();
+    let remainder = |i: usize| (available * pools[i]) % total;
+    let mut sum: u64 = shares.iter().sum();
+    while sum < available {
+        let best = (0..shares.len())
+            .filter(|&i| shares[i] < pools[i])
+            .max_by(|&a, &b| remainder(a).cmp(&remainder(b)).then(b.cmp(&a)))
+            .expect("total > available leaves an instance below its pool");
+        shares[best] += 1;
+        sum += 1;
+    }
+    while sum > available {
+        // Minimum-1 bumps overshot: take back from the largest share.
+        let largest = (0..shares.len())
+            .filter(|&i| shares[i] > 1)
+            .max_by(|&a, &b| shares[a].cmp(&shares[b]).then(b.cmp(&a)))
+            .expect("available >= n leaves a share above 1");
+        shares[largest] -= 1;
+        sum -= 1;
+    }
+    Some(shares)
+}
+
+/// Connections not held by anyone: the budget minus every instance's
+/// registered share and housekeeping (negative while an instance that
+/// should shrink has not yet released).
+pub fn free(budget: u64, registered: &[u64]) -> i64 {
+    let held: u64 = registered.iter().map(|s| s + HOUSEKEEPING).sum();
+    budget as i64 - held as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_that_fit_are_kept() {
+        assert_eq!(targets(100, &[4, 8]), Some(vec![4, 8]));
+        assert_eq!(targets(14, &[4, 8]), Some(vec![4, 8]));
+    }
+
+    #[test]
+    fn a_short_budget_is_split_in_proportion() {
+        // 37 − 3 housekeeping = 34 for three pools of 20.
+        assert_eq!(targets(37, &[20, 20, 20]), Some(vec![12, 11, 11]));
+        assert_eq!(targets(22, &[10, 30]), Some(vec![5, 15]));
+        let t = targets(27, &[20, 20, 20]).unwrap();
+        assert_eq!(t.iter().sum::<u64>(), 24);
+    }
+
+    #[test]
+    fn every_instance_gets_at_least_one() {
+        assert_eq!(targets(6, &[1, 100, 1]), Some(vec![1, 1, 1]));
+        assert_eq!(targets(8, &[1, 100, 1]), Some(vec![1, 3, 1]));
+        let t = targets(30, &[1, 1, 1, 1000]).unwrap();
+        assert_eq!(t, vec![1, 1, 1, 23]);
+    }
+
+    #[test]
+    fn no_room_for_one_each_is_none() {
+        assert_eq!(targets(5, &[4, 4, 4]), None);
+        assert_eq!(targets(6, &[4, 4, 4]), Some(vec![1, 1, 1]));
+        assert_eq!(targets(1, &[1]), None);
+        assert_eq!(targets(0, &[]), Some(vec![]));
+    }
+
+    #[test]
+    fn free_counts_housekeeping() {
+        assert_eq!(free(10, &[3, 4]), 1);
+        assert_eq!(free(5, &[3, 4]), -4);
+    }
+}

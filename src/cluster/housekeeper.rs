@@ -1,0 +1,304 @@
+//! The housekeeper: one thread per instance on one database connection of
+//! its own (the housekeeping connection counted in the budget). It keeps
+//! this instance's place in the registry: a round every
+//! `db.heartbeat_interval_ms`, and at once when another instance joins,
+//! leaves, releases connections or is removed (LISTEN on
+//! [`registry::CHANNEL`]). While a smaller share waits to be released it
+//! closes idle pool connections every few milliseconds. It also runs the
+//! other background [`Chore`]s (session `last_used` writes, the
+//! idempotency sweep) on the same connection, and at a clean stop closes
+//! the pool and leaves the registry.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, NoTls};
+
+use super::registry::{self, JoinError, Round};
+use super::Cluster;
+
+/// Background work that runs on the housekeeping connection.
+pub trait Chore: Send {
+    /// What it is, for log lines.
+    fn name(&self) -> &'static str;
+    /// How often it runs.
+    fn every(&self) -> Duration;
+    /// One run.
+    fn run(&mut self, client: &mut Client) -> Result<(), postgres::Error>;
+    /// The last run before the instance stops.
+    fn finish(&mut self, client: &mut Client) -> Result<(), postgres::Error> {
+        self.run(client)
+    }
+}
+
+/// Runs once per new housekeeping connection, before it joins (migrations).
+pub type Prepare = Box<dyn FnMut(&mut Client) -> Result<(), postgres::Error> + Send>;
+
+/// The housekeeper's state; see the module doc.
+pub struct Housekeeper {
+    cluster: Arc<Cluster>,
+    connect: postgres::Config,
+    client: Option<Client>,
+    prepare: Prepare,
+    chores: Vec<(Box<dyn Chore>, Instant)>,
+    trim: Box<dyn Fn() + Send>,
+    stopping: Box<dyn Fn() -> bool + Send>,
+    next_round: Instant,
+    reconnect_at: Instant,
+    notified: bool,
+    last_warning: Option<Instant>,
+}
+
+/// Longest wait between two looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// How often idle connections are closed while a release waits.
+const RELEASE_POLL: Duration = Duration::from_millis(10);
+
+/// How long a clean stop waits for the pool to close before leaving anyway.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+impl Housekeeper {
+    /// A housekeeper for `cluster` connecting with `connect`; `trim` closes
+    /// idle pool connections beyond the share, `stopping` says when the
+    /// workers are done.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        connect: postgres::Config,
+        prepare: Prepare,
+        trim: Box<dyn Fn() + Send>,
+        stopping: Box<dyn Fn() -> bool + Send>,
+    ) -> Housekeeper {
+        let now = Instant::now();
+        Housekeeper {
+            cluster,
+            connect,
+            client: None,
+            prepare,
+            chores: Vec::new(),
+            trim,
+            stopping,
+            next_round: now,
+            reconnect_at: now,
+            notified: false,
+            last_warning: None,
+        }
+    }
+
+    /// Adds a chore, first run one period from now.
+    pub fn add(&mut self, chore: Box<dyn Chore>) {
+        let first = Instant::now() + chore.every();
+        self.chores.push((chore, first));
+    }
+
+    /// Connects and joins before the server starts serving. A database that
+    /// does not answer is logged and retried later from the thread; a
+    /// budget without room is the error (the server refuses to start).
+    pub fn start(&mut self) -> Result<(), JoinError> {
+        match self.connect_and_join() {
+            Err(JoinError::Db(e)) => {
+                log::warn!(
+                    "database does not answer yet ({e}); starting anyway with no connections, calls get -32004 until this instance has joined the connection budget"
+                );
+                self.client = None;
+                self.reconnect_at = Instant::now() + self.cluster.timing().interval;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Runs the housekeeper on a thread of its own until the workers stop,
+    /// then closes the pool and leaves the registry.
+    pub fn spawn(self) -> JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("blitz-housekeeper".into())
+            .spawn(move || self.run())
+            .expect("spawn the housekeeper thread")
+    }
+
+    fn run(mut self) {
+        while !(self.stopping)() {
+            if let Err(e) = self.tick() {
+                self.client = None;
+                self.reconnect_at = Instant::now() + self.cluster.timing().interval;
+                self.warn(&format!("housekeeping failed: {e}; reconnecting"));
+            }
+            self.wait();
+        }
+        self.finish();
+    }
+
+    /// Opens the housekeeping connection, prepares it, and joins (or
+    /// re-enlists an existing registration).
+    fn connect_and_join(&mut self) -> Result<(), JoinError> {
+        let mut client = self.connect.connect(NoTls)?;
+        (self.prepare)(&mut client)?;
+        client.batch_execute(&format!("LISTEN {}", registry::CHANNEL))?;
+        if !self.cluster.enlist(&mut client)? {
+            if self.cluster.share().key() != 0 {
+                log::error!(
+                    "instance {} was taken for dead and removed from the registry; joining again",
+                    self.cluster.id()
+                );
+                self.cluster.lost();
+                (self.trim)();
+            }
+            self.cluster.join(&mut client)?;
+        }
+        self.client = Some(client);
+        self.next_round = Instant::now();
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), postgres::Error> {
+        if self.client.is_none() {
+            if Instant::now() < self.reconnect_at {
+                return Ok(());
+            }
+            match self.connect_and_join() {
+                Ok(()) => {}
+                Err(JoinError::Db(e)) => return Err(e),
+                Err(JoinError::NoRoom(message)) => {
+                    self.warn(&format!("cannot rejoin: {message}; retrying"));
+                    self.reconnect_at = Instant::now() + self.cluster.timing().interval;
+                    return Ok(());
+                }
+            }
+        }
+        let releasing = self.cluster.releasing();
+        if releasing {
+            (self.trim)();
+        }
+        let release_ready = releasing && self.cluster.share().open() <= self.cluster.share().limit();
+        if self.notified || release_ready || Instant::now() >= self.next_round {
+            self.notified = false;
+            self.round()?;
+        }
+        self.run_chores()
+    }
+
+    fn round(&mut self) -> Result<(), postgres::Error> {
+        let cluster = &self.cluster;
+        let client = self.client.as_mut().expect("connected");
+        let open = cluster.share().open() as u64;
+        let key = cluster.share().key();
+        match registry::round(client, key, open, cluster.reserved, cluster.timing)? {
+            Round::Removed => {
+                log::error!(
+                    "instance {} was taken for dead and removed from the registry; joining again",
+                    cluster.id()
+                );
+                cluster.lost();
+                (self.trim)();
+                match cluster.join(client) {
+                    Ok(()) => {}
+                    Err(JoinError::Db(e)) => return Err(e),
+                    Err(JoinError::NoRoom(message)) => {
+                        self.warn(&format!("cannot rejoin: {message}; retrying"))
+                    }
+                }
+            }
+            Round::Stands(standing) => {
+                let before = cluster.share().limit();
+                cluster.adopt(standing);
+                let after = cluster.share().limit();
+                if after != before {
+                    log::debug!("share {before} -> {after}");
+                }
+                if after < before {
+                    (self.trim)();
+                }
+            }
+        }
+        self.next_round = Instant::now() + cluster.timing.interval;
+        Ok(())
+    }
+
+    fn run_chores(&mut self) -> Result<(), postgres::Error> {
+        let client = self.client.as_mut().expect("connected");
+        let now = Instant::now();
+        for (chore, due) in &mut self.chores {
+            if now >= *due {
+                chore.run(client)?;
+                *due = Instant::now() + chore.every();
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for a notification until the next thing is due.
+    fn wait(&mut self) {
+        let mut due = self.next_round;
+        for (_, at) in &self.chores {
+            due = due.min(*at);
+        }
+        let cap = if self.cluster.releasing() { RELEASE_POLL } else { STOP_POLL };
+        let wait = due.saturating_duration_since(Instant::now()).min(cap);
+        let Some(client) = self.client.as_mut() else {
+            std::thread::sleep(wait);
+            return;
+        };
+        let mut notifications = client.notifications();
+        match notifications.timeout_iter(wait).next() {
+            Ok(Some(_)) => {
+                self.notified = true;
+                while let Ok(Some(_)) = notifications.iter().next() {}
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.warn(&format!("housekeeping connection lost: {e}; reconnecting"));
+                self.client = None;
+            }
+        }
+    }
+
+    /// The clean stop: pool closed, last chores, registry left.
+    fn finish(&mut self) {
+        let share = self.cluster.share().clone();
+        share.set_limit(0);
+        let give_up = Instant::now() + CLOSE_WAIT;
+        while share.open() > 0 && Instant::now() < give_up {
+            (self.trim)();
+            std::thread::sleep(RELEASE_POLL);
+        }
+        if share.open() > 0 {
+            log::warn!("{} pool connections still open after {CLOSE_WAIT:?}; leaving the registry anyway", share.open());
+        }
+        if self.client.is_none() {
+            let reconnected = self.connect.connect(NoTls).and_then(|mut c| {
+                let registered = self.cluster.enlist(&mut c)?;
+                Ok(registered.then_some(c))
+            });
+            match reconnected {
+                Ok(Some(client)) => self.client = Some(client),
+                Ok(None) => return,
+                Err(e) => {
+                    log::warn!("cannot reach the database to leave the registry ({e}); the others will find this instance dead");
+                    return;
+                }
+            }
+        }
+        let client = self.client.as_mut().expect("connected");
+        for (chore, _) in &mut self.chores {
+            if let Err(e) = chore.finish(client) {
+                log::warn!("{} at stop failed: {e}", chore.name());
+            }
+        }
+        match registry::leave(client, share.key()) {
+            Ok(()) => log::info!("instance {} left the connection budget", self.cluster.id()),
+            Err(e) => log::warn!("cannot leave the registry ({e}); the others will find this instance dead"),
+        }
+        self.client = None;
+    }
+
+    /// A warning, at most one every 30 s.
+    fn warn(&mut self, message: &str) {
+        if self.last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            log::warn!("{message} (at most one such line per 30 s)");
+            self.last_warning = Some(Instant::now());
+        }
+    }
+}
