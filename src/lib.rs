@@ -18,6 +18,8 @@
 //! - `db`: the pool, the one SQLSTATE mapping, acquiring a connection under
 //!   a request's deadline, database health, the statement watchdog, and the
 //!   catalogue of callable functions ([`catalog`]).
+//! - `cluster`: the instances sharing one database — the registry, the one
+//!   connection budget and this instance's share of it, the housekeeper.
 //! - `client`: the thin client library behind the `blitz` command
 //!   ([`Client`]): retries within a shared budget, failover, sessions.
 //! - `logging`: one log line per burst, not per event.
@@ -25,6 +27,7 @@
 //! The load generator behind `blitz bench` lives in the `blitz` binary.
 
 mod auth;
+mod cluster;
 mod config;
 mod db;
 mod logging;
@@ -37,7 +40,6 @@ pub use auth::admin::{Admin, AdminError};
 pub use auth::generate_password;
 pub use client::{CallError, Client, ClientOptions};
 pub use config::{physical_cores, Config, ConfigError, ConfigInputs, PoolSizeOrigin, Source};
-pub use db::check_capacity;
 pub use protocol::RpcError;
 pub use server::{raise_fd_limit, Server};
 

@@ -132,6 +132,101 @@ END
 $$;
 "#,
     },
+    Migration {
+        version: 4,
+        description: "the instance registry and idempotency records",
+        sql: r#"
+CREATE SEQUENCE blitz.instance_keys AS integer;
+CREATE TABLE blitz.instances (
+    id               text PRIMARY KEY,          -- host:port-xxxx
+    lock_key         integer NOT NULL UNIQUE,   -- advisory lock (class "blz", lock_key) held by all its sessions
+    addresses        text NOT NULL,             -- listen addresses, comma-separated
+    pool_size        integer NOT NULL,          -- configured db.pool_size
+    share            integer NOT NULL,          -- pool connections it may hold now
+    version          text NOT NULL,
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    heartbeat        timestamptz NOT NULL DEFAULT now(),
+    housekeeping_pid integer NOT NULL
+);
+CREATE TABLE blitz.idempotency (
+    user_name   text NOT NULL,
+    key         text NOT NULL,
+    method      text NOT NULL,
+    params_hash bytea NOT NULL,                 -- sha256 of the params as canonical JSON
+    outcome     json,                           -- {"result": …} | {"error": …}; NULL only inside the claiming call
+    created     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_name, key)
+);
+CREATE INDEX idempotency_created ON blitz.idempotency (created);
+
+CREATE FUNCTION blitz.idem_lock_id(who text, k text) RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$ SELECT pg_catalog.hashtext(who || E'\n' || k) & 2147483647 $$;
+
+-- Claims (user, key) for this call, or returns the outcome recorded before.
+CREATE FUNCTION blitz.idem_claim(k text, m text, h bytea, ttl_s integer) RETURNS json
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    who text := current_setting('blitz.user');
+    prior blitz.idempotency;
+BEGIN
+    PERFORM pg_advisory_lock(6450281, blitz.idem_lock_id(who, k));
+    LOOP
+        INSERT INTO blitz.idempotency AS i (user_name, key, method, params_hash)
+        VALUES (who, k, m, h) ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            RETURN NULL;                       -- claimed: the call runs
+        END IF;
+        SELECT * INTO prior FROM blitz.idempotency i WHERE i.user_name = who AND i.key = k;
+        IF NOT FOUND THEN
+            CONTINUE;                          -- swept meanwhile
+        END IF;
+        IF prior.created < now() - make_interval(secs => ttl_s) THEN
+            DELETE FROM blitz.idempotency i WHERE i.user_name = who AND i.key = k;
+            CONTINUE;                          -- expired: claim it anew
+        END IF;
+        PERFORM pg_advisory_unlock(6450281, blitz.idem_lock_id(who, k));
+        IF prior.method <> m OR prior.params_hash <> h THEN
+            RETURN json_build_object('reused', true, 'method', prior.method);
+        END IF;
+        RETURN prior.outcome;
+    END LOOP;
+END
+$$;
+
+-- Records the result of the claimed call and releases the key.
+CREATE FUNCTION blitz.idem_store(k text, result json) RETURNS json
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    who text := current_setting('blitz.user');
+    recorded json := json_build_object('result', result);
+BEGIN
+    UPDATE blitz.idempotency i SET outcome = recorded WHERE i.user_name = who AND i.key = k;
+    PERFORM pg_advisory_unlock(6450281, blitz.idem_lock_id(who, k));
+    RETURN recorded;
+END
+$$;
+
+-- After the claimed call failed (and rolled back): records the error, if
+-- given, and releases the key, when this session holds it.
+CREATE FUNCTION blitz.idem_fail(who text, k text, m text, h bytea, outcome json) RETURNS json
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lock_id integer := blitz.idem_lock_id(who, k);
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
+                      AND l.classid = 6450281 AND l.objid::int8 = lock_id AND l.objsubid = 2 AND l.granted) THEN
+        RETURN NULL;                           -- failed before it claimed the key
+    END IF;
+    IF outcome IS NOT NULL THEN
+        INSERT INTO blitz.idempotency (user_name, key, method, params_hash, outcome)
+        VALUES (who, k, m, h, outcome) ON CONFLICT DO NOTHING;
+    END IF;
+    PERFORM pg_advisory_unlock(6450281, lock_id);
+    RETURN outcome;
+END
+$$;
+"#,
+    },
 ];
 
 /// Brings schema `blitz` up to the newest migration; returns the versions

@@ -5,7 +5,7 @@
 //! - [`Sessions`]: the per-instance part: whether schema `blitz` is current,
 //!   the queries that create, find and end sessions, and the batched
 //!   `last_used` writes ([`Sessions::touch`]), flushed off the request path
-//!   by one background thread on its own database connection.
+//!   by the housekeeper's [`SessionWriter`] chore on its own connection.
 //! - [`run_in_session`]: runs an api call's statement so that `blitz.enter`
 //!   checks the session and sets `blitz.user`, `blitz.session` (and the
 //!   role) in the call's own transaction, in the same round trip.
@@ -14,15 +14,15 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use postgres::types::{Oid, ToSql, Type};
-use postgres::{Client, GenericClient, NoTls};
+use postgres::{Client, GenericClient};
 use serde_json::{json, Value};
 
 use super::migrations;
+use crate::cluster::Chore;
 use crate::config::AuthConfig;
 use crate::db::DbConn;
 use crate::logging::LogThrottle;
@@ -259,75 +259,42 @@ fn log_migrations(applied: &[i32]) {
     }
 }
 
-/// Starts the thread that flushes `last_used` writes and purges expired
-/// sessions, on its own connection (one beyond the pool). It makes a last
-/// flush and ends once the workers have stopped.
-/// `connect` is the database to write to; the thread stops when `stop` is set.
-pub fn spawn_session_writer(
+/// The session chores of the housekeeper (on its connection, one beyond
+/// the pool): flushes the pending `last_used` writes every
+/// [`Sessions::touch_interval`] and deletes expired sessions once a minute;
+/// the last flush runs at a clean stop.
+pub struct SessionWriter {
     sessions: Arc<Sessions>,
-    connect: postgres::Config,
-    stop: Arc<AtomicBool>,
-) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("blitz-sessions".into())
-        .spawn(move || SessionWriter::new(connect).run(&sessions, &stop))
-        .expect("spawn the session writer thread")
-}
-
-/// The state of the session-writer thread.
-struct SessionWriter {
-    connect: postgres::Config,
-    client: Option<Client>,
     last_purge: Option<Instant>,
-    warnings: LogThrottle,
 }
 
 /// How often expired sessions are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 impl SessionWriter {
-    fn new(mut connect: postgres::Config) -> SessionWriter {
-        connect.application_name("blitz-sessions"); // not counted as a pool connection
+    /// The chores for `sessions`.
+    pub fn new(sessions: Arc<Sessions>) -> SessionWriter {
         SessionWriter {
-            connect,
-            client: None,
+            sessions,
             last_purge: None,
-            warnings: LogThrottle::new(Duration::from_secs(60)),
         }
     }
+}
 
-    fn run(mut self, sessions: &Sessions, stop: &AtomicBool) {
-        let every = sessions.touch_interval();
-        self.round(sessions); // migrates at start when the database is up
-        let mut last = Instant::now();
-        while !stop.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(50));
-            if last.elapsed() >= every {
-                self.round(sessions);
-                last = Instant::now();
-            }
-        }
-        self.round(sessions); // the last touches before exit
+impl Chore for SessionWriter {
+    fn name(&self) -> &'static str {
+        "recording session activity"
     }
 
-    fn round(&mut self, sessions: &Sessions) {
-        if let Err(e) = self.try_round(sessions) {
-            self.client = None;
-            if self.warnings.ready() {
-                log::warn!("cannot record session activity: {e}; retrying (at most one such line a minute)");
-            }
-        }
+    fn every(&self) -> Duration {
+        self.sessions.touch_interval()
     }
 
-    fn try_round(&mut self, sessions: &Sessions) -> Result<(), postgres::Error> {
-        if self.client.is_none() {
-            self.client = Some(self.connect.connect(NoTls)?);
-        }
-        let client = self.client.as_mut().expect("connected above");
-        sessions.ensure_schema(client)?;
-        sessions.flush(client)?;
+    fn run(&mut self, client: &mut Client) -> Result<(), postgres::Error> {
+        self.sessions.ensure_schema(client)?;
+        self.sessions.flush(client)?;
         if self.last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
-            let purged = sessions.purge_expired(client)?;
+            let purged = self.sessions.purge_expired(client)?;
             if purged > 0 {
                 log::debug!("deleted {purged} expired sessions");
             }

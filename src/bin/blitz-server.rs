@@ -216,14 +216,14 @@ fn serve(config: Config) -> ExitCode {
         eprintln!("blitz-server: cannot install the Ctrl-C/SIGTERM handler: {e}");
         return ExitCode::FAILURE;
     }
-    if let Err(e) = blitz::check_capacity(&config) {
-        eprintln!("blitz-server: {e}");
-        return ExitCode::from(2);
-    }
     blitz::raise_fd_limit(&config);
     let listen = config.server.listen.clone();
     match Server::bind(config) {
-        Ok(server) => {
+        Ok(mut server) => {
+            if let Err(refusal) = server.join() {
+                eprintln!("blitz-server: {refusal}");
+                return ExitCode::from(2);
+            }
             server.run(&stop_rx);
             ExitCode::SUCCESS
         }

@@ -181,10 +181,11 @@ impl Housekeeper {
     }
 
     fn round(&mut self) -> Result<(), postgres::Error> {
-        let cluster = &self.cluster;
+        let cluster = self.cluster.clone();
         let client = self.client.as_mut().expect("connected");
         let open = cluster.share().open() as u64;
         let key = cluster.share().key();
+        self.next_round = Instant::now() + cluster.timing.interval;
         match registry::round(client, key, open, cluster.reserved, cluster.timing)? {
             Round::Removed => {
                 log::error!(
@@ -194,10 +195,11 @@ impl Housekeeper {
                 cluster.lost();
                 (self.trim)();
                 match cluster.join(client) {
-                    Ok(()) => {}
-                    Err(JoinError::Db(e)) => return Err(e),
+                    Ok(()) => Ok(()),
+                    Err(JoinError::Db(e)) => Err(e),
                     Err(JoinError::NoRoom(message)) => {
-                        self.warn(&format!("cannot rejoin: {message}; retrying"))
+                        self.warn(&format!("cannot rejoin: {message}; retrying"));
+                        Ok(())
                     }
                 }
             }
@@ -211,10 +213,9 @@ impl Housekeeper {
                 if after < before {
                     (self.trim)();
                 }
+                Ok(())
             }
         }
-        self.next_round = Instant::now() + cluster.timing.interval;
-        Ok(())
     }
 
     fn run_chores(&mut self) -> Result<(), postgres::Error> {
@@ -241,16 +242,20 @@ impl Housekeeper {
             std::thread::sleep(wait);
             return;
         };
-        let mut notifications = client.notifications();
-        match notifications.timeout_iter(wait).next() {
-            Ok(Some(_)) => {
-                self.notified = true;
+        let got = {
+            let mut notifications = client.notifications();
+            let first = notifications.timeout_iter(wait).next();
+            if let Ok(Some(_)) = first {
                 while let Ok(Some(_)) = notifications.iter().next() {}
             }
-            Ok(None) => {}
+            first.map(|n| n.is_some())
+        };
+        match got {
+            Ok(true) => self.notified = true,
+            Ok(false) => {}
             Err(e) => {
-                self.warn(&format!("housekeeping connection lost: {e}; reconnecting"));
                 self.client = None;
+                self.warn(&format!("housekeeping connection lost: {e}; reconnecting"));
             }
         }
     }

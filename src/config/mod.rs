@@ -46,6 +46,8 @@ pub struct InvocationConfig {
     pub default_timeout_ms: u64,
     /// Retries of a transaction that failed with 40001 or 40P01.
     pub max_retries: u64,
+    /// Seconds an idempotency record is kept; a repeat after that runs again.
+    pub idempotency_ttl_s: u64,
 }
 
 /// `[db]`: the PostgreSQL side.
@@ -66,6 +68,10 @@ pub struct DbConfig {
     pub api_schema: String,
     /// Connections of `max_connections` left for maintenance and monitoring.
     pub reserved_connections: u64,
+    /// How often each instance renews its heartbeat in the instance registry.
+    pub heartbeat_interval_ms: u64,
+    /// An instance whose heartbeat is older than this is dead and removed.
+    pub heartbeat_timeout_ms: u64,
 }
 
 /// `[auth]`: sessions and how users prove who they are.
@@ -117,6 +123,7 @@ impl Default for RawConfig {
                 queue_capacity: 1000,
                 default_timeout_ms: 30_000,
                 max_retries: 3,
+                idempotency_ttl_s: 86_400,
             },
             db: DbConfig {
                 url: "postgresql://postgres@127.0.0.1:5432/blitz".into(),
@@ -126,6 +133,8 @@ impl Default for RawConfig {
                 connect_timeout_s: 5,
                 api_schema: "blitz_api".into(),
                 reserved_connections: 3,
+                heartbeat_interval_ms: 2000,
+                heartbeat_timeout_ms: 6000,
             },
             auth: AuthConfig {
                 mode: "password".into(),
@@ -561,6 +570,27 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
         "",
     )?;
     check_range("invocation.max_retries", invocation.max_retries, 0, 100, "")?;
+    check_range(
+        "invocation.idempotency_ttl_s",
+        invocation.idempotency_ttl_s,
+        1,
+        30 * 86_400,
+        " seconds",
+    )?;
+    check_range(
+        "db.heartbeat_interval_ms",
+        db.heartbeat_interval_ms,
+        50,
+        60_000,
+        "",
+    )?;
+    check_range(
+        "db.heartbeat_timeout_ms",
+        db.heartbeat_timeout_ms,
+        2 * db.heartbeat_interval_ms,
+        600_000,
+        " (at least twice db.heartbeat_interval_ms, so one late heartbeat is not a death)",
+    )?;
     check_range(
         "db.pool_size",
         db.pool_size,

@@ -7,6 +7,7 @@
 //! "A lost connection is dropped from the pool" lives here, in
 //! [`Database::classify`], and nowhere else.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,29 @@ use super::health::Health;
 use super::pool::{DbConn, Pool, PooledConn};
 use super::sqlstate::{self, Failure};
 use super::watchdog::{CancelReason, Watchdog};
+use crate::cluster::{Cluster, Permit};
 use crate::protocol::RpcError;
+
+/// A pooled connection borrowed through the share's gate: while it lives,
+/// it is one of the at most `share` connections this instance's workers
+/// hold. Given back (then the gate opens) when dropped.
+pub struct Lease {
+    conn: PooledConn,
+    _permit: Permit,
+}
+
+impl Deref for Lease {
+    type Target = PooledConn;
+    fn deref(&self) -> &PooledConn {
+        &self.conn
+    }
+}
+
+impl DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut PooledConn {
+        &mut self.conn
+    }
+}
 
 /// The database connections and what watches over them.
 pub struct Database {
@@ -27,17 +50,30 @@ pub struct Database {
     pub watchdog: Watchdog,
     /// `db.acquire_timeout_ms`.
     acquire_timeout: Duration,
+    /// This instance's place in the connection budget.
+    cluster: Arc<Cluster>,
 }
 
 impl Database {
     /// Wraps `pool` (built with `health`).
-    pub fn new(pool: Pool, health: Arc<Health>, acquire_timeout: Duration) -> Database {
+    pub fn new(
+        pool: Pool,
+        health: Arc<Health>,
+        acquire_timeout: Duration,
+        cluster: Arc<Cluster>,
+    ) -> Database {
         Database {
             pool,
             health,
             watchdog: Watchdog::start(),
             acquire_timeout,
+            cluster,
         }
+    }
+
+    /// This instance's place in the connection budget.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
 
     /// The `retry_after_ms` of a -32004: the acquire timeout.
@@ -45,11 +81,25 @@ impl Database {
         self.acquire_timeout.as_millis() as u64
     }
 
-    /// Borrows a pooled connection, waiting at most the acquire timeout or
-    /// the time left before the deadline. A connection opened before the
-    /// last outage is dropped unused rather than failed on a call.
-    pub fn acquire(&self, deadline: &Deadline) -> Result<PooledConn, RpcError> {
+    /// Borrows a pooled connection through the share's gate, waiting at
+    /// most the acquire timeout or the time left before the deadline. A
+    /// connection opened before the last outage is dropped unused rather
+    /// than failed on a call.
+    pub fn acquire(&self, deadline: &Deadline) -> Result<Lease, RpcError> {
         let give_up = Instant::now() + self.acquire_timeout.min(deadline.remaining());
+        let share = self.cluster.share();
+        let permit = share.acquire(give_up.saturating_duration_since(Instant::now()));
+        let Some(permit) = permit else {
+            if deadline.remaining() < self.acquire_timeout {
+                return Err(RpcError::deadline_exceeded(deadline.elapsed_ms()));
+            }
+            let detail = format!(
+                "no connection of this instance's share of the connection budget ({} of pool {}) came free within the acquire timeout",
+                share.limit(),
+                self.pool.max_size()
+            );
+            return Err(RpcError::db_unavailable(self.retry_after_ms(), detail));
+        };
         loop {
             let remaining = deadline.remaining();
             let wait = give_up.saturating_duration_since(Instant::now());
@@ -61,7 +111,10 @@ impl Database {
                 RpcError::db_unavailable(self.retry_after_ms(), e.to_string())
             })?;
             if !conn.predates_outage(&self.health) {
-                return Ok(conn);
+                return Ok(Lease {
+                    conn,
+                    _permit: permit,
+                });
             }
             conn.mark_broken();
         }

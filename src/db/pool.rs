@@ -1,6 +1,13 @@
 //! The r2d2 pool of PostgreSQL connections: each [`DbConn`] keeps its own
 //! prepared-statement cache and a "broken" flag the pool honours, and knows
 //! whether it was opened before the last outage.
+//!
+//! The pool obeys this instance's share of the connection budget
+//! ([`crate::cluster::Share`]): it opens connections only on demand, never
+//! more than the share (the manager takes an open slot before connecting),
+//! each new connection enlists in the instance's registration (its shared
+//! advisory lock) before it is used, and a connection given back while more
+//! are open than the share allows is closed.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -13,6 +20,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use serde_json::Value;
 
 use super::health::Health;
+use crate::cluster::{Cluster, OpenSlot};
 use crate::config::Config;
 
 /// The connection pool type used throughout blitz.
@@ -30,6 +38,8 @@ pub struct DbConn {
     statements: HashMap<String, Statement>,
     broken: bool,
     outage_epoch: u64,
+    /// Counts this connection against the share until it is closed.
+    _slot: OpenSlot,
 }
 
 impl DbConn {
@@ -84,34 +94,72 @@ impl DbConn {
     }
 }
 
-/// r2d2 manager: r2d2_postgres's connection manager plus a statement cache
-/// and a "broken" flag per connection.
+/// r2d2 manager: r2d2_postgres's connection manager plus a statement
+/// cache, a "broken" flag per connection, and the share's cap.
 #[derive(Debug)]
 pub struct Manager {
     inner: PostgresConnectionManager<NoTls>,
     health: Arc<Health>,
+    cluster: Arc<Cluster>,
 }
+
+/// Why the pool could not open a connection.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// PostgreSQL refused or did not answer.
+    Db(postgres::Error),
+    /// The share of the connection budget is used up, or this instance is
+    /// not (or no longer) registered.
+    Budget(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Db(e) => write!(f, "{e}"),
+            ConnectError::Budget(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
 
 impl r2d2::ManageConnection for Manager {
     type Connection = DbConn;
-    type Error = postgres::Error;
+    type Error = ConnectError;
 
-    fn connect(&self) -> Result<DbConn, postgres::Error> {
+    fn connect(&self) -> Result<DbConn, ConnectError> {
+        let share = self.cluster.share();
+        let slot = share.open_slot().ok_or_else(|| {
+            ConnectError::Budget(format!(
+                "this instance's share of the connection budget ({} connections) is in use",
+                share.limit()
+            ))
+        })?;
         let outage_epoch = self.health.epoch();
-        self.inner.connect().map(|client| DbConn {
+        let mut client = self.inner.connect().map_err(ConnectError::Db)?;
+        if !self.cluster.enlist(&mut client).map_err(ConnectError::Db)? {
+            return Err(ConnectError::Budget(
+                "this instance is not registered in the connection budget (yet)".into(),
+            ));
+        }
+        Ok(DbConn {
             client,
             statements: HashMap::new(),
             broken: false,
             outage_epoch,
+            _slot: slot,
         })
     }
 
-    fn is_valid(&self, conn: &mut DbConn) -> Result<(), postgres::Error> {
-        self.inner.is_valid(&mut conn.client)
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), ConnectError> {
+        self.inner
+            .is_valid(&mut conn.client)
+            .map_err(ConnectError::Db)
     }
 
     fn has_broken(&self, conn: &mut DbConn) -> bool {
-        conn.broken || conn.client.is_closed()
+        conn.broken || conn.client.is_closed() || self.cluster.share().over_limit()
     }
 }
 
@@ -134,17 +182,19 @@ pub fn connect_config(config: &Config) -> postgres::Config {
     pg
 }
 
-/// Builds the pool of `db.pool_size` connections without waiting for the
-/// database: the server starts while it is down and connects when it returns.
-pub fn build_pool(config: &Config, health: Arc<Health>) -> Pool {
+/// Builds the pool of at most `db.pool_size` connections without waiting
+/// for the database: connections are opened on demand, within `cluster`'s
+/// share, so the server starts while the database is down.
+pub fn build_pool(config: &Config, health: Arc<Health>, cluster: Arc<Cluster>) -> Pool {
     let manager = Manager {
         inner: PostgresConnectionManager::new(connect_config(config), NoTls),
         health,
+        cluster,
     };
-    let size = config.db.pool_size as u32;
     r2d2::Pool::builder()
-        .max_size(size)
-        .min_idle(Some(size))
+        .max_size(config.db.pool_size as u32)
+        // Opened on demand only: r2d2 must not reopen what the share closed.
+        .min_idle(Some(0))
         // r2d2's check-out test costs one round trip per call; a broken
         // connection is caught by `has_broken` and by the call's own error.
         .test_on_check_out(false)
@@ -153,12 +203,22 @@ pub fn build_pool(config: &Config, health: Arc<Health>) -> Pool {
         .build_unchecked(manager)
 }
 
+/// Closes idle connections while more are open than the share allows.
+pub fn trim(pool: &Pool, cluster: &Cluster) {
+    while cluster.share().over_limit() {
+        match pool.try_get() {
+            Some(mut conn) => conn.mark_broken(), // dropped here: closed, not kept
+            None => return,
+        }
+    }
+}
+
 /// Logs connection failures at most once per outage rather than per attempt.
 #[derive(Debug)]
 struct PoolErrorLog;
 
-impl r2d2::HandleError<postgres::Error> for PoolErrorLog {
-    fn handle_error(&self, error: postgres::Error) {
+impl r2d2::HandleError<ConnectError> for PoolErrorLog {
+    fn handle_error(&self, error: ConnectError) {
         log::debug!("database connection attempt failed: {error}");
     }
 }

@@ -39,6 +39,8 @@ pub mod code {
     pub const MESSAGE_TOO_LARGE: i64 = -32009;
     /// The function raised an error.
     pub const DATABASE_ERROR: i64 = -32010;
+    /// The idempotency key was used by this user for another method or params.
+    pub const IDEMPOTENCY_KEY_REUSED: i64 = -32011;
 }
 
 /// A JSON-RPC error object: code, message and a `data` object that always
@@ -172,6 +174,27 @@ impl RpcError {
         RpcError::new(code::DATABASE_ERROR, "Database error", false)
             .with("sqlstate", sqlstate)
             .with("detail", message)
+    }
+
+    /// -32011: this user sent `key` before with another method or other params.
+    pub fn idempotency_key_reused(key: &str) -> RpcError {
+        RpcError::new(code::IDEMPOTENCY_KEY_REUSED, "Idempotency key reused", false)
+            .with("idempotency_key", key)
+    }
+
+    /// The error object as JSON: `{code, message, data}`.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({"code": self.code, "message": self.message, "data": self.data})
+    }
+
+    /// An error object as [`to_json`](Self::to_json) wrote it; `None` when
+    /// it lacks an integer code or a string message.
+    pub fn from_json(value: &Value) -> Option<RpcError> {
+        Some(RpcError {
+            code: value.get("code")?.as_i64()?,
+            message: value.get("message")?.as_str()?.to_string(),
+            data: value.get("data")?.as_object()?.clone(),
+        })
     }
 
     /// Whether the client may retry the same call.

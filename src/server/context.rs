@@ -13,7 +13,7 @@ use crate::auth::sessions::Sessions;
 use crate::auth::LoginLimiter;
 use crate::config::Config;
 use crate::db::catalog::CatalogCache;
-use crate::db::{Database, Deadline, PooledConn};
+use crate::db::{Database, Deadline, Lease, PooledConn};
 use crate::protocol::RpcError;
 
 /// Everything the methods share.
@@ -42,7 +42,7 @@ pub struct Context {
 
 impl Context {
     /// A pooled connection for a request, with schema `blitz` current.
-    pub fn acquire(&self, deadline: &Deadline) -> Result<PooledConn, RpcError> {
+    pub fn acquire(&self, deadline: &Deadline) -> Result<Lease, RpcError> {
         let mut conn = self.db.acquire(deadline)?;
         self.sessions.ensure_schema(conn.client()).map_err(|e| {
             let failure = self.db.classify(&mut conn, &e, None);

@@ -28,10 +28,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::auth::sessions::{self, Sessions};
+use crate::auth::sessions::{SessionWriter, Sessions};
 use crate::auth::LoginLimiter;
+use crate::cluster::{Cluster, Housekeeper, Identity, JoinError, Timing};
 use crate::config::Config;
 use crate::db::catalog::CatalogCache;
+use crate::db::idempotency::Sweep;
 use crate::db::{self, CancelReason, Database, Health};
 use crate::protocol::RpcError;
 use admission::{Dispatcher, Job, Limits};
@@ -61,8 +63,10 @@ pub struct Server {
     ctx: Arc<Context>,
     listeners: Vec<TcpListener>,
     queue: Receiver<Job>,
-    /// Set after the drain: idle workers and the session writer stop.
+    /// Set after the drain: idle workers and the housekeeper stop.
     housekeeping_stop: Arc<AtomicBool>,
+    /// Keeps the registry and runs the background chores (started by [`Server::join`]).
+    housekeeper: Option<Housekeeper>,
 }
 
 impl Server {
@@ -76,6 +80,7 @@ impl Server {
             .collect::<io::Result<Vec<_>>>()?;
         let port = listeners[0].local_addr()?.port();
         let instance = format!("{}:{port}", hostname());
+        let cluster = new_cluster(&config, &listeners, port)?;
         let stats = Arc::new(Stats::new());
         let limits = Limits {
             max_in_flight: config.server.max_in_flight_per_connection as usize,
@@ -88,9 +93,10 @@ impl Server {
         let health = Arc::new(Health::default());
         let acquire_timeout = Duration::from_millis(config.db.acquire_timeout_ms);
         let db = Database::new(
-            db::build_pool(&config, health.clone()),
+            db::build_pool(&config, health.clone(), cluster.clone()),
             health,
             acquire_timeout,
+            cluster,
         );
         let ctx = Arc::new(Context {
             instance,
@@ -104,12 +110,29 @@ impl Server {
             connections: Arc::default(),
             login_limiter: LoginLimiter::default(),
         });
+        let housekeeping_stop = Arc::new(AtomicBool::new(false));
+        let housekeeper = Some(housekeeper(&ctx, &housekeeping_stop));
         Ok(Server {
             ctx,
             listeners,
             queue,
-            housekeeping_stop: Arc::default(),
+            housekeeping_stop,
+            housekeeper,
         })
+    }
+
+    /// Joins the connection budget shared by the instances on this
+    /// database (schema `blitz` is migrated first). A database that does
+    /// not answer is no error: the instance starts with no connections and
+    /// joins once it does. `Err`: the budget has no room for this instance
+    /// (the message names the figures and who holds the budget).
+    pub fn join(&mut self) -> Result<(), String> {
+        let housekeeper = self.housekeeper.as_mut().expect("join before run");
+        match housekeeper.start() {
+            Ok(()) => Ok(()),
+            Err(JoinError::NoRoom(message)) => Err(message),
+            Err(JoinError::Db(e)) => Err(format!("cannot join the instance registry: {e}")),
+        }
     }
 
     /// The addresses actually bound (port 0 resolved).
@@ -126,14 +149,14 @@ impl Server {
     }
 
     /// Serves until `stop` receives (or disconnects), then drains and closes.
-    pub fn run(self, stop: &Receiver<()>) {
+    pub fn run(mut self, stop: &Receiver<()>) {
         let ctx = &self.ctx;
         let workers = self.spawn_workers();
-        let session_writer = sessions::spawn_session_writer(
-            ctx.sessions.clone(),
-            db::connect_config(&ctx.config),
-            self.housekeeping_stop.clone(),
-        );
+        let housekeeper = self
+            .housekeeper
+            .take()
+            .expect("run once")
+            .spawn();
         let addrs = self.local_addrs();
         let router = Arc::new(self.router());
         let acceptors: Vec<JoinHandle<()>> = self
@@ -162,7 +185,8 @@ impl Server {
             housekeeping_stop: &self.housekeeping_stop,
         };
         drain_and_close(ctx, stages);
-        let _ = session_writer.join();
+        let _ = housekeeper.join(); // it closes the pool and leaves the registry
+
     }
 
     /// The workers, each given the method table's `run_job`.
@@ -189,6 +213,49 @@ impl Server {
             dispatch: Box::new(move |request, responder| methods::route(&ctx, request, responder)),
         }
     }
+}
+
+/// This instance's membership, not joined yet: id `host:port-xxxx`, its
+/// listen addresses, its configured pool.
+fn new_cluster(config: &Config, listeners: &[TcpListener], port: u16) -> io::Result<Arc<Cluster>> {
+    let addresses = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<io::Result<Vec<_>>>()?
+        .join(",");
+    let me = Identity {
+        id: Cluster::new_id(&hostname(), port),
+        addresses,
+        pool_size: config.db.pool_size,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let timing = Timing {
+        interval: Duration::from_millis(config.db.heartbeat_interval_ms),
+        dead_after: Duration::from_millis(config.db.heartbeat_timeout_ms),
+    };
+    Ok(Cluster::new(me, timing, config.db.reserved_connections))
+}
+
+/// The housekeeper of `ctx`: on its own connection (`application_name`
+/// `blitz-housekeeping`, counted in the budget), it migrates schema
+/// `blitz`, keeps the registry, writes session activity and sweeps expired
+/// idempotency records; it stops when `stop` is set (after the drain).
+fn housekeeper(ctx: &Arc<Context>, stop: &Arc<AtomicBool>) -> Housekeeper {
+    let mut connect = db::connect_config(&ctx.config);
+    connect.application_name("blitz-housekeeping");
+    let sessions = ctx.sessions.clone();
+    let (pool, cluster) = (ctx.db.pool.clone(), ctx.db.cluster().clone());
+    let stop = stop.clone();
+    let mut housekeeper = Housekeeper::new(
+        ctx.db.cluster().clone(),
+        connect,
+        Box::new(move |client| sessions.ensure_schema(client)),
+        Box::new(move || db::trim(&pool, &cluster)),
+        Box::new(move || stop.load(Ordering::Acquire)),
+    );
+    housekeeper.add(Box::new(SessionWriter::new(ctx.sessions.clone())));
+    housekeeper.add(Box::new(Sweep::new(ctx.config.invocation.idempotency_ttl_s)));
+    housekeeper
 }
 
 /// The running stages `drain_and_close` stops.

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::Call;
 use crate::auth::sessions::{run_in_session, EnterArgs, Session};
 use crate::db::catalog::PreparedCall;
+use crate::db::idempotency::{self, KeyedCall};
 use crate::db::{Deadline, Failure, PooledConn};
 use crate::protocol::{code, RpcError};
 use crate::server::context::Context;
@@ -33,7 +34,11 @@ pub fn call(call: &Call) -> Result<Value, RpcError> {
         .prepare(name, params)
         .ok_or_else(|| RpcError::method_not_found(&format!("api.{name}")))?
         .map_err(|e| RpcError::invalid_params(e.param.as_deref(), e.message))?;
-    let outcome = run(ctx, &mut conn, name, &prepared, &session, deadline);
+    let keyed = call.request.idempotency_key.as_deref().map(|key| {
+        let ttl = ctx.config.invocation.idempotency_ttl_s;
+        KeyedCall::new(key, &call.request.method, params, ttl)
+    });
+    let outcome = run(ctx, &mut conn, name, &prepared, &session, keyed.as_ref(), deadline);
     if !matches!(&outcome, Err(e) if e.code == code::UNAUTHENTICATED) {
         ctx.sessions.touch(&session);
     }
@@ -41,17 +46,31 @@ pub fn call(call: &Call) -> Result<Value, RpcError> {
 }
 
 /// Runs one prepared call of function `name` as one transaction inside
-/// `session` (see [`run_in_session`]), retrying 40001/40P01.
+/// `session` (see [`run_in_session`]), retrying 40001/40P01. With a key,
+/// the statement is the keyed one of [`idempotency`] (still one round
+/// trip); after it failed, a second statement records the error or
+/// releases the key.
 fn run(
     ctx: &Context,
     conn: &mut PooledConn,
     name: &str,
     call: &PreparedCall,
     session: &Session,
+    keyed: Option<&KeyedCall>,
     deadline: &Deadline,
 ) -> Result<Value, RpcError> {
     let enter = EnterArgs::new(&ctx.sessions, session, call.oid);
-    let params = call.param_refs();
+    let mut params = call.param_refs();
+    let mut types = call.param_types.clone();
+    let sql = match keyed {
+        None => std::borrow::Cow::Borrowed(call.sql.as_str()),
+        Some(k) => {
+            let sql = k.statement(&call.sql, params.len());
+            params.extend(k.params());
+            types.extend(KeyedCall::types());
+            std::borrow::Cow::Owned(sql)
+        }
+    };
     let max_retries = ctx.config.invocation.max_retries as u32;
     let mut attempt = 1u32;
     let mut replanned = false;
@@ -61,32 +80,70 @@ fn run(
         }
         let drain = ctx.shutdown.drain_deadline();
         let (result, fired) = ctx.db.guarded(conn, deadline, drain, |db| {
-            run_in_session(db, &enter, &call.sql, &call.param_types, &params)
+            run_in_session(db, &enter, &sql, &types, &params)
         });
         let error = match result {
             Ok(value) => {
                 ctx.db.health.report_up();
-                return Ok(value.unwrap_or(Value::Null));
+                return match keyed {
+                    None => Ok(value.unwrap_or(Value::Null)),
+                    Some(k) => idempotency::outcome(k, value),
+                };
             }
             Err(e) => e,
         };
-        match ctx.db.classify(conn, &error, fired) {
+        let reply = match ctx.db.classify(conn, &error, fired) {
             Failure::Conflict(_)
                 if attempt <= max_retries && sleep_before_retry(attempt, deadline) =>
             {
                 Stats::bump(&ctx.stats.counters.retries);
                 attempt += 1;
+                None
             }
             Failure::StalePlan if !replanned => {
                 conn.forget_statements();
                 replanned = true;
+                None
             }
             Failure::UndefinedFunction => {
                 ctx.catalog.invalidate(); // dropped since the catalogue was loaded
-                return Err(RpcError::method_not_found(&format!("api.{name}")));
+                Some(RpcError::method_not_found(&format!("api.{name}")))
             }
-            failure => return Err(ctx.db.failure_reply(failure, deadline, attempt)),
+            failure => Some(ctx.db.failure_reply(failure, deadline, attempt)),
+        };
+        if let Some(k) = keyed {
+            settle_key(conn, session, k, reply.as_ref());
         }
+        if let Some(reply) = reply {
+            return Err(match keyed {
+                Some(_) => safe_to_repeat(reply),
+                None => reply,
+            });
+        }
+    }
+}
+
+/// After a keyed statement failed: records `reply` if it is an outcome to
+/// keep, and releases the key. A connection that cannot do that is dropped,
+/// which ends its session and so releases the key all the same.
+fn settle_key(conn: &mut PooledConn, session: &Session, k: &KeyedCall, reply: Option<&RpcError>) {
+    if conn.client().is_closed() {
+        return; // the session is gone, and with it the lock
+    }
+    if let Err(e) = idempotency::after_failure(conn.client(), &session.user, k, reply) {
+        log::warn!("cannot settle idempotency key after a failed call ({e}); dropping the connection");
+        conn.mark_broken();
+    }
+}
+
+/// A keyed call whose outcome is unknown (the database connection broke
+/// mid-call) may be sent again with the same key: the repeat finds the
+/// recorded outcome if the first committed, and runs otherwise.
+fn safe_to_repeat(reply: RpcError) -> RpcError {
+    if reply.data.get("outcome") == Some(&Value::String("unknown".into())) {
+        reply.with("retryable", true)
+    } else {
+        reply
     }
 }
 

@@ -9,7 +9,7 @@
 //!
 //! - [`api`]: `api.<name>` calls of PostgreSQL functions.
 //! - [`session`]: `session.login`, `session.join`, `session.logout`.
-//! - [`sys`]: `sys.ping`, `sys.status`, `rpc.discover`.
+//! - [`sys`]: `sys.ping`, `sys.status`, `sys.instances`, `rpc.discover`.
 
 mod api;
 mod session;
@@ -83,6 +83,13 @@ pub static METHODS: &[Method] = &[
         runs: Runs::OnRouter(sys::status),
         needs_session: true,
         summary: "This instance: workers, queue, pool, counters, latency percentiles.",
+        params: &[],
+    },
+    Method {
+        name: "sys.instances",
+        runs: Runs::Queued(sys::instances),
+        needs_session: true,
+        summary: "The live instances sharing the database: id, addresses, configured pool, current share, heartbeat age, version.",
         params: &[],
     },
     Method {

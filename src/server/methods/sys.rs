@@ -1,5 +1,6 @@
 //! The built-in methods: `sys.ping` (liveness, no database), `sys.status`
-//! (this instance's sizes, counters and latencies) and `rpc.discover` (an
+//! (this instance's sizes, share, counters and latencies), `sys.instances`
+//! (the live instances sharing the database) and `rpc.discover` (an
 //! OpenRPC document built from the same catalogue the calls use).
 
 use serde_json::{json, Value};
@@ -26,6 +27,7 @@ pub fn status(ctx: &Context) -> Value {
         "queue": {"depth": ctx.dispatcher.depth(), "capacity": ctx.dispatcher.capacity()},
         "pool": {
             "size": ctx.config.db.pool_size,
+            "share": ctx.db.cluster().share().limit(),
             "open": pool.connections,
             "idle": pool.idle_connections,
             "in_use": pool.connections - pool.idle_connections,
@@ -33,11 +35,20 @@ pub fn status(ctx: &Context) -> Value {
         "connections": {"open": ctx.connections.len(), "max": ctx.config.server.max_clients},
         "database": {"available": !ctx.db.health.is_down()},
         "functions": ctx.catalog.len(),
+        "cluster": ctx.db.cluster().status(),
     });
     if let (Value::Object(out), Value::Object(stats)) = (&mut status, ctx.stats.to_json()) {
         out.extend(stats);
     }
     status
+}
+
+/// `sys.instances`: the live instances in the registry, oldest first.
+pub fn instances(call: &Call) -> Result<Value, RpcError> {
+    let ctx = call.ctx;
+    let mut conn = ctx.acquire(call.deadline)?;
+    let cluster = ctx.db.cluster().clone();
+    ctx.with_db(&mut conn, call.deadline, |client| cluster.instances(client))
 }
 
 /// `rpc.discover`: the OpenRPC document (catalogue refreshed at most once a second).
