@@ -158,7 +158,7 @@ impl Chore for Sweep {
 
     fn run(&mut self, client: &mut Client) -> Result<(), postgres::Error> {
         let deleted = client.execute(
-            "DELETE FROM blitz.idempotency WHERE created < pg_catalog.now() - make_interval(secs => $1)",
+            "DELETE FROM blitz.idempotency WHERE created < pg_catalog.now() - make_interval(secs => $1::int4)",
             &[&self.ttl_s],
         )?;
         if deleted > 0 {
