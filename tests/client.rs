@@ -921,7 +921,9 @@ fn attempts_are_counted_and_the_budget_stops_retries() {
 fn a_server_killed_mid_call_leaves_the_outcome_unknown() {
     let db = fixture_db();
     let mut server = Server::start(&db.url, &[]);
-    let mut c = logged_in(Client::connect(&[&server.addr]).unwrap());
+    // Without idempotency keys: a call that may have run is not sent again.
+    let unkeyed = ClientOptions::default().idempotency_keys(false);
+    let mut c = logged_in(Client::connect_with(&[&server.addr], unkeyed).unwrap());
     let caller = thread::spawn(move || {
         let lost = c.call("api.sleep_ms", json!({"ms": 5000})).unwrap_err();
         (c, lost)

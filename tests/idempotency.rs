@@ -40,7 +40,10 @@ fn keyed(rpc: &mut Rpc, method: &str, params: Value, key: &str) -> Value {
 
 fn applied(db: &TestDb, note: &str) -> i64 {
     db.connect()
-        .query_one("SELECT count(*) FROM public.applied WHERE note = $1", &[&note])
+        .query_one(
+            "SELECT count(*) FROM public.applied WHERE note = $1",
+            &[&note],
+        )
         .unwrap()
         .get(0)
 }
@@ -121,7 +124,10 @@ fn a_reused_key_is_refused_with_32011() {
     result(&keyed(&mut rpc, "api.apply_slowly", slow, "k-3"));
     let reordered: Value = serde_json::from_str(r#"{"ms": 1, "note": "z"}"#).unwrap();
     result(&keyed(&mut rpc, "api.apply_slowly", reordered, "k-3"));
-    assert_eq!((applied(&db, "x"), applied(&db, "y"), applied(&db, "z")), (1, 0, 1));
+    assert_eq!(
+        (applied(&db, "x"), applied(&db, "y"), applied(&db, "z")),
+        (1, 0, 1)
+    );
 }
 
 /// Waits until the call of `function` is running in PostgreSQL.
@@ -139,7 +145,10 @@ fn wait_running(db: &TestDb, function: &str) {
         if running > 0 {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "{function} never ran");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{function} never ran"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -152,7 +161,11 @@ fn a_concurrent_repeat_waits_for_the_first_within_its_own_deadline() {
     let mut second = Rpc::session(&server.addr);
     let mut hasty = Rpc::session(&server.addr);
     let params = json!({"note": "slow", "ms": 1500});
-    let first_id = first.send_with("api.apply_slowly", params.clone(), json!({"idempotency_key": "k-slow"}));
+    let first_id = first.send_with(
+        "api.apply_slowly",
+        params.clone(),
+        json!({"idempotency_key": "k-slow"}),
+    );
     wait_running(&db, "apply_slowly");
     // A repeat whose deadline ends before the first does: -32002.
     hasty.send_with(
@@ -160,12 +173,19 @@ fn a_concurrent_repeat_waits_for_the_first_within_its_own_deadline() {
         params.clone(),
         json!({"idempotency_key": "k-slow", "timeout_ms": 300}),
     );
-    let second_id = second.send_with("api.apply_slowly", params, json!({"idempotency_key": "k-slow"}));
+    let second_id = second.send_with(
+        "api.apply_slowly",
+        params,
+        json!({"idempotency_key": "k-slow"}),
+    );
     let hasty_reply = hasty.read_reply().unwrap();
     assert_eq!(error_code(&hasty_reply), -32002, "{hasty_reply}");
     let a = first.read_reply().unwrap();
     let b = second.read_reply().unwrap();
-    assert_eq!((a["id"].clone(), b["id"].clone()), (json!(first_id), json!(second_id)));
+    assert_eq!(
+        (a["id"].clone(), b["id"].clone()),
+        (json!(first_id), json!(second_id))
+    );
     assert_eq!(result(&a), result(&b), "the repeat got the first's outcome");
     assert_eq!(applied(&db, "slow"), 1, "applied once");
 }
@@ -191,9 +211,23 @@ fn an_expired_record_not_yet_swept_is_not_returned() {
     let db = fixture_db();
     let server = Server::start(&db.url, &[]);
     let mut rpc = Rpc::session(&server.addr);
-    result(&keyed(&mut rpc, "api.apply", json!({"note": "old"}), "k-old"));
+    result(&keyed(
+        &mut rpc,
+        "api.apply",
+        json!({"note": "old"}),
+        "k-old",
+    ));
     db.execute("UPDATE blitz.idempotency SET created = now() - interval '2 days'");
-    result(&keyed(&mut rpc, "api.apply", json!({"note": "old"}), "k-old"));
+    result(&keyed(
+        &mut rpc,
+        "api.apply",
+        json!({"note": "old"}),
+        "k-old",
+    ));
     assert_eq!(applied(&db, "old"), 2);
-    assert_eq!(db.count_rows("blitz.idempotency"), 1, "the expired record was replaced");
+    assert_eq!(
+        db.count_rows("blitz.idempotency"),
+        1,
+        "the expired record was replaced"
+    );
 }

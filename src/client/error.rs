@@ -109,6 +109,13 @@ impl CallError {
         }
     }
 
+    /// This error, marked safe to send again: the call carries an
+    /// idempotency key, so a repeat is applied at most once.
+    pub(super) fn safe_to_repeat(mut self) -> CallError {
+        self.retryable = true;
+        self
+    }
+
     /// This error, counted as the outcome of `attempts` attempts.
     pub(super) fn after_attempts(mut self, attempts: u32) -> CallError {
         self.attempts = attempts;
@@ -144,7 +151,8 @@ impl CallError {
 
     /// Whether the same call may be sent again: the server's
     /// `data.retryable`, or `true` for a connection that failed before the
-    /// request was sent. `false` whenever the outcome is unknown.
+    /// request was sent. `false` when the outcome is unknown, unless the call
+    /// carries an idempotency key (then a repeat is applied at most once).
     pub fn retryable(&self) -> bool {
         self.retryable
     }

@@ -13,7 +13,12 @@
 //!   connection that could not be made are tried again, after the server's
 //!   `retry_after_ms` or an exponential backoff with full jitter, at most
 //!   [`ClientOptions::max_attempts`] times and only while the
-//!   [`RetryBudget`] allows. A call that may have run is never retried.
+//!   [`RetryBudget`] allows. A call that may have run is retried only
+//!   when it carries an idempotency key (the default: every
+//!   [`Client::call`] gets a fresh key, kept across its retries), so the
+//!   server applies it once: after "outcome unknown" (the connection broke
+//!   after sending) the client moves to the next instance of its list,
+//!   joins the session there and sends the same call with the same key.
 //! - Failover: a client starts at a pseudo-random one of its servers, and
 //!   moves to the next when one refuses connections, is draining (-32003)
 //!   or full (-32005), avoiding that one for a few seconds.
@@ -72,6 +77,7 @@ pub struct ClientOptions {
     max_wait: Duration,
     quarantine: Duration,
     spread: bool,
+    idempotency_keys: bool,
 }
 
 impl Default for ClientOptions {
@@ -86,6 +92,7 @@ impl Default for ClientOptions {
             max_wait: Duration::from_secs(5),
             quarantine: Duration::from_secs(3),
             spread: true,
+            idempotency_keys: true,
         }
     }
 }
@@ -131,6 +138,15 @@ impl ClientOptions {
     /// first (`false`: a primary and its fallbacks, in order).
     pub fn spread(mut self, spread: bool) -> ClientOptions {
         self.spread = spread;
+        self
+    }
+
+    /// Whether every [`Client::call`] carries a fresh `idempotency_key`
+    /// (`true`, the default), which makes a call whose outcome is unknown
+    /// safe to send again; `false` sends none, and such a call fails with
+    /// [`ErrorKind::OutcomeUnknown`].
+    pub fn idempotency_keys(mut self, on: bool) -> ClientOptions {
+        self.idempotency_keys = on;
         self
     }
 }
@@ -207,6 +223,8 @@ struct Call<'a> {
     timeout: Option<(Duration, Instant)>,
     /// Whether the remembered session is joined on a new connection first.
     joins_session: bool,
+    /// The `idempotency_key` sent with every attempt, if any.
+    key: Option<String>,
 }
 
 impl<'a> Call<'a> {
@@ -216,6 +234,7 @@ impl<'a> Call<'a> {
             params,
             timeout: timeout.map(|t| (t, Instant::now() + t)),
             joins_session: true,
+            key: None,
         }
     }
 
@@ -236,6 +255,7 @@ pub struct Client {
     session: Option<SessionKey>,
     rng: Rng,
     last_attempts: u32,
+    keys: KeySource,
 }
 
 impl Client {
@@ -269,6 +289,7 @@ impl Client {
             session: None,
             rng,
             last_attempts: 0,
+            keys: KeySource::new(),
         };
         client.conn = Some(client.open_connection()?);
         Ok(client)
@@ -298,7 +319,8 @@ impl Client {
     /// server answers every request it read, at the latest when its
     /// `invocation.default_timeout_ms` expires.
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value, CallError> {
-        self.invoke(&Call::new(method, &params, None))
+        let call = self.keyed(Call::new(method, &params, None));
+        self.invoke(&call)
     }
 
     /// Like [`call`](Self::call), but within `timeout` for the whole call,
@@ -313,7 +335,31 @@ impl Client {
         params: Value,
         timeout: Duration,
     ) -> Result<Value, CallError> {
-        self.invoke(&Call::new(method, &params, Some(timeout)))
+        let call = self.keyed(Call::new(method, &params, Some(timeout)));
+        self.invoke(&call)
+    }
+
+    /// Like [`call_with_timeout`](Self::call_with_timeout) (no timeout when
+    /// `None`) with `key` as the idempotency key, e.g. one a script keeps
+    /// across runs of the same call.
+    pub fn call_with_key(
+        &mut self,
+        method: &str,
+        params: Value,
+        key: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Value, CallError> {
+        let call = Call {
+            key: Some(key.to_string()),
+            ..Call::new(method, &params, timeout)
+        };
+        self.invoke(&call)
+    }
+
+    /// `call` with a fresh idempotency key, unless keys are turned off.
+    fn keyed<'a>(&mut self, call: Call<'a>) -> Call<'a> {
+        let key = self.options.idempotency_keys.then(|| self.keys.next());
+        Call { key, ..call }
     }
 
     /// Logs in as `user` (`session.login`; `password` `None` for a server
@@ -386,7 +432,7 @@ impl Client {
                     self.options.budget.record_success();
                     return Ok(result);
                 }
-                Err(e) => e.after_attempts(attempts),
+                Err(e) => repeatable(e.after_attempts(attempts), call),
             };
             self.after_failure(&error);
             match self.retry_wait(&error, attempts, call.deadline()) {
@@ -414,7 +460,8 @@ impl Client {
         self.last_id += 1;
         let id = self.last_id;
         let time_left = call.deadline().map(remaining_or_tick);
-        let line = request_line(id, method, params, time_left);
+        let key = call.key.as_deref().filter(|_| method == call.method);
+        let line = request_line(id, method, params, time_left, key);
         let limit = call.timeout.map(|(timeout, at)| ReplyLimit {
             at: at + TIMEOUT_MARGIN,
             timeout,
@@ -496,7 +543,7 @@ impl Client {
     /// Drops a connection that is out of step, and moves away from a
     /// server that is draining or full.
     fn after_failure(&mut self, error: &CallError) {
-        if error.fails_over() {
+        if error.fails_over() || (error.outcome_unknown() && error.retryable()) {
             if let Some(conn) = &self.conn {
                 let period = error
                     .retry_after()
@@ -539,7 +586,8 @@ impl Client {
     /// No wait when another server can take the call; else the server's
     /// `retry_after_ms` with a little jitter; else exponential backoff.
     fn backoff_after(&mut self, error: &CallError, attempts: u32) -> Duration {
-        if error.fails_over() && self.servers.any_available() {
+        let moves_on = error.fails_over() || error.outcome_unknown();
+        if moves_on && self.servers.any_available() {
             return Duration::ZERO;
         }
         match error.retry_after() {
@@ -550,6 +598,61 @@ impl Client {
             }
         }
     }
+}
+
+/// A call whose outcome is unknown because its connection broke after
+/// sending may be sent again when it carries an idempotency key: the
+/// server applies it at most once. A reply that did not come within the
+/// caller's timeout is not retried (the deadline has passed).
+fn repeatable(error: CallError, call: &Call) -> CallError {
+    let broke = error.kind() == ErrorKind::OutcomeUnknown && !error.keeps_connection;
+    match (&call.key, broke) {
+        (Some(_), true) => error.safe_to_repeat(),
+        _ => error,
+    }
+}
+
+/// Fresh idempotency keys: 64 random bits per client, then a counter.
+#[derive(Debug)]
+struct KeySource {
+    prefix: u64,
+    next: u64,
+}
+
+impl KeySource {
+    fn new() -> KeySource {
+        KeySource {
+            prefix: random_u64(),
+            next: 0,
+        }
+    }
+
+    fn next(&mut self) -> String {
+        self.next += 1;
+        format!("{:016x}-{}", self.prefix, self.next)
+    }
+}
+
+/// 64 random bits from the kernel, else from the clock, the process id and
+/// std's randomly seeded hasher.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok()
+    {
+        return u64::from_le_bytes(bytes);
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// The message for a connection attempt where every server failed.

@@ -172,7 +172,8 @@ impl Housekeeper {
         if releasing {
             (self.trim)();
         }
-        let release_ready = releasing && self.cluster.share().open() <= self.cluster.share().limit();
+        let release_ready =
+            releasing && self.cluster.share().open() <= self.cluster.share().limit();
         if self.notified || release_ready || Instant::now() >= self.next_round {
             self.notified = false;
             self.round()?;
@@ -236,7 +237,11 @@ impl Housekeeper {
         for (_, at) in &self.chores {
             due = due.min(*at);
         }
-        let cap = if self.cluster.releasing() { RELEASE_POLL } else { STOP_POLL };
+        let cap = if self.cluster.releasing() {
+            RELEASE_POLL
+        } else {
+            STOP_POLL
+        };
         let wait = due.saturating_duration_since(Instant::now()).min(cap);
         let Some(client) = self.client.as_mut() else {
             std::thread::sleep(wait);
@@ -270,7 +275,10 @@ impl Housekeeper {
             std::thread::sleep(RELEASE_POLL);
         }
         if share.open() > 0 {
-            log::warn!("{} pool connections still open after {CLOSE_WAIT:?}; leaving the registry anyway", share.open());
+            log::warn!(
+                "{} pool connections still open after {CLOSE_WAIT:?}; leaving the registry anyway",
+                share.open()
+            );
         }
         if self.client.is_none() {
             let reconnected = self.connect.connect(NoTls).and_then(|mut c| {
@@ -294,14 +302,19 @@ impl Housekeeper {
         }
         match registry::leave(client, share.key()) {
             Ok(()) => log::info!("instance {} left the connection budget", self.cluster.id()),
-            Err(e) => log::warn!("cannot leave the registry ({e}); the others will find this instance dead"),
+            Err(e) => log::warn!(
+                "cannot leave the registry ({e}); the others will find this instance dead"
+            ),
         }
         self.client = None;
     }
 
     /// A warning, at most one every 30 s.
     fn warn(&mut self, message: &str) {
-        if self.last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+        if self
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+        {
             log::warn!("{message} (at most one such line per 30 s)");
             self.last_warning = Some(Instant::now());
         }

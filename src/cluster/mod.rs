@@ -147,7 +147,10 @@ impl Cluster {
     }
 
     /// The live instances (`sys.instances`), read on `client`.
-    pub fn instances(&self, client: &mut impl postgres::GenericClient) -> Result<Value, postgres::Error> {
+    pub fn instances(
+        &self,
+        client: &mut impl postgres::GenericClient,
+    ) -> Result<Value, postgres::Error> {
         registry::list(client, self.timing.dead_after)
     }
 }

@@ -176,7 +176,12 @@ pub fn join(
 fn no_room(max_connections: u64, reserved: u64, budget: u64, rows: &[Row]) -> String {
     let holders: Vec<String> = rows[..rows.len() - 1]
         .iter()
-        .map(|r| format!("{} (pool {}, share {} + {HOUSEKEEPING})", r.id, r.pool_size, r.share))
+        .map(|r| {
+            format!(
+                "{} (pool {}, share {} + {HOUSEKEEPING})",
+                r.id, r.pool_size, r.share
+            )
+        })
         .collect();
     format!(
         "no room in the connection budget for this instance: max_connections {max_connections} \
@@ -184,7 +189,11 @@ fn no_room(max_connections: u64, reserved: u64, budget: u64, rows: &[Row]) -> St
          each need at least 1 pool connection plus {HOUSEKEEPING} housekeeping; held by: {}. \
          Stop an instance, raise max_connections or lower db.reserved_connections",
         rows.len(),
-        if holders.is_empty() { "nobody".to_string() } else { holders.join(", ") }
+        if holders.is_empty() {
+            "nobody".to_string()
+        } else {
+            holders.join(", ")
+        }
     )
 }
 
@@ -225,7 +234,10 @@ pub fn round(
     let rows = live_rows(&mut tx)?;
     let pools: Vec<u64> = rows.iter().map(|r| r.pool_size).collect();
     let registered: Vec<u64> = rows.iter().map(|r| r.share).collect();
-    let me = rows.iter().position(|r| r.key == key).expect("updated above");
+    let me = rows
+        .iter()
+        .position(|r| r.key == key)
+        .expect("updated above");
     // With too many instances for one each, keep what is held (never more).
     let target = budget::targets(budget, &pools).map_or(rows[me].share.min(1), |t| t[me]);
     let current = rows[me].share;
@@ -275,7 +287,10 @@ pub fn leave(client: &mut Client, key: i32) -> Result<(), postgres::Error> {
 
 /// The live instances as the `sys.instances` result: id, addresses,
 /// configured pool, current share, heartbeat age, version, start time.
-pub fn list(client: &mut impl GenericClient, dead_after: Duration) -> Result<Value, postgres::Error> {
+pub fn list(
+    client: &mut impl GenericClient,
+    dead_after: Duration,
+) -> Result<Value, postgres::Error> {
     let row = client.query_one(
         "SELECT COALESCE(pg_catalog.json_agg(pg_catalog.json_build_object( \
              'id', id, 'addresses', pg_catalog.string_to_array(addresses, ','), \
@@ -342,8 +357,12 @@ fn remove_dead(tx: &mut Transaction, me: i32, timing: Timing) -> Result<u64, pos
     )?;
     let mut removed = 0;
     for suspect in suspects {
-        let (id, key, share, stale): (String, i32, i32, bool) =
-            (suspect.get(0), suspect.get(1), suspect.get(2), suspect.get(3));
+        let (id, key, share, stale): (String, i32, i32, bool) = (
+            suspect.get(0),
+            suspect.get(1),
+            suspect.get(2),
+            suspect.get(3),
+        );
         // Sessions of a frozen process stay open: end them (200 ms each at most).
         tx.query(
             "SELECT pg_catalog.pg_terminate_backend(l.pid, 200) FROM pg_catalog.pg_locks l \
@@ -359,7 +378,11 @@ fn remove_dead(tx: &mut Transaction, me: i32, timing: Timing) -> Result<u64, pos
             .get(0);
         if gone {
             tx.execute("DELETE FROM blitz.instances WHERE lock_key = $1", &[&key])?;
-            let why = if stale { "its heartbeat stopped" } else { "its database sessions ended" };
+            let why = if stale {
+                "its heartbeat stopped"
+            } else {
+                "its database sessions ended"
+            };
             log::warn!("instance {id} is dead ({why}); its share of {share} connections goes back to the others");
             removed += 1;
         }

@@ -91,8 +91,7 @@ impl Share {
         let give_up = Instant::now() + timeout;
         let mut gate = self.gate.lock();
         while gate.held >= self.limit() {
-            if self.freed.wait_until(&mut gate, give_up).timed_out() && gate.held >= self.limit()
-            {
+            if self.freed.wait_until(&mut gate, give_up).timed_out() && gate.held >= self.limit() {
                 return None;
             }
         }
@@ -153,7 +152,10 @@ mod tests {
     #[test]
     fn the_gate_admits_up_to_the_limit() {
         let share = Share::new();
-        assert!(share.acquire(Duration::from_millis(1)).is_none(), "0 at start");
+        assert!(
+            share.acquire(Duration::from_millis(1)).is_none(),
+            "0 at start"
+        );
         share.set_limit(2);
         let a = share.acquire(Duration::ZERO).unwrap();
         let _b = share.acquire(Duration::ZERO).unwrap();

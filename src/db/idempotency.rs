@@ -139,7 +139,8 @@ pub struct Sweep {
 impl Sweep {
     /// Deletes records older than `ttl_s`, every quarter of it (1 s to 60 s).
     pub fn new(ttl_s: u64) -> Sweep {
-        let every = Duration::from_secs(ttl_s / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let every =
+            Duration::from_secs(ttl_s / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
         Sweep {
             ttl_s: ttl_s.min(i32::MAX as u64) as i32,
             every,

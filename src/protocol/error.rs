@@ -178,8 +178,12 @@ impl RpcError {
 
     /// -32011: this user sent `key` before with another method or other params.
     pub fn idempotency_key_reused(key: &str) -> RpcError {
-        RpcError::new(code::IDEMPOTENCY_KEY_REUSED, "Idempotency key reused", false)
-            .with("idempotency_key", key)
+        RpcError::new(
+            code::IDEMPOTENCY_KEY_REUSED,
+            "Idempotency key reused",
+            false,
+        )
+        .with("idempotency_key", key)
     }
 
     /// The error object as JSON: `{code, message, data}`.

@@ -152,11 +152,7 @@ impl Server {
     pub fn run(mut self, stop: &Receiver<()>) {
         let ctx = &self.ctx;
         let workers = self.spawn_workers();
-        let housekeeper = self
-            .housekeeper
-            .take()
-            .expect("run once")
-            .spawn();
+        let housekeeper = self.housekeeper.take().expect("run once").spawn();
         let addrs = self.local_addrs();
         let router = Arc::new(self.router());
         let acceptors: Vec<JoinHandle<()>> = self
@@ -186,7 +182,6 @@ impl Server {
         };
         drain_and_close(ctx, stages);
         let _ = housekeeper.join(); // it closes the pool and leaves the registry
-
     }
 
     /// The workers, each given the method table's `run_job`.
@@ -254,7 +249,9 @@ fn housekeeper(ctx: &Arc<Context>, stop: &Arc<AtomicBool>) -> Housekeeper {
         Box::new(move || stop.load(Ordering::Acquire)),
     );
     housekeeper.add(Box::new(SessionWriter::new(ctx.sessions.clone())));
-    housekeeper.add(Box::new(Sweep::new(ctx.config.invocation.idempotency_ttl_s)));
+    housekeeper.add(Box::new(Sweep::new(
+        ctx.config.invocation.idempotency_ttl_s,
+    )));
     housekeeper
 }
 

@@ -116,7 +116,7 @@ enum Command {
     Ping,
     /// Show this instance's workers, queue, pool and latencies (sys.status).
     Status,
-    /// List the live instances sharing the database (sys.instances).
+    /// List the live instances sharing the database (sys.instances), as a table.
     Instances,
     /// Load-test the server: many connections, closed or open loop.
     #[command(after_help = bench::BENCH_HELP)]
@@ -333,8 +333,61 @@ fn run_call(args: &Args, servers: &[String], command: &Command) -> Result<(), Fa
             .then(|| "this needs a session: run `blitz login -u NAME` first".to_string()),
         error,
     })?;
+    if let (Command::Instances, Value::Array(instances)) = (command, &result) {
+        return say(&instances_table(instances));
+    }
     let text = serde_json::to_string_pretty(&result).expect("a JSON value serializes");
     say(&text)
+}
+
+/// `blitz instances`: the `sys.instances` result as a table, one instance a line.
+fn instances_table(instances: &[Value]) -> String {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().unwrap_or("?"))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    };
+    let header = [
+        "ID",
+        "ADDRESSES",
+        "POOL",
+        "SHARE",
+        "HEARTBEAT",
+        "VERSION",
+        "STARTED",
+    ];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    for i in instances {
+        rows.push(vec![
+            text(&i["id"]),
+            text(&i["addresses"]),
+            text(&i["pool_size"]),
+            text(&i["share"]),
+            format!("{} ms ago", text(&i["heartbeat_age_ms"])),
+            text(&i["version"]),
+            text(&i["started_at"]),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect();
+    format!("{}\n{} instances", lines.join("\n"), instances.len())
 }
 
 /// Joins the session `blitz login` stored for `servers`. Without one, a

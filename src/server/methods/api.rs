@@ -38,7 +38,15 @@ pub fn call(call: &Call) -> Result<Value, RpcError> {
         let ttl = ctx.config.invocation.idempotency_ttl_s;
         KeyedCall::new(key, &call.request.method, params, ttl)
     });
-    let outcome = run(ctx, &mut conn, name, &prepared, &session, keyed.as_ref(), deadline);
+    let outcome = run(
+        ctx,
+        &mut conn,
+        name,
+        &prepared,
+        &session,
+        keyed.as_ref(),
+        deadline,
+    );
     if !matches!(&outcome, Err(e) if e.code == code::UNAUTHENTICATED) {
         ctx.sessions.touch(&session);
     }
@@ -131,7 +139,9 @@ fn settle_key(conn: &mut PooledConn, session: &Session, k: &KeyedCall, reply: Op
         return; // the session is gone, and with it the lock
     }
     if let Err(e) = idempotency::after_failure(conn.client(), &session.user, k, reply) {
-        log::warn!("cannot settle idempotency key after a failed call ({e}); dropping the connection");
+        log::warn!(
+            "cannot settle idempotency key after a failed call ({e}); dropping the connection"
+        );
         conn.mark_broken();
     }
 }
