@@ -54,6 +54,22 @@ pub fn targets(budget: u64, pools: &[u64]) -> Option<Vec<u64>> {
     Some(shares)
 }
 
+/// The fair shares as the registry uses them: split so that one connection
+/// of the budget stays free for the housekeeping connection of the next
+/// instance to join, while that still gives everyone at least one; else
+/// split the whole budget (then no further instance fits, and one that
+/// tries is refused).
+pub fn fair_shares(budget: u64, pools: &[u64]) -> Option<Vec<u64>> {
+    budget
+        .checked_sub(JOIN_SLOT)
+        .and_then(|b| targets(b, pools))
+        .or_else(|| targets(budget, pools))
+}
+
+/// Connections of the budget kept free for a joining instance's
+/// housekeeping connection (it must connect before it can register).
+pub const JOIN_SLOT: u64 = 1;
+
 /// Connections not held by anyone: the budget minus every instance's
 /// registered share and housekeeping (negative while an instance that
 /// should shrink has not yet released).
@@ -95,6 +111,14 @@ mod tests {
         assert_eq!(targets(6, &[4, 4, 4]), Some(vec![1, 1, 1]));
         assert_eq!(targets(1, &[1]), None);
         assert_eq!(targets(0, &[]), Some(vec![]));
+    }
+
+    #[test]
+    fn one_connection_stays_free_for_a_joiner_while_there_is_room() {
+        assert_eq!(fair_shares(37, &[20, 20]), Some(vec![17, 17]));
+        assert_eq!(fair_shares(37, &[20, 20, 20]), Some(vec![11, 11, 11]));
+        assert_eq!(fair_shares(6, &[20, 20, 20]), Some(vec![1, 1, 1]));
+        assert_eq!(fair_shares(6, &[20, 20, 20, 20]), None);
     }
 
     #[test]

@@ -57,6 +57,9 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 /// How often idle connections are closed while a release waits.
 const RELEASE_POLL: Duration = Duration::from_millis(10);
 
+/// How soon a join that found the budget busy is tried again.
+const BUSY_RETRY: Duration = Duration::from_millis(50);
+
 /// How long a clean stop waits for the pool to close before leaving anyway.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -97,7 +100,17 @@ impl Housekeeper {
     /// does not answer is logged and retried later from the thread; a
     /// budget without room is the error (the server refuses to start).
     pub fn start(&mut self) -> Result<(), JoinError> {
-        match self.connect_and_join() {
+        let give_up = Instant::now() + 2 * self.cluster.timing().dead_after;
+        let mut joined = self.connect_and_join();
+        while matches!(joined, Err(JoinError::Busy)) && Instant::now() < give_up {
+            std::thread::sleep(BUSY_RETRY);
+            joined = self.connect_and_join();
+        }
+        match joined {
+            Err(JoinError::Busy) => {
+                log::warn!("the connection budget is still being rebalanced for another joining instance; starting with no connections, joining from the background");
+                Ok(())
+            }
             Err(JoinError::Db(e)) => {
                 log::warn!(
                     "database does not answer yet ({e}); starting anyway with no connections, calls get -32004 until this instance has joined the connection budget"
@@ -161,6 +174,10 @@ impl Housekeeper {
             match self.connect_and_join() {
                 Ok(()) => {}
                 Err(JoinError::Db(e)) => return Err(e),
+                Err(JoinError::Busy) => {
+                    self.reconnect_at = Instant::now() + BUSY_RETRY;
+                    return Ok(());
+                }
                 Err(JoinError::NoRoom(message)) => {
                     self.warn(&format!("cannot rejoin: {message}; retrying"));
                     self.reconnect_at = Instant::now() + self.cluster.timing().interval;
@@ -198,6 +215,11 @@ impl Housekeeper {
                 match cluster.join(client) {
                     Ok(()) => Ok(()),
                     Err(JoinError::Db(e)) => Err(e),
+                    Err(JoinError::Busy) => {
+                        self.client = None; // its connection would be one too many
+                        self.reconnect_at = Instant::now() + BUSY_RETRY;
+                        Ok(())
+                    }
                     Err(JoinError::NoRoom(message)) => {
                         self.warn(&format!("cannot rejoin: {message}; retrying"));
                         Ok(())

@@ -74,6 +74,9 @@ pub struct Standing {
 pub enum JoinError {
     /// The budget has no room for one more instance; the message says who holds it.
     NoRoom(String),
+    /// Another instance registered a moment ago and the others have not
+    /// released its connections yet: try again shortly.
+    Busy,
     /// The database failed.
     Db(postgres::Error),
 }
@@ -132,7 +135,7 @@ pub fn join(
         share: 0,
     });
     let pools: Vec<u64> = rows.iter().map(|r| r.pool_size).collect();
-    let Some(targets) = budget::targets(budget, &pools) else {
+    let Some(targets) = budget::fair_shares(budget, &pools) else {
         return Err(JoinError::NoRoom(no_room(
             max_connections,
             reserved,
@@ -142,7 +145,10 @@ pub fn join(
     };
     let target = *targets.last().expect("me");
     let free = budget::free(budget, &registered) - HOUSEKEEPING as i64;
-    let share = target.min(free.max(0) as u64);
+    if free < 0 {
+        return Err(JoinError::Busy); // rolled back: the others are still releasing
+    }
+    let share = target.min(free as u64);
     let key: i32 = tx
         .query_one(
             "SELECT pg_catalog.nextval('blitz.instance_keys')::int4",
@@ -239,7 +245,7 @@ pub fn round(
         .position(|r| r.key == key)
         .expect("updated above");
     // With too many instances for one each, keep what is held (never more).
-    let target = budget::targets(budget, &pools).map_or(rows[me].share.min(1), |t| t[me]);
+    let target = budget::fair_shares(budget, &pools).map_or(rows[me].share.min(1), |t| t[me]);
     let current = rows[me].share;
     let free = budget::free(budget, &registered);
     let next = if target > current {

@@ -131,7 +131,7 @@ impl Server {
         match housekeeper.start() {
             Ok(()) => Ok(()),
             Err(JoinError::NoRoom(message)) => Err(message),
-            Err(JoinError::Db(e)) => Err(format!("cannot join the instance registry: {e}")),
+            Err(e) => Err(format!("cannot join the instance registry: {e:?}")),
         }
     }
 

@@ -202,7 +202,13 @@ impl Cluster {
 
     /// Starts a stopped cluster again on the same port.
     pub fn start(&self) {
-        let opts = server_options(self.port, &self.dir);
+        self.start_with("");
+    }
+
+    /// Starts a stopped cluster again on the same port, with `extra`
+    /// postgres options (e.g. `-c max_connections=40`) after the usual ones.
+    pub fn start_with(&self, extra: &str) {
+        let opts = format!("{} {extra}", server_options(self.port, &self.dir));
         let status = pg_command(&self.bindir, "pg_ctl")
             .arg("-D")
             .arg(self.dir.join("data"))
