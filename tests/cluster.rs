@@ -443,8 +443,11 @@ fn a_frozen_then_killed_instance_s_calls_are_each_applied_once() {
         .unwrap()
         .success());
     let frozen_at = load.calls();
+    let frozen = Instant::now();
     let list = wait_instances(&b.addr, 1); // B finds A dead and takes its share
-    let removed_after = frozen_at;
+    let removed = frozen.elapsed();
+    wait_shares(&[&b.addr], |s| s == [10]);
+    let share_back = frozen.elapsed();
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     let killed_at = load.calls();
@@ -455,7 +458,8 @@ fn a_frozen_then_killed_instance_s_calls_are_each_applied_once() {
     let (max, _, refused) = sampler.finish();
     let rows = db.count_rows("public.applied");
     eprintln!(
-        "SIGSTOP at {frozen_at} calls, A removed ({} left: {}) at {removed_after}, SIGKILL at {killed_at}; {} calls acknowledged, {rows} rows; at most {max} connections",
+        "SIGSTOP at {frozen_at} calls; A removed after {removed:?}, its share with B after {share_back:?} (stated bound: heartbeat timeout + 1 interval = {:?}; {} left: {}); SIGKILL at {killed_at}; {} calls acknowledged, {rows} rows; at most {max} connections",
+        Duration::from_millis(TIMEOUT_MS + INTERVAL_MS),
         list.len(),
         list[0]["id"],
         acked.len()

@@ -424,6 +424,9 @@ impl Client {
     /// discipline says stop.
     fn invoke(&mut self, call: &Call) -> Result<Value, CallError> {
         let mut attempts = 0;
+        // A keyed call retried after "outcome unknown" that then fails
+        // without running anywhere is still of unknown outcome.
+        let mut unknown: Option<CallError> = None;
         loop {
             attempts += 1;
             self.last_attempts = attempts;
@@ -438,9 +441,19 @@ impl Client {
             match self.retry_wait(&error, attempts, call.deadline()) {
                 Some(wait) => {
                     log::debug!("{}: {error}; retrying in {wait:?}", call.method);
+                    if error.outcome_unknown() && unknown.is_none() {
+                        unknown = Some(error);
+                    }
                     std::thread::sleep(wait);
                 }
-                None => return Err(error),
+                None => {
+                    return Err(match unknown {
+                        Some(first) if error.kind() == ErrorKind::Connection => {
+                            first.after_attempts(attempts)
+                        }
+                        _ => error,
+                    })
+                }
             }
         }
     }

@@ -110,6 +110,8 @@ pub struct Options {
     pub timeout_ms: Option<u64>,
     /// Send `session.login {"user": …}` first on every connection (not timed).
     pub user: Option<String>,
+    /// Send a fresh `idempotency_key` with every call.
+    pub idempotency_keys: bool,
     /// The server's pid, for its CPU time per call.
     pub server_pid: Option<u32>,
     /// PostgreSQL's postmaster pid, for PostgreSQL's CPU time per call.
@@ -606,6 +608,8 @@ struct RequestTemplate {
     fixed: String,
     /// `,"timeout_ms":T` or nothing.
     tail: String,
+    /// With `--idempotency-keys`: this run's key prefix (keys differ between runs).
+    key_prefix: Option<String>,
 }
 
 impl RequestTemplate {
@@ -627,6 +631,12 @@ impl RequestTemplate {
             tail: opts
                 .timeout_ms
                 .map_or(String::new(), |t| format!(r#","timeout_ms":{t}"#)),
+            key_prefix: opts.idempotency_keys.then(|| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                format!("{:x}", nanos ^ u64::from(std::process::id()) << 40)
+            }),
         })
     }
 
@@ -646,6 +656,9 @@ impl RequestTemplate {
                 );
             }
             Params::Fixed(_) => out.extend_from_slice(self.fixed.as_bytes()),
+        }
+        if let Some(prefix) = &self.key_prefix {
+            let _ = write!(out, r#","idempotency_key":"{prefix}-{:x}""#, rng.next());
         }
         let _ = write!(out, r#","id":{id}{}}}"#, self.tail);
         out.push(b'\n');
@@ -1500,6 +1513,7 @@ mod tests {
             params: Params::Transfer { scale: 10 },
             rate: None,
             timeout_ms: Some(1000),
+            idempotency_keys: false,
             user: None,
             server_pid: None,
             postgres_pid: None,

@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// (once per connection, not timed).
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
+    /// Send a fresh idempotency_key with every call (what a keyed call costs).
+    #[arg(long)]
+    idempotency_keys: bool,
     /// pid of the server, to report its CPU time per call (/proc/PID/stat).
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
@@ -115,6 +118,7 @@ impl BenchArgs {
             rate: self.rate,
             timeout_ms,
             user: self.user.clone(),
+            idempotency_keys: self.idempotency_keys,
             server_pid: self.server_pid,
             postgres_pid: self.postgres_pid,
             progress: !self.quiet,
