@@ -170,6 +170,8 @@ def ms(v):
 def label(r):
     if r["kind"] == "pool-alt":
         return f"blitz, pool {r['pool']} (info)"
+    if r["kind"] == "keys":
+        return "blitz, idempotency keys"
     return {"direct": "direct PostgreSQL", "pgbouncer": "PgBouncer (transaction)",
             "blitz": "blitz"}[r["system"]]
 
@@ -207,6 +209,7 @@ def build(rows, meta):
     b500 = by_id.get(f"blitz-c{big}")
     pgb = by_id.get(f"pgbouncer-c{big}")
     alt = next((r for r in rows if r["kind"] == "pool-alt"), None)
+    keys = next((r for r in rows if r["kind"] == "keys"), None)
     sections = []
 
     # 1. throughput against concurrency
@@ -214,7 +217,7 @@ def build(rows, meta):
                "conn err", "PG CPU µs/tx", "middle CPU µs/tx", "client CPU µs/tx",
                "other load (cores)"]
     t1 = []
-    for r in direct + ([pgb] if pgb else []) + blitz_curve + ([alt] if alt else []):
+    for r in direct + ([pgb] if pgb else []) + blitz_curve + ([keys] if keys else []) + ([alt] if alt else []):
         t1.append([label(r) + (" (best)" if r is best else ""), r["clients"], fmt(r.get("tps")),
                    ms(r.get("p50_ms")), ms(r.get("p99_ms")), ms(r.get("max_ms")),
                    fmt(r.get("rejected")), fmt(r.get("connection_errors")),
@@ -232,7 +235,9 @@ def build(rows, meta):
                      "benchmark meanwhile, or stolen by the hypervisor: the noise. "
                      "blitz, pool N (info): a second server whose pool is direct's best "
                      "concurrency instead of the formula's, to show what the pool size "
-                     "alone is worth."))
+                     "alone is worth. blitz, idempotency keys: the same as blitz at 500 "
+                     "with a fresh idempotency_key on every call (blitz bench "
+                     "--idempotency-keys), each call also recording its outcome."))
 
     # 2. the seed's experiment
     tx = [by_id.get(i) for i in ("tx10k-blitz", "tx10k-pgbouncer", f"tx10k-direct-c{big}")]
@@ -292,6 +297,8 @@ def build(rows, meta):
         (f"for information: blitz 500 with pool {alt['pool']} / best direct" if alt else
          "for information: blitz 500 with a larger pool / best direct",
          ratio(alt and alt["tps"], best and best["tps"]), "report", None),
+        ("for information: blitz 500 with idempotency keys / without",
+         ratio(keys and keys["tps"], b500 and b500["tps"]), "report", None),
         ("blitz 500 / PgBouncer 500 (same pool)", ratio(b500 and b500["tps"], pgb and pgb["tps"]),
          "≥ 1.30", lambda v: v >= 1.3),
         ("blitz 500 / direct 500", ratio(b500 and b500["tps"], d500 and d500["tps"]), "≥ 3.50",

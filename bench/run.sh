@@ -331,7 +331,7 @@ blitz_row() {
 }
 
 n_curve=$(echo $clients | wc -w)
-say "rows: $((2 * n_curve + 4)) of ${duration} s and 4 short ones (about $(( (2 * n_curve + 4) * (duration + 3) / 60 + 1 )) min); the table comes at the end"
+say "rows: $((2 * n_curve + 5)) of ${duration} s and 4 short ones (about $(( (2 * n_curve + 5) * (duration + 3) / 60 + 1 )) min); the table comes at the end"
 # The curve, direct and blitz interleaved at each concurrency so that a
 # burst of load from other programs hits both alike; PgBouncer right after
 # blitz at 500.
@@ -342,6 +342,9 @@ for c in $clients; do
     pgbench_row "pgbouncer-c$big" pgbouncer "$bouncer_port" "$big" simple curve -T "$duration" log
   fi
 done
+# What an idempotency key costs: blitz at 500 with a fresh key on every call
+# (each call also writes its record), right after the row without keys.
+blitz_row "blitz-keys-c$big" keys "$big" --duration "$duration" --idempotency-keys
 if ! [[ " $clients " == *" $big "* ]] && [ -n "$bouncer" ]; then
   pgbench_row "pgbouncer-c$big" pgbouncer "$bouncer_port" "$big" simple curve -T "$duration" log
 fi

@@ -143,7 +143,10 @@ fn serve(stream: TcpStream, number: usize, script: &Script) {
             "sys.status" => write(&mut out, &(ok(&id, json!({"workers": 4})) + "\n")),
             "sys.instances" => write(
                 &mut out,
-                &(ok(&id, json!([{"address": "127.0.0.1:4063"}])) + "\n"),
+                &(ok(
+                    &id,
+                    json!([{"id": "h:4063-ab12", "addresses": ["127.0.0.1:4063"], "pool_size": 4, "share": 4, "heartbeat_age_ms": 7, "version": "0.1.0", "started_at": "2026-01-01T00:00:00Z"}]),
+                ) + "\n"),
             ),
             "overloaded" => write(
                 &mut out,
@@ -247,7 +250,7 @@ fn session_reply(id: &Value, method: &str, params: &Value) -> Option<String> {
 #[test]
 fn call_sends_increasing_ids_params_and_timeout_ms() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     assert_eq!(c.server(), Some(r.addr.as_str()));
     let first = c.call("echo", json!({"aid": 5})).unwrap();
     assert_eq!(
@@ -269,7 +272,9 @@ fn call_sends_increasing_ids_params_and_timeout_ms() {
 #[test]
 fn error_reply_carries_code_message_data_and_retry_advice() {
     let r = Responder::start();
-    let no_retries = ClientOptions::default().max_attempts(1);
+    let no_retries = ClientOptions::default()
+        .max_attempts(1)
+        .idempotency_keys(false);
     let mut c = Client::connect_with(&r.servers(), no_retries).unwrap();
     let e = c.call("overloaded", json!({})).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Server);
@@ -304,14 +309,14 @@ fn error_reply_carries_code_message_data_and_retry_advice() {
 #[test]
 fn reply_with_another_id_is_skipped() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     assert_eq!(c.call("wrong_id_first", json!({})).unwrap(), json!("yours"));
 }
 
 #[test]
 fn reply_arriving_in_pieces_is_reassembled() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     let got = c
         .call_with_timeout("split", json!({}), Duration::from_secs(5))
         .unwrap();
@@ -321,7 +326,7 @@ fn reply_arriving_in_pieces_is_reassembled() {
 #[test]
 fn error_reply_with_null_id_answers_the_call() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     let e = c.call("null_id_error", json!({})).unwrap_err();
     assert_eq!((e.kind(), e.code()), (ErrorKind::Server, Some(-32600)));
 }
@@ -329,7 +334,7 @@ fn error_reply_with_null_id_answers_the_call() {
 #[test]
 fn connection_closed_after_sending_is_final_and_the_next_call_reconnects() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     let e = c.call("close", json!({})).unwrap_err();
     assert_eq!((e.kind(), e.code()), (ErrorKind::OutcomeUnknown, None));
     assert!(!e.retryable() && e.outcome_unknown());
@@ -343,7 +348,7 @@ fn connection_closed_after_sending_is_final_and_the_next_call_reconnects() {
 #[test]
 fn idle_connection_closed_by_the_server_is_replaced_before_sending() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     assert_eq!(c.call("reply_then_close", json!({})).unwrap(), json!("bye"));
     thread::sleep(Duration::from_millis(100));
     assert_eq!(c.call("echo", json!({})).unwrap()["id"], 2);
@@ -353,7 +358,7 @@ fn idle_connection_closed_by_the_server_is_replaced_before_sending() {
 #[test]
 fn reply_that_is_not_json_is_a_protocol_error() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     let e = c.call("not_json", json!({})).unwrap_err();
     assert_eq!(
         (e.kind(), e.code(), e.retryable()),
@@ -396,7 +401,7 @@ fn a_refused_server_is_skipped_at_connect() {
 #[test]
 fn client_side_timeout_keeps_the_connection_and_skips_the_late_reply() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     let started = Instant::now();
     let e = c
         .call_with_timeout("slow", json!({"ms": 2500}), Duration::from_millis(100))
@@ -418,6 +423,13 @@ fn client_side_timeout_keeps_the_connection_and_skips_the_late_reply() {
 // ---- sessions: session.join before the call on every new connection ----
 
 /// `(connection, method)` pairs, for comparing with [`Responder::methods`].
+/// A client of `servers` that sends no idempotency keys: the scripted
+/// tests check the exact requests, and what a call without a key does
+/// when its outcome is unknown.
+fn unkeyed(servers: &[String]) -> Client {
+    Client::connect_with(servers, ClientOptions::default().idempotency_keys(false)).unwrap()
+}
+
 fn seq(pairs: &[(usize, &str)]) -> Vec<(usize, String)> {
     pairs.iter().map(|(n, m)| (*n, m.to_string())).collect()
 }
@@ -425,7 +437,7 @@ fn seq(pairs: &[(usize, &str)]) -> Vec<(usize, String)> {
 #[test]
 fn a_new_connection_joins_the_remembered_session_before_the_call() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     let info = c.login("ann", None).unwrap();
     assert_eq!(info.user, "ann");
     assert_eq!(c.session(), Some("key-ann"));
@@ -454,7 +466,7 @@ fn a_new_connection_joins_the_remembered_session_before_the_call() {
 #[test]
 fn login_sends_the_password_and_join_replaces_the_session() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     c.login("bob", Some("pw")).unwrap();
     assert_eq!(
         r.params_of("session.login"),
@@ -479,7 +491,7 @@ fn login_sends_the_password_and_join_replaces_the_session() {
 #[test]
 fn a_session_gone_at_rejoin_is_returned_as_is_and_forgotten() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     c.login("gone", None).unwrap();
     c.call("close", json!({})).unwrap_err();
     let e = c.call("echo", json!({})).unwrap_err();
@@ -520,7 +532,7 @@ fn a_failover_joins_the_session_on_the_other_instance_first() {
 #[test]
 fn logout_forgets_the_session() {
     let r = Responder::start();
-    let mut c = Client::connect(&r.servers()).unwrap();
+    let mut c = unkeyed(&r.servers());
     c.login("ann", None).unwrap();
     c.logout().unwrap();
     assert_eq!(c.session(), None);
@@ -594,7 +606,17 @@ fn cli_prints_results_as_pretty_json() {
     let out = blitz(&["--server", &r.addr, "status"]);
     assert_eq!(stdout_json(&out), json!({"workers": 4}));
     let out = blitz(&["instances", "--server", &r.addr]);
-    assert_eq!(stdout_json(&out)[0]["address"], "127.0.0.1:4063");
+    let table = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("HEARTBEAT"),
+        "{table}"
+    );
+    for cell in ["h:4063-ab12", "127.0.0.1:4063", "7 ms ago", "0.1.0"] {
+        assert!(lines[1].contains(cell), "{cell}: {table}");
+    }
+    assert_eq!(lines[2], "1 instances");
 }
 
 #[test]

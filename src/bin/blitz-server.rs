@@ -218,14 +218,16 @@ fn serve(config: Config) -> ExitCode {
     }
     blitz::raise_fd_limit(&config);
     let listen = config.server.listen.clone();
-    match Server::bind(config) {
-        Ok(mut server) => {
-            if let Err(refusal) = server.join() {
-                eprintln!("blitz-server: {refusal}");
-                return ExitCode::from(2);
-            }
-            server.run(&stop_rx);
-            ExitCode::SUCCESS
+    match Server::bind(config).and_then(|mut server| {
+        if let Err(refusal) = server.join() {
+            return Ok(Err(refusal));
+        }
+        server.run(&stop_rx).map(Ok)
+    }) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(refusal)) => {
+            eprintln!("blitz-server: {refusal}");
+            ExitCode::from(2)
         }
         Err(e) => {
             eprintln!(

@@ -42,11 +42,9 @@ use router::Router;
 use stats::Stats;
 use workers::Crew;
 
-/// Binds `addr` with an accept backlog sized for a burst of `max_clients`
-/// connections (the kernel caps it at `net.core.somaxconn`). std's fixed
-/// backlog of 128 overflows when hundreds of clients connect at once, and an
-/// overflowing accept queue can answer a client's first request with a reset.
-fn bind_listener(addr: &SocketAddr, max_clients: u64) -> io::Result<TcpListener> {
+/// Binds `addr` (the port is taken; connections are refused until
+/// [`listen`] is called, once the instance has joined the budget).
+fn bind_listener(addr: &SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(*addr),
         Type::STREAM,
@@ -54,8 +52,16 @@ fn bind_listener(addr: &SocketAddr, max_clients: u64) -> io::Result<TcpListener>
     )?;
     socket.set_reuse_address(true)?;
     socket.bind(&(*addr).into())?;
-    socket.listen(max_clients.clamp(128, 65_535) as i32)?;
     Ok(socket.into())
+}
+
+/// Starts accepting on a bound listener, with an accept backlog sized for
+/// a burst of `max_clients` connections (the kernel caps it at
+/// `net.core.somaxconn`). std's fixed backlog of 128 overflows when
+/// hundreds of clients connect at once, and an overflowing accept queue can
+/// answer a client's first request with a reset.
+fn listen(listener: &TcpListener, max_clients: u64) -> io::Result<()> {
+    socket2::SockRef::from(listener).listen(max_clients.clamp(128, 65_535) as i32)
 }
 
 /// A bound, not yet running server.
@@ -70,13 +76,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listen addresses and builds the pool (without waiting for
-    /// the database).
+    /// Binds the listen addresses (taken, but not accepting until
+    /// [`Server::run`]: a client that can connect finds an instance that
+    /// has joined the budget) and builds the pool (without waiting for the
+    /// database).
     pub fn bind(config: Config) -> io::Result<Server> {
         let listeners = config
             .listen_addrs
             .iter()
-            .map(|addr| bind_listener(addr, config.server.max_clients))
+            .map(bind_listener)
             .collect::<io::Result<Vec<_>>>()?;
         let port = listeners[0].local_addr()?.port();
         let instance = format!("{}:{port}", hostname());
@@ -149,7 +157,10 @@ impl Server {
     }
 
     /// Serves until `stop` receives (or disconnects), then drains and closes.
-    pub fn run(mut self, stop: &Receiver<()>) {
+    pub fn run(mut self, stop: &Receiver<()>) -> io::Result<()> {
+        for listener in &self.listeners {
+            listen(listener, self.ctx.config.server.max_clients)?;
+        }
         let ctx = &self.ctx;
         let workers = self.spawn_workers();
         let housekeeper = self.housekeeper.take().expect("run once").spawn();
@@ -182,6 +193,7 @@ impl Server {
         };
         drain_and_close(ctx, stages);
         let _ = housekeeper.join(); // it closes the pool and leaves the registry
+        Ok(())
     }
 
     /// The workers, each given the method table's `run_job`.
