@@ -1,6 +1,8 @@
 //! The server's own tables, in schema `blitz` (never in the api schema):
-//! users, sessions, and `blitz.enter`, the function that puts a session's
-//! identity into a call's transaction.
+//! users, sessions, `blitz.enter` (the function that puts a session's
+//! identity into a call's transaction), the instance registry
+//! (`blitz.instances`, see `cluster`) and the idempotency records with
+//! their functions (`blitz.idempotency`, see `db::idempotency`).
 //!
 //! Changes are versioned [`MIGRATIONS`], applied in order by [`migrate`] in
 //! one transaction under an advisory lock, so two instances starting at once

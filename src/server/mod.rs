@@ -1,6 +1,8 @@
-//! The server: the lifecycle of [`Server`] (bind, start the workers and
-//! the router, then on a stop signal drain within `server.drain_timeout_s`
-//! and close), and the pipeline's stages as modules:
+//! The server: the lifecycle of [`Server`] (bind, join the connection
+//! budget shared with the other instances, start the workers, the router
+//! and the housekeeper, then on a stop signal drain within
+//! `server.drain_timeout_s`, close the pool and leave the registry), and
+//! the pipeline's stages as modules:
 //!
 //! - [`router`]: reads requests from client connections, answers what it can
 //!   itself, and hands the rest to the method table;
