@@ -155,7 +155,7 @@ CREATE TABLE blitz.idempotency (
     key         text NOT NULL,
     method      text NOT NULL,
     params_hash bytea NOT NULL,                 -- sha256 of the params as canonical JSON
-    outcome     json,                           -- {"result": …} | {"error": …}; NULL only inside the claiming call
+    outcome     json NOT NULL,                  -- {"result": …} | {"error": {code, message, data}}
     created     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_name, key)
 );
@@ -165,51 +165,52 @@ CREATE FUNCTION blitz.idem_lock_id(who text, k text) RETURNS integer
 LANGUAGE sql IMMUTABLE AS $$ SELECT pg_catalog.hashtext(who || E'\n' || k) & 2147483647 $$;
 
 -- Claims (user, key) for this call, or returns the outcome recorded before.
+-- Two locks on (user, key): a transaction-level one, released only when
+-- this call's transaction ends (so a repeat never reads before the record
+-- is committed), and a session-level one that outlives a rollback, held
+-- until blitz.idem_store or blitz.idem_fail records the outcome.
 CREATE FUNCTION blitz.idem_claim(k text, m text, h bytea, ttl_s integer) RETURNS json
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     who text := current_setting('blitz.user');
+    lock_id integer := blitz.idem_lock_id(who, k);
     prior blitz.idempotency;
 BEGIN
-    PERFORM pg_advisory_lock(6450281, blitz.idem_lock_id(who, k));
-    LOOP
-        INSERT INTO blitz.idempotency AS i (user_name, key, method, params_hash)
-        VALUES (who, k, m, h) ON CONFLICT DO NOTHING;
-        IF FOUND THEN
-            RETURN NULL;                       -- claimed: the call runs
-        END IF;
-        SELECT * INTO prior FROM blitz.idempotency i WHERE i.user_name = who AND i.key = k;
-        IF NOT FOUND THEN
-            CONTINUE;                          -- swept meanwhile
-        END IF;
-        IF prior.created < now() - make_interval(secs => ttl_s) THEN
-            DELETE FROM blitz.idempotency i WHERE i.user_name = who AND i.key = k;
-            CONTINUE;                          -- expired: claim it anew
-        END IF;
-        PERFORM pg_advisory_unlock(6450281, blitz.idem_lock_id(who, k));
-        IF prior.method <> m OR prior.params_hash <> h THEN
-            RETURN json_build_object('reused', true, 'method', prior.method);
-        END IF;
-        RETURN prior.outcome;
-    END LOOP;
+    PERFORM pg_advisory_xact_lock(6450281, lock_id);
+    PERFORM pg_advisory_lock(6450281, lock_id);
+    SELECT * INTO prior FROM blitz.idempotency i WHERE i.user_name = who AND i.key = k;
+    IF NOT FOUND THEN
+        RETURN NULL;                           -- claimed: the call runs
+    END IF;
+    IF prior.created < now() - make_interval(secs => ttl_s) THEN
+        DELETE FROM blitz.idempotency i WHERE i.user_name = who AND i.key = k;
+        RETURN NULL;                           -- expired: claimed anew
+    END IF;
+    PERFORM pg_advisory_unlock(6450281, lock_id);
+    IF prior.method <> m OR prior.params_hash <> h THEN
+        RETURN json_build_object('reused', true, 'method', prior.method);
+    END IF;
+    RETURN prior.outcome;
 END
 $$;
 
--- Records the result of the claimed call and releases the key.
-CREATE FUNCTION blitz.idem_store(k text, result json) RETURNS json
+-- Records the result of the claimed call (committed with its effects).
+CREATE FUNCTION blitz.idem_store(k text, m text, h bytea, result json) RETURNS json
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     who text := current_setting('blitz.user');
     recorded json := json_build_object('result', result);
 BEGIN
-    UPDATE blitz.idempotency i SET outcome = recorded WHERE i.user_name = who AND i.key = k;
+    INSERT INTO blitz.idempotency (user_name, key, method, params_hash, outcome)
+    VALUES (who, k, m, h, recorded);
     PERFORM pg_advisory_unlock(6450281, blitz.idem_lock_id(who, k));
     RETURN recorded;
 END
 $$;
 
 -- After the claimed call failed (and rolled back): records the error, if
--- given, and releases the key, when this session holds it.
+-- given, and releases the key, when this session holds it. The
+-- transaction-level lock keeps a repeat waiting until the record is committed.
 CREATE FUNCTION blitz.idem_fail(who text, k text, m text, h bytea, outcome json) RETURNS json
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -219,6 +220,7 @@ BEGIN
                       AND l.classid = 6450281 AND l.objid::int8 = lock_id AND l.objsubid = 2 AND l.granted) THEN
         RETURN NULL;                           -- failed before it claimed the key
     END IF;
+    PERFORM pg_advisory_xact_lock(6450281, lock_id);
     IF outcome IS NOT NULL THEN
         INSERT INTO blitz.idempotency (user_name, key, method, params_hash, outcome)
         VALUES (who, k, m, h, outcome) ON CONFLICT DO NOTHING;

@@ -3,22 +3,25 @@
 //! a repeat of it returns the recorded outcome instead of running again.
 //!
 //! The keyed call is still one statement, one round trip
-//! ([`KeyedCall::statement`]): `blitz.idem_claim` takes a session-level
-//! advisory lock on (user, key) and inserts the record (or finds the one
-//! recorded before, and then the call is not run), the call runs, and
-//! `blitz.idem_store` writes its result into the record and lets the lock go.
-//! The record is committed with the call's effects or not at all. A repeat
-//! that arrives meanwhile waits on the lock, then on the uncommitted record,
-//! within its own deadline (the watchdog cancels it there: -32002).
+//! ([`KeyedCall::statement`]): `blitz.idem_claim` takes two advisory locks
+//! on (user, key) (class 6450281, "bli"), a transaction-level one and a
+//! session-level one, and looks for a record (if there is one, the function
+//! is not run and the recorded outcome is the reply); the call runs;
+//! `blitz.idem_store` inserts the record with the result and lets the
+//! session lock go. The record is committed with the call's effects or not
+//! at all. A repeat that arrives meanwhile waits on the locks until the
+//! first's transaction has ended, within its own deadline (the watchdog
+//! cancels it there: -32002).
 //!
 //! Which outcomes are recorded: results, and the errors the function itself
 //! raised (-32010, and -32007 permission denied), which a repeat would meet
 //! again. Such an error rolls the statement back, record included;
 //! PostgreSQL cannot catch it inside one statement without a savepoint per
 //! call, which would cost every keyed call four more round trips. The
-//! advisory lock is session-level, so it outlives the rollback: the error
-//! is recorded by a second statement ([`after_failure`], `blitz.idem_fail`)
-//! before the lock is released, and no repeat can run in between. Failures
+//! session-level lock outlives the rollback: the error is recorded by a
+//! second statement ([`after_failure`], `blitz.idem_fail`, which holds the
+//! transaction-level lock again until its record is committed) before the
+//! key is released, and no repeat can run in between. Failures
 //! that say nothing about the call (deadline, overload, shutdown, a lost
 //! connection, a conflict after the retries) are not recorded: the call
 //! did not happen, and a repeat runs it.
@@ -66,7 +69,7 @@ impl KeyedCall {
     pub fn statement(&self, call: &str, n: usize) -> String {
         let (k, m, h, t) = (n + 1, n + 2, n + 3, n + 4);
         format!(
-            "SELECT CASE WHEN k.prior IS NULL THEN blitz.idem_store(${k}, c.r) ELSE k.prior END \
+            "SELECT CASE WHEN k.prior IS NULL THEN blitz.idem_store(${k}, ${m}, ${h}, c.r) ELSE k.prior END \
              FROM (SELECT blitz.idem_claim(${k}, ${m}, ${h}, ${t}) AS prior OFFSET 0) AS k \
              LEFT JOIN LATERAL (SELECT q.r FROM ({call}) AS q(r) WHERE k.prior IS NULL OFFSET 0) AS c ON true"
         )
