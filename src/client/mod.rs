@@ -36,10 +36,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::protocol::code::UNAUTHENTICATED;
+
 pub use error::{CallError, ErrorKind};
 pub use retry::RetryBudget;
 
-use error::UNAUTHENTICATED;
 use retry::{backoff, jittered, Rng};
 use servers::Servers;
 use wire::{remaining_or_tick, request_line, Connection, ReplyLimit};

@@ -48,6 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+use blitz::protocol::{self, code, ReplyId, ReplyOutcome};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -676,29 +677,6 @@ impl Rng {
     }
 }
 
-/// A reply as far as the bench cares.
-#[derive(Deserialize)]
-struct Reply {
-    #[serde(default)]
-    id: Option<Value>,
-    /// `Some` whenever the member is there, `null` included.
-    #[serde(default, deserialize_with = "present")]
-    result: Option<()>,
-    #[serde(default)]
-    error: Option<ReplyError>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<()>, D::Error> {
-    serde::de::IgnoredAny::deserialize(d).map(|_| Some(()))
-}
-
-#[derive(Deserialize)]
-struct ReplyError {
-    code: i64,
-    #[serde(default)]
-    message: String,
-}
-
 /// What one reply line says.
 #[derive(Debug, PartialEq)]
 enum Outcome {
@@ -709,15 +687,16 @@ enum Outcome {
     Garbage,
 }
 
+/// Classifies one reply line with the protocol's reply parser (which
+/// keeps `result` raw: the bench counts replies, it does not read them).
 fn parse_reply(line: &[u8]) -> Outcome {
-    let Ok(reply) = serde_json::from_slice::<Reply>(line) else {
+    let Ok(reply) = protocol::parse_reply(line) else {
         return Outcome::Garbage;
     };
-    let id = reply.id.as_ref().and_then(Value::as_u64);
-    match (id, reply.result, reply.error) {
-        (Some(id), Some(_), None) => Outcome::Ok(id),
-        (Some(id), None, Some(e)) => Outcome::Error(id, e.code),
-        (None, None, Some(e)) => Outcome::Unaddressed(e.code),
+    match (reply.id, reply.error_code()) {
+        (ReplyId::Number(id), None) => Outcome::Ok(id),
+        (ReplyId::Number(id), Some(code)) => Outcome::Error(id, code),
+        (ReplyId::Null, Some(code)) => Outcome::Unaddressed(code),
         _ => Outcome::Garbage,
     }
 }
@@ -1218,25 +1197,20 @@ fn login(stream: &TcpStream, user: &str) -> Result<Vec<u8>, Open> {
     };
     let rest = reply.split_off(newline + 1);
     stream.set_read_timeout(None).map_err(fail)?;
-    let parsed: Result<Reply, _> = serde_json::from_slice(&reply);
-    match parsed {
-        Ok(Reply {
-            result: Some(_),
-            error: None,
-            ..
-        }) => Ok(rest),
-        Ok(Reply { error: Some(e), .. }) => Err(Open::Refused(format!(
+    match protocol::parse_reply(&reply).map(|r| r.outcome) {
+        Ok(ReplyOutcome::Result(_)) => Ok(rest),
+        Ok(ReplyOutcome::Error(e)) => Err(Open::Refused(format!(
             "session.login as {user:?} refused: {} {}{}",
             e.code,
             e.message,
-            if e.code == -32601 {
+            if e.code == code::METHOD_NOT_FOUND {
                 " (this server has no sessions: run without --user)"
             } else {
                 ""
             }
         ))),
-        _ => Err(Open::Failed(format!(
-            "login: not a JSON-RPC reply: {}",
+        Err(bad) => Err(Open::Failed(format!(
+            "login: the server sent {bad}: {}",
             String::from_utf8_lossy(&reply[..reply.len().min(200)])
         ))),
     }
