@@ -632,15 +632,15 @@ impl RequestTemplate {
     }
 
     /// Appends request `id` as one line to `out`.
-    fn render(&self, id: u64, rng: &mut Rng, out: &mut Vec<u8>) {
+    fn render(&self, id: u64, rng: &mut fastrand::Rng, out: &mut Vec<u8>) {
         out.extend_from_slice(self.head.as_bytes());
         match self.params {
             Params::Transfer { scale } => {
                 let s = i64::from(scale);
-                let aid = rng.between(1, 100_000 * s);
-                let tid = rng.between(1, 10 * s);
-                let bid = rng.between(1, s);
-                let delta = rng.between(-5000, 5000);
+                let aid = rng.i64(1..=100_000 * s);
+                let tid = rng.i64(1..=10 * s);
+                let bid = rng.i64(1..=s);
+                let delta = rng.i64(-5000..=5000);
                 let _ = write!(
                     out,
                     r#"{{"aid":{aid},"tid":{tid},"bid":{bid},"delta":{delta}}}"#
@@ -650,30 +650,6 @@ impl RequestTemplate {
         }
         let _ = write!(out, r#","id":{id}{}}}"#, self.tail);
         out.push(b'\n');
-    }
-}
-
-/// splitmix64: small, fast, and good enough to draw pgbench's uniform values.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi` (the modulo bias is below 2⁻⁴⁰ for these ranges).
-    fn between(&mut self, lo: i64, hi: i64) -> i64 {
-        let span = (hi - lo + 1) as u64;
-        lo + (self.next() % span) as i64
     }
 }
 
@@ -728,7 +704,8 @@ struct Conn {
     /// Whether the poller also reports writability (output is stuck).
     waiting_writable: bool,
     alive: bool,
-    rng: Rng,
+    /// This connection's draw of params (forked from the thread's generator).
+    rng: fastrand::Rng,
 }
 
 /// What a thread measured.
@@ -828,7 +805,7 @@ impl ThreadPlan {
                         due: Instant::now(),
                         waiting_writable: false,
                         alive: true,
-                        rng: Rng::new(seed(i)),
+                        rng: fastrand::Rng::new(),
                     })
                 }
                 Err(Open::Refused(m)) => {
@@ -1385,13 +1362,6 @@ fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).clamp(1, MAX_LATENCY_US)
 }
 
-fn seed(index: usize) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ u64::from(std::process::id())
-}
-
 /// Clock ticks per second of `/proc/PID/stat` times.
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -1485,7 +1455,7 @@ mod tests {
     fn transfer_requests_draw_pgbench_ranges() {
         let opts = options("127.0.0.1:1");
         let t = RequestTemplate::new(&opts).unwrap();
-        let mut rng = Rng::new(7);
+        let mut rng = fastrand::Rng::with_seed(7);
         for id in 1..2000 {
             let mut out = Vec::new();
             t.render(id, &mut rng, &mut out);
@@ -1512,7 +1482,7 @@ mod tests {
         opts.timeout_ms = None;
         let t = RequestTemplate::new(&opts).unwrap();
         let mut out = Vec::new();
-        t.render(3, &mut Rng::new(1), &mut out);
+        t.render(3, &mut fastrand::Rng::with_seed(1), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"jsonrpc\":\"2.0\",\"method\":\"sys.ping\",\"params\":{},\"id\":3}\n"
