@@ -42,14 +42,14 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use blitz::protocol::{self, code, ReplyId, ReplyOutcome};
 use hdrhistogram::Histogram;
+use mio::net::TcpStream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -829,14 +829,14 @@ impl ThreadPlan {
     /// returns it with any bytes read past the login reply.
     fn open(&self, addr: SocketAddr) -> Result<(TcpStream, Vec<u8>), Open> {
         let fail = |e: io::Error| Open::Failed(e.to_string());
-        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(fail)?;
+        let stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(fail)?;
         stream.set_nodelay(true).map_err(fail)?;
         let input = match &self.opts.user {
             Some(user) => login(&stream, user)?,
             None => Vec::new(),
         };
         stream.set_nonblocking(true).map_err(fail)?;
-        Ok((stream, input))
+        Ok((TcpStream::from_std(stream), input))
     }
 
     fn event_loop(&self, conns: &mut [Conn], t0: Instant, result: &mut ThreadResult) {
@@ -946,7 +946,7 @@ impl ThreadPlan {
                 let c = &mut conns[i];
                 if !c.alive {
                     // Broken earlier: stop hearing about it.
-                    poller.remove(&c.stream);
+                    poller.remove(&mut c.stream);
                     continue;
                 }
                 if writable {
@@ -995,7 +995,7 @@ impl ThreadPlan {
                 let waiting = c.written < c.output.len();
                 if waiting != was_waiting {
                     c.waiting_writable = waiting;
-                    if let Err(e) = poller.want_write(&c.stream, i, waiting) {
+                    if let Err(e) = poller.want_write(&mut c.stream, i, waiting) {
                         self.broken(c, result, format!("cannot poll: {e}"));
                     }
                 }
@@ -1142,7 +1142,7 @@ enum Open {
 
 /// `session.login {"user": user}` on a fresh blocking connection.
 /// Returns the bytes read after the reply.
-fn login(stream: &TcpStream, user: &str) -> Result<Vec<u8>, Open> {
+fn login(stream: &std::net::TcpStream, user: &str) -> Result<Vec<u8>, Open> {
     let fail = |e: io::Error| Open::Failed(format!("login: {e}"));
     stream
         .set_read_timeout(Some(CONNECT_TIMEOUT))
@@ -1212,148 +1212,60 @@ fn flush(c: &mut Conn) -> io::Result<()> {
 /// Longest single wait, so the stop rules are looked at regularly.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
-/// Readiness of a thread's sockets: epoll on Linux (the cost of a wake-up
-/// does not grow with the number of connections, unlike poll), poll(2)
-/// elsewhere. Level-triggered; each event is `(connection index, readable,
+/// Readiness of a thread's sockets, through mio (epoll on Linux, kqueue on
+/// the BSDs and macOS): the cost of a wake-up does not grow with the number
+/// of connections. mio is edge-triggered: a socket is read until a short
+/// read or `WouldBlock` (see `read_replies`), and writability is asked for
+/// only while output is stuck. Each event is `(connection index, readable,
 /// writable)`.
-#[cfg(target_os = "linux")]
 struct Poller {
-    epoll: std::os::fd::OwnedFd,
-    events: Vec<libc::epoll_event>,
-    /// epoll_pwait2 (timeouts in nanoseconds, Linux ≥ 5.11) is missing:
-    /// fall back to epoll_wait, whose timeouts are whole milliseconds.
-    no_pwait2: bool,
+    poll: mio::Poll,
+    events: mio::Events,
 }
 
-#[cfg(target_os = "linux")]
 impl Poller {
-    fn new(conns: &[Conn]) -> io::Result<Poller> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: epoll_create1 has no memory preconditions.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+    fn new(conns: &mut [Conn]) -> io::Result<Poller> {
+        let poll = mio::Poll::new()?;
+        for (i, c) in conns.iter_mut().enumerate() {
+            poll.registry()
+                .register(&mut c.stream, mio::Token(i), mio::Interest::READABLE)?;
         }
-        // SAFETY: fd is a new descriptor that nothing else owns.
-        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let poller = Poller {
-            epoll,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; conns.len().max(1)],
-            no_pwait2: false,
+        Ok(Poller {
+            poll,
+            events: mio::Events::with_capacity(conns.len().max(1)),
+        })
+    }
+
+    fn want_write(&mut self, s: &mut TcpStream, i: usize, on: bool) -> io::Result<()> {
+        let interest = if on {
+            mio::Interest::READABLE | mio::Interest::WRITABLE
+        } else {
+            mio::Interest::READABLE
         };
-        for (i, c) in conns.iter().enumerate() {
-            poller.control(libc::EPOLL_CTL_ADD, &c.stream, i, false)?;
-        }
-        Ok(poller)
+        self.poll.registry().reregister(s, mio::Token(i), interest)
     }
 
-    fn control(&self, op: libc::c_int, s: &TcpStream, i: usize, write: bool) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32
-                | if write { libc::EPOLLOUT as u32 } else { 0 },
-            u64: i as u64,
-        };
-        // SAFETY: both descriptors are open; ev is a valid epoll_event.
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, s.as_raw_fd(), &mut ev) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+    fn remove(&mut self, s: &mut TcpStream) {
+        let _ = self.poll.registry().deregister(s);
     }
 
-    fn want_write(&mut self, s: &TcpStream, i: usize, on: bool) -> io::Result<()> {
-        self.control(libc::EPOLL_CTL_MOD, s, i, on)
-    }
-
-    fn remove(&mut self, s: &TcpStream) {
-        let _ = self.control(libc::EPOLL_CTL_DEL, s, 0, false);
-    }
-
+    /// Waits up to `timeout` for events. mio waits in whole milliseconds
+    /// (rounded up), which would make an open loop's calls up to 1 ms late:
+    /// so it is asked for the whole milliseconds only, and a wait of less
+    /// than one is a look at what is ready now, then a precise sleep.
     fn wait(&mut self, timeout: Duration, ready: &mut Vec<(usize, bool, bool)>) {
         ready.clear();
-        let epfd = self.epoll.as_raw_fd();
-        let max = self.events.len() as libc::c_int;
-        let mut n = -1;
-        if !self.no_pwait2 {
-            let ts = libc::timespec {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_nsec: timeout.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: the events buffer holds `max` entries; ts is valid; no sigmask.
-            n = unsafe {
-                libc::syscall(
-                    libc::SYS_epoll_pwait2,
-                    epfd,
-                    self.events.as_mut_ptr(),
-                    max,
-                    &ts as *const libc::timespec,
-                    std::ptr::null::<libc::sigset_t>(),
-                    0usize,
-                )
-            } as libc::c_int;
-            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
-                self.no_pwait2 = true;
-            }
+        let whole = Duration::from_millis(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        if self.poll.poll(&mut self.events, Some(whole)).is_err() {
+            return; // EINTR: the caller looks at the clock and comes back
         }
-        if self.no_pwait2 {
-            let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-            // SAFETY: the events buffer holds `max` entries.
-            n = unsafe { libc::epoll_wait(epfd, self.events.as_mut_ptr(), max, ms) };
-        }
-        for ev in &self.events[..usize::try_from(n).unwrap_or(0)] {
-            let bits = ev.events;
-            let readable = bits
-                & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
-                != 0;
-            let writable = bits & libc::EPOLLOUT as u32 != 0;
-            let index = ev.u64;
-            ready.push((index as usize, readable, writable));
-        }
-    }
-}
-
-/// poll(2) fallback for systems without epoll.
-#[cfg(not(target_os = "linux"))]
-struct Poller {
-    fds: Vec<libc::pollfd>,
-}
-
-#[cfg(not(target_os = "linux"))]
-impl Poller {
-    fn new(conns: &[Conn]) -> io::Result<Poller> {
-        let fds = conns
-            .iter()
-            .map(|c| libc::pollfd {
-                fd: c.stream.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        Ok(Poller { fds })
-    }
-
-    fn want_write(&mut self, _s: &TcpStream, i: usize, on: bool) -> io::Result<()> {
-        self.fds[i].events = libc::POLLIN | if on { libc::POLLOUT } else { 0 };
-        Ok(())
-    }
-
-    fn remove(&mut self, s: &TcpStream) {
-        for f in self.fds.iter_mut().filter(|f| f.fd == s.as_raw_fd()) {
-            f.fd = -1;
-        }
-    }
-
-    fn wait(&mut self, timeout: Duration, ready: &mut Vec<(usize, bool, bool)>) {
-        ready.clear();
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: fds is a valid, exclusively borrowed array of pollfd of the given length.
-        let n = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
-        if n <= 0 {
+        if self.events.is_empty() && whole.is_zero() && !timeout.is_zero() {
+            std::thread::sleep(timeout);
             return;
         }
-        for (i, f) in self.fds.iter().enumerate().filter(|(_, f)| f.revents != 0) {
-            let readable = f.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
-            ready.push((i, readable, f.revents & libc::POLLOUT != 0));
+        for ev in &self.events {
+            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+            ready.push((ev.token().0, readable, ev.is_writable()));
         }
     }
 }
