@@ -55,7 +55,7 @@ fn defaults_follow_the_architecture() {
     assert_eq!(c.server.listen, "127.0.0.1:4063");
     assert_eq!(c.server.max_message_bytes, 1 << 20);
     assert_eq!(c.db.api_schema, "blitz_api");
-    assert_eq!(c.auth.mode, "password");
+    assert_eq!(c.auth.mode, blitz::AuthMode::Password);
     assert_eq!(c.auth.session_idle_timeout_s, 600);
     let cores = blitz::physical_cores().expect("this machine exposes its topology");
     assert_eq!(c.db.pool_size, cores * 2);

@@ -68,12 +68,53 @@ pub struct DbConfig {
     pub reserved_connections: u64,
 }
 
+/// `auth.mode`: how a user proves who they are. Written `"password"` or
+/// `"trust"` in the configuration, on the wire (`sys.ping`'s `auth`) and in
+/// the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum AuthMode {
+    /// A password checked against the argon2id hash in `blitz.users`.
+    Password,
+    /// The name alone (a new name becomes a user); loopback listen
+    /// addresses only.
+    Trust,
+}
+
+impl AuthMode {
+    /// The name of the mode, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Password => "password",
+            AuthMode::Trust => "trust",
+        }
+    }
+}
+
+impl TryFrom<String> for AuthMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<AuthMode, String> {
+        match text.as_str() {
+            "password" => Ok(AuthMode::Password),
+            "trust" => Ok(AuthMode::Trust),
+            _ => Err("allowed \"password\" or \"trust\"".into()),
+        }
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `[auth]`: sessions and how users prove who they are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// `"password"` or `"trust"` (loopback only).
-    pub mode: String,
+    /// Password or trust (loopback only).
+    pub mode: AuthMode,
     /// Seconds of inactivity after which a session expires.
     pub session_idle_timeout_s: u64,
     /// Longest life of a session in seconds (0 = no limit).
@@ -128,7 +169,7 @@ impl Default for RawConfig {
                 reserved_connections: 3,
             },
             auth: AuthConfig {
-                mode: "password".into(),
+                mode: AuthMode::Password,
                 session_idle_timeout_s: 600,
                 session_max_lifetime_s: 0,
                 set_role: false,
@@ -246,9 +287,9 @@ impl Config {
         for (key, value) in &inputs.flags {
             layers.apply_text(key, value, Source::Flag)?;
         }
-        let raw: RawConfig = Value::Table(layers.merged)
+        let raw: RawConfig = Value::Table(layers.merged.clone())
             .try_into()
-            .map_err(|e| ConfigError(format!("configuration: {e}")))?;
+            .map_err(|e| typed_error(&e, &layers))?;
         validate(raw, layers.sources)
     }
 
@@ -486,6 +527,28 @@ impl Layers {
     }
 }
 
+/// A value of the right TOML type that its key's Rust type refuses (an
+/// `auth.mode` that is no mode), with the key, the value, its source and
+/// what is allowed.
+fn typed_error(e: &toml::de::Error, layers: &Layers) -> ConfigError {
+    let text = e.to_string();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("in `")?.strip_suffix('`'));
+    let Some(key) = key else {
+        return ConfigError(format!("configuration: {e}"));
+    };
+    let value = key
+        .split_once('.')
+        .and_then(|(section, name)| layers.merged.get(section)?.get(name))
+        .map_or_else(String::new, Value::to_string);
+    let source = layers.sources.get(key).cloned().unwrap_or(Source::Default);
+    ConfigError(format!(
+        "config key {key} = {value} ({source}): {}",
+        e.message()
+    ))
+}
+
 fn type_error(key: &str, value: &str, expected: &str, source: &Source) -> ConfigError {
     ConfigError(format!(
         "config key {key} = {value} ({source}): expected {expected}"
@@ -616,13 +679,7 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
         ))
     })?;
     check_identifier("db.api_schema", &db.api_schema)?;
-    if auth.mode != "password" && auth.mode != "trust" {
-        return Err(ConfigError(format!(
-            "config key auth.mode = {:?}: allowed \"password\" or \"trust\"",
-            auth.mode
-        )));
-    }
-    if auth.mode == "trust" {
+    if auth.mode == AuthMode::Trust {
         if let Some(open) = listen_addrs.iter().find(|a| !a.ip().is_loopback()) {
             return Err(ConfigError(format!(
                 "config key auth.mode = \"trust\" lets anyone log in as anyone without a password, \
@@ -742,6 +799,21 @@ mod tests {
         assert_eq!(parse_cpu_list("0-3,8"), Some(vec![0, 1, 2, 3, 8]));
         assert_eq!(parse_cpu_list("0"), Some(vec![0]));
         assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn auth_mode_is_an_enum_written_as_its_name() {
+        let trust = Config::with_flags(&[("auth.mode", "trust")]).unwrap();
+        assert_eq!(trust.auth.mode, AuthMode::Trust);
+        assert_eq!(serde_json::json!(trust.auth.mode), "trust");
+        assert!(trust
+            .to_annotated_toml()
+            .contains("mode = \"trust\"  # flag"));
+        let e = Config::with_flags(&[("auth.mode", "ldap")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config key auth.mode = \"ldap\" (flag): allowed \"password\" or \"trust\""
+        );
     }
 
     #[test]
