@@ -142,11 +142,14 @@ struct RawConfig {
     metrics: MetricsConfig,
 }
 
+/// The built-in defaults: the one place in the code that states them.
+/// `conf/blitz.toml` and the README's table state them for people, and
+/// `tests/config_defaults.rs` proves the three agree.
 impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
             server: ServerConfig {
-                listen: "127.0.0.1:4063".into(),
+                listen: Config::DEFAULT_LISTEN.into(),
                 max_clients: 10_000,
                 max_message_bytes: 1 << 20,
                 idle_timeout_s: 300,
@@ -156,7 +159,7 @@ impl Default for RawConfig {
             invocation: InvocationConfig {
                 workers: 0,
                 queue_capacity: 1000,
-                default_timeout_ms: 30_000,
+                default_timeout_ms: Config::DEFAULT_TIMEOUT_MS,
                 max_retries: 3,
             },
             db: DbConfig {
@@ -277,6 +280,30 @@ impl ConfigInputs {
 }
 
 impl Config {
+    /// The default of `server.listen`; also where the `blitz` client looks
+    /// for a server when it is given none.
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:4063";
+
+    /// The default of `invocation.default_timeout_ms`: the deadline of a
+    /// call that sends none (`blitz bench` waits that long for its last
+    /// replies when its calls carry no deadline).
+    pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+    /// Every config key with its built-in default, as `("section.key",
+    /// value in TOML syntax)`, e.g. `("server.listen", "\"127.0.0.1:4063\"")`,
+    /// `("db.pool_size", "0")`: what `conf/blitz.toml` and the README's
+    /// table must state.
+    pub fn default_values() -> Vec<(String, String)> {
+        let defaults = Layers::defaults().defaults;
+        let mut out = Vec::new();
+        for (section, keys) in &defaults {
+            for (key, value) in keys.as_table().into_iter().flatten() {
+                out.push((format!("{section}.{key}"), value.to_string()));
+            }
+        }
+        out
+    }
+
     /// Merges defaults, file, environment and flags, then validates.
     pub fn load(inputs: &ConfigInputs) -> Result<Config, ConfigError> {
         let mut layers = Layers::defaults();

@@ -41,7 +41,7 @@ use blitz::client::{CallError, Client, ClientOptions, ErrorKind, DEFAULT_MAX_ATT
 use blitz::protocol::code::UNAUTHENTICATED;
 
 /// The server list used when neither `--server` nor `BLITZ_SERVER` is set.
-const DEFAULT_SERVER: &str = "127.0.0.1:4063";
+const DEFAULT_SERVER: &str = blitz::Config::DEFAULT_LISTEN;
 
 /// The environment variable that replaces the default server list.
 const SERVER_ENV: &str = "BLITZ_SERVER";

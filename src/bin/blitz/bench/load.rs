@@ -66,7 +66,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// Deadline assumed for the drain when calls carry none (the server's
 /// default `invocation.default_timeout_ms`).
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+const DEFAULT_DEADLINE: Duration = Duration::from_millis(blitz::Config::DEFAULT_TIMEOUT_MS);
 
 /// When the run stops sending.
 #[derive(Debug, Clone, Copy, PartialEq)]
