@@ -24,6 +24,8 @@
 //!
 //! The load generator behind `blitz bench` lives in the `blitz` binary.
 
+#![warn(missing_docs)]
+
 mod auth;
 mod config;
 mod db;

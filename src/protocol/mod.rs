@@ -1,8 +1,9 @@
 //! The wire format shared by the server, the client and the load generator:
-//! JSON-RPC 2.0 messages ([`message`]), the contract's error codes
-//! ([`error`]), the framing of a connection's byte stream ([`framing`]),
-//! and the one parser of reply lines ([`reply`]), used by the thin client
-//! and `blitz bench`.
+//! JSON-RPC 2.0 request messages ([`parse_line`], [`Request`],
+//! [`render_result`], [`render_error`]), the contract's error codes
+//! ([`code`], [`RpcError`]), the framing of a connection's byte stream
+//! ([`LineReader`]), and the one parser of reply lines ([`parse_reply`]),
+//! used by the thin client and `blitz bench`.
 
 mod error;
 mod framing;
