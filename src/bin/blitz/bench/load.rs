@@ -1218,10 +1218,20 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 /// read or `WouldBlock` (see `read_replies`), and writability is asked for
 /// only while output is stuck. Each event is `(connection index, readable,
 /// writable)`.
+///
+/// mio waits in whole milliseconds (rounded up), which would send an open
+/// loop's calls up to 1 ms late, or, sleeping the rest, read their replies
+/// up to 1 ms late. On Linux a timerfd in the same poll ends a wait at the
+/// due time to the microsecond, as epoll_pwait2 did; elsewhere the wait is
+/// mio's.
 struct Poller {
     poll: mio::Poll,
     events: mio::Events,
+    timer: Option<Timer>,
 }
+
+/// The token of the wait's timer; connections are `0..n`.
+const TIMER: mio::Token = mio::Token(usize::MAX);
 
 impl Poller {
     fn new(conns: &mut [Conn]) -> io::Result<Poller> {
@@ -1230,9 +1240,11 @@ impl Poller {
             poll.registry()
                 .register(&mut c.stream, mio::Token(i), mio::Interest::READABLE)?;
         }
+        let timer = Timer::new(poll.registry());
         Ok(Poller {
             poll,
             events: mio::Events::with_capacity(conns.len().max(1)),
+            timer,
         })
     }
 
@@ -1249,24 +1261,66 @@ impl Poller {
         let _ = self.poll.registry().deregister(s);
     }
 
-    /// Waits up to `timeout` for events. mio waits in whole milliseconds
-    /// (rounded up), which would make an open loop's calls up to 1 ms late:
-    /// so it is asked for the whole milliseconds only, and a wait of less
-    /// than one is a look at what is ready now, then a precise sleep.
+    /// Waits up to `timeout` for events.
     fn wait(&mut self, timeout: Duration, ready: &mut Vec<(usize, bool, bool)>) {
         ready.clear();
-        let whole = Duration::from_millis(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-        if self.poll.poll(&mut self.events, Some(whole)).is_err() {
+        let whole_ms = timeout.subsec_nanos().is_multiple_of(1_000_000);
+        let armed = !whole_ms && self.timer.as_ref().is_some_and(|t| t.arm(timeout));
+        let wait = if armed { None } else { Some(timeout) };
+        if self.poll.poll(&mut self.events, wait).is_err() {
             return; // EINTR: the caller looks at the clock and comes back
         }
-        if self.events.is_empty() && whole.is_zero() && !timeout.is_zero() {
-            std::thread::sleep(timeout);
-            return;
-        }
-        for ev in &self.events {
+        for ev in self.events.iter().filter(|ev| ev.token() != TIMER) {
             let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
             ready.push((ev.token().0, readable, ev.is_writable()));
         }
+    }
+}
+
+/// A one-shot timer the poll can wait on (Linux: a timerfd). Arming it
+/// again replaces the time left and clears an expiry not yet seen.
+#[cfg(target_os = "linux")]
+struct Timer(nix::sys::timerfd::TimerFd);
+
+#[cfg(target_os = "linux")]
+impl Timer {
+    /// A timer registered in `registry`, or `None` where the kernel has none.
+    fn new(registry: &mio::Registry) -> Option<Timer> {
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        use std::os::fd::{AsFd, AsRawFd};
+        let flags = TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC;
+        let fd = TimerFd::new(ClockId::CLOCK_MONOTONIC, flags).ok()?;
+        let raw = fd.as_fd().as_raw_fd();
+        registry
+            .register(
+                &mut mio::unix::SourceFd(&raw),
+                TIMER,
+                mio::Interest::READABLE,
+            )
+            .ok()?;
+        Some(Timer(fd))
+    }
+
+    /// Expires `after` from now; false if it could not be set.
+    fn arm(&self, after: Duration) -> bool {
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        let at = Expiration::OneShot(after.into());
+        self.0.set(at, TimerSetTimeFlags::empty()).is_ok()
+    }
+}
+
+/// No timer the poll can wait on: waits are mio's whole milliseconds.
+#[cfg(not(target_os = "linux"))]
+struct Timer;
+
+#[cfg(not(target_os = "linux"))]
+impl Timer {
+    fn new(_registry: &mio::Registry) -> Option<Timer> {
+        None
+    }
+
+    fn arm(&self, _after: Duration) -> bool {
+        false
     }
 }
 
