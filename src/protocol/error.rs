@@ -123,7 +123,7 @@ impl RpcError {
     }
 
     /// -32003: the server is draining for shutdown. Another instance is
-    /// the better target, so `retry_after_ms` (`SHUTDOWN_RETRY_AFTER_MS`)
+    /// the better target, so `retry_after_ms` ([`SHUTDOWN_RETRY_AFTER_MS`])
     /// only paces a client that has no other.
     pub fn shutting_down() -> RpcError {
         RpcError::new(code::SHUTTING_DOWN, "Server shutting down", true)

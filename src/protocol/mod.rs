@@ -10,7 +10,7 @@ mod framing;
 mod message;
 mod reply;
 
-pub use error::{code, RpcError};
+pub use error::{code, RpcError, SHUTDOWN_RETRY_AFTER_MS};
 pub use framing::{Frame, LineReader};
 pub use message::{null_id, parse_line, render_error, render_result, Id, Line, Parsed, Request};
 pub use reply::{parse_reply, BadReply, ErrorObject, Reply, ReplyId, ReplyOutcome};
