@@ -41,11 +41,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::protocol::code::UNAUTHENTICATED;
+
 pub use error::{CallError, ErrorKind};
 pub use retry::RetryBudget;
 
-use error::UNAUTHENTICATED;
-use retry::{backoff, jittered, Rng};
+use retry::{backoff, jittered};
 use servers::Servers;
 use wire::{remaining_or_tick, request_line, Connection, ReplyLimit};
 
@@ -253,7 +254,6 @@ pub struct Client {
     conn: Option<Connection>,
     last_id: u64,
     session: Option<SessionKey>,
-    rng: Rng,
     last_attempts: u32,
     keys: KeySource,
 }
@@ -275,9 +275,8 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client, CallError> {
         let list: Vec<String> = servers.iter().map(|s| s.as_ref().to_string()).collect();
-        let mut rng = Rng::seeded();
-        let first = if options.spread {
-            rng.below(list.len())
+        let first = if options.spread && !list.is_empty() {
+            fastrand::usize(..list.len())
         } else {
             0
         };
@@ -287,7 +286,6 @@ impl Client {
             conn: None,
             last_id: 0,
             session: None,
-            rng,
             last_attempts: 0,
             keys: KeySource::new(),
         };
@@ -604,10 +602,10 @@ impl Client {
             return Duration::ZERO;
         }
         match error.retry_after() {
-            Some(after) => jittered(after, &mut self.rng),
+            Some(after) => jittered(after),
             None => {
                 let (base, cap) = (self.options.backoff_base, self.options.backoff_cap);
-                backoff(attempts, base, cap, &mut self.rng)
+                backoff(attempts, base, cap)
             }
         }
     }
@@ -625,7 +623,8 @@ fn repeatable(error: CallError, call: &Call) -> CallError {
     }
 }
 
-/// Fresh idempotency keys: 64 random bits per client, then a counter.
+/// Fresh idempotency keys: 64 random bits per client (fastrand, seeded per
+/// process from the OS), then a counter.
 #[derive(Debug)]
 struct KeySource {
     prefix: u64,
@@ -635,7 +634,7 @@ struct KeySource {
 impl KeySource {
     fn new() -> KeySource {
         KeySource {
-            prefix: random_u64(),
+            prefix: fastrand::u64(..),
             next: 0,
         }
     }
@@ -644,28 +643,6 @@ impl KeySource {
         self.next += 1;
         format!("{:016x}-{}", self.prefix, self.next)
     }
-}
-
-/// 64 random bits from the kernel, else from the clock, the process id and
-/// std's randomly seeded hasher.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::io::Read;
-    let mut bytes = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .is_ok()
-    {
-        return u64::from_le_bytes(bytes);
-    }
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 /// The message for a connection attempt where every server failed.

@@ -61,7 +61,7 @@ impl Cluster {
 
     /// A unique id for an instance listening on `port`: `host:port-xxxx`.
     pub fn new_id(host: &str, port: u16) -> String {
-        format!("{host}:{port}-{:04x}", random_u64() & 0xffff)
+        format!("{host}:{port}-{:04x}", fastrand::u16(..))
     }
 
     /// This instance's id in the registry.
@@ -153,21 +153,4 @@ impl Cluster {
     ) -> Result<Value, postgres::Error> {
         registry::list(client, self.timing.dead_after)
     }
-}
-
-/// 64 random bits from the kernel, or from the clock and process id when
-/// /dev/urandom cannot be read.
-pub fn random_u64() -> u64 {
-    use std::io::Read;
-    let mut bytes = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .is_ok()
-    {
-        return u64::from_le_bytes(bytes);
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (u64::from(std::process::id()) << 32)
 }
