@@ -221,16 +221,13 @@ fn serve(config: Config) -> ExitCode {
         return ExitCode::from(2);
     }
     blitz::raise_fd_limit(&config);
-    let listen = config.server.listen.clone();
     match Server::bind(config) {
         Ok(server) => {
             server.run(&stop_rx);
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!(
-                "blitz-server: cannot listen on {listen}: {e} (is another server using the port?)"
-            );
+            eprintln!("blitz-server: cannot listen on {e} (is another server using the port?)");
             ExitCode::FAILURE
         }
     }

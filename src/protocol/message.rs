@@ -35,6 +35,9 @@ pub struct Request {
     pub timeout_ms: Option<u64>,
     /// The `idempotency_key` extension member.
     pub idempotency_key: Option<String>,
+    /// The `session` extension member: a session key that authenticates
+    /// this request alone.
+    pub session: Option<String>,
 }
 
 impl Request {
@@ -79,6 +82,8 @@ struct WireRequest<'a> {
     timeout_ms: Option<&'a RawValue>,
     #[serde(borrow)]
     idempotency_key: Option<&'a RawValue>,
+    #[serde(borrow)]
+    session: Option<&'a RawValue>,
 }
 
 /// Present-or-absent id; serde's `Option` would fold `null` into absent.
@@ -134,6 +139,7 @@ fn parse_request(raw: &RawValue) -> Parsed {
         raw_params: wire.params.map(RawValue::to_owned),
         timeout_ms: from_raw(non_null(wire.timeout_ms)),
         idempotency_key: from_raw(non_null(wire.idempotency_key)),
+        session: from_raw(non_null(wire.session)),
     })
 }
 
@@ -180,6 +186,14 @@ fn validate(wire: &WireRequest, id: &Option<Id>) -> Result<(), RpcError> {
         {
             return Err(RpcError::invalid_request(
                 "\"idempotency_key\" must be a string of 1 to 256 bytes",
+            ));
+        }
+    }
+    if let Some(k) = non_null(wire.session) {
+        if !matches!(from_raw::<String>(Some(k)), Some(key) if !key.is_empty() && key.len() <= 256)
+        {
+            return Err(RpcError::invalid_request(
+                "\"session\" must be a session key (a string of 1 to 256 bytes)",
             ));
         }
     }

@@ -1,9 +1,11 @@
 //! The wire format shared by the server, the client and the load generator:
 //! JSON-RPC 2.0 messages ([`message`]), the contract's error codes
-//! ([`error`]) and the framing of a connection's byte stream ([`framing`]).
+//! ([`error`]), the framing of a connection's byte stream ([`framing`]),
+//! and HTTP/1.1, sans-IO ([`http`]).
 
 mod error;
 mod framing;
+pub mod http;
 mod message;
 
 pub use error::{code, RpcError};

@@ -8,11 +8,14 @@
 //! - [`admission`]: the bounded FIFO queue and who may enter it;
 //! - [`workers`]: the fixed pool of threads that run queued jobs;
 //! - [`context`]: what the methods share;
-//! - [`stats`], [`shutdown`]: counters and the lifecycle state.
+//! - [`stats`], [`shutdown`]: counters and the lifecycle state;
+//! - [`metrics`]: the Prometheus metrics and the `metrics.listen`
+//!   listener (`/metrics`, `/health/live`, `/health/ready`).
 
 pub mod admission;
 pub mod context;
 pub mod methods;
+pub mod metrics;
 pub mod router;
 pub mod shutdown;
 pub mod stats;
@@ -60,6 +63,7 @@ fn bind_listener(addr: &SocketAddr, max_clients: u64) -> io::Result<TcpListener>
 pub struct Server {
     ctx: Arc<Context>,
     listeners: Vec<TcpListener>,
+    metrics_listener: Option<TcpListener>,
     queue: Receiver<Job>,
     /// Set after the drain: idle workers and the session writer stop.
     housekeeping_stop: Arc<AtomicBool>,
@@ -72,8 +76,15 @@ impl Server {
         let listeners = config
             .listen_addrs
             .iter()
-            .map(|addr| bind_listener(addr, config.server.max_clients))
+            .map(|addr| {
+                bind_listener(addr, config.server.max_clients)
+                    .map_err(|e| named("server.listen", addr, e))
+            })
             .collect::<io::Result<Vec<_>>>()?;
+        let metrics_listener = match config.metrics.listen.as_str() {
+            "" => None,
+            addr => Some(TcpListener::bind(addr).map_err(|e| named("metrics.listen", addr, e))?),
+        };
         let port = listeners[0].local_addr()?.port();
         let instance = format!("{}:{port}", hostname());
         let stats = Arc::new(Stats::new());
@@ -107,6 +118,7 @@ impl Server {
         Ok(Server {
             ctx,
             listeners,
+            metrics_listener,
             queue,
             housekeeping_stop: Arc::default(),
         })
@@ -135,14 +147,19 @@ impl Server {
             self.housekeeping_stop.clone(),
         );
         let addrs = self.local_addrs();
+        let metrics = self.spawn_metrics();
         let router = Arc::new(self.router());
         let acceptors: Vec<JoinHandle<()>> = self
             .listeners
             .into_iter()
             .map(|l| router::spawn_acceptor(router.clone(), l))
             .collect();
+        let metrics_note = match &metrics {
+            Some(m) => format!("; metrics and health on http://{}/metrics", m.addr()),
+            None => String::new(),
+        };
         log::info!(
-            "blitz-server {} started: pool_size={}, workers={}, queue_capacity={}, listening on {}",
+            "blitz-server {} started: pool_size={}, workers={}, queue_capacity={}, listening on {}{metrics_note}",
             env!("CARGO_PKG_VERSION"),
             ctx.config.pool_size_explained(),
             ctx.config.invocation.workers,
@@ -163,6 +180,28 @@ impl Server {
         };
         drain_and_close(ctx, stages);
         let _ = session_writer.join();
+        if let Some(m) = metrics {
+            m.stop();
+        }
+    }
+
+    /// The metrics/health listener, if `metrics.listen` is set; a failure
+    /// to start its thread is logged and the server serves without it.
+    fn spawn_metrics(&self) -> Option<metrics::MetricsListener> {
+        let listener = self.metrics_listener.as_ref()?.try_clone().ok()?;
+        let (gauges, ready, probe) = (self.ctx.clone(), self.ctx.clone(), self.ctx.clone());
+        let endpoints = metrics::Endpoints {
+            metrics: Box::new(move || gauges.stats.metrics.render(&gauge_values(&gauges))),
+            ready: Box::new(move || readiness(&ready)),
+            tick: Box::new(move || probe.db.probe()),
+        };
+        match metrics::spawn_listener(listener, endpoints) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::error!("cannot start the metrics listener ({e}); serving without it");
+                None
+            }
+        }
     }
 
     /// The workers, each given the method table's `run_job`.
@@ -189,6 +228,42 @@ impl Server {
             dispatch: Box::new(move |request, responder| methods::route(&ctx, request, responder)),
         }
     }
+}
+
+/// An error binding `addr` of config key `key`, naming both.
+fn named(key: &str, addr: impl std::fmt::Display, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{addr} ({key}): {e}"))
+}
+
+/// The gauges of `/metrics`, read now.
+fn gauge_values(ctx: &Context) -> metrics::Gauges {
+    let pool = ctx.db.pool.state();
+    metrics::Gauges {
+        queue_depth: ctx.dispatcher.depth() as u64,
+        queue_capacity: ctx.dispatcher.capacity() as u64,
+        workers: ctx.config.invocation.workers,
+        workers_busy: ctx.dispatcher.busy_workers() as u64,
+        pool_size: ctx.config.db.pool_size,
+        // Until instances share a connection budget, this instance's share
+        // is its whole configured pool.
+        pool_share: ctx.config.db.pool_size,
+        pool_idle: u64::from(pool.idle_connections),
+        pool_in_use: u64::from(pool.connections - pool.idle_connections),
+        connections_open: ctx.connections.len() as u64,
+        database_up: u64::from(!ctx.db.health.is_down()),
+        draining: u64::from(ctx.shutdown.is_stopping()),
+    }
+}
+
+/// `/health/ready`: the database answers and the server is not draining.
+fn readiness(ctx: &Context) -> Result<(), String> {
+    if ctx.shutdown.is_stopping() {
+        return Err("draining: the server is shutting down".into());
+    }
+    if ctx.db.health.is_down() {
+        return Err("database unavailable: the last attempt to reach it failed".into());
+    }
+    Ok(())
 }
 
 /// The running stages `drain_and_close` stops.
@@ -240,7 +315,7 @@ fn drain_and_close(ctx: &Arc<Context>, stages: Stages) {
     ctx.db.watchdog.stop();
     log::info!(
         "stopped: {} requests completed",
-        ctx.stats.counters.completed.load(Ordering::Relaxed)
+        ctx.stats.metrics.completed()
     );
 }
 

@@ -7,21 +7,17 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Call;
-use crate::auth::sessions::{run_in_session, EnterArgs, Session};
+use crate::auth::sessions::{run_in_session, EnterArgs};
 use crate::db::catalog::PreparedCall;
 use crate::db::{Deadline, Failure, PooledConn};
 use crate::protocol::{code, RpcError};
 use crate::server::context::Context;
-use crate::server::stats::Stats;
 
 /// Calls `<api_schema>.<name>` with `params` (object, array or null) as
 /// `session`'s user.
 pub fn call(call: &Call) -> Result<Value, RpcError> {
     let (ctx, deadline) = (call.ctx, call.deadline);
-    let session = call
-        .conn
-        .session()
-        .ok_or_else(|| RpcError::unauthenticated(super::session::NO_SESSION))?;
+    let session = call.session_key()?;
     let name = &call.request.method["api.".len()..];
     let params = &call.request.params()?;
     let mut conn = ctx.acquire(deadline)?;
@@ -41,13 +37,14 @@ pub fn call(call: &Call) -> Result<Value, RpcError> {
 }
 
 /// Runs one prepared call of function `name` as one transaction inside
-/// `session` (see [`run_in_session`]), retrying 40001/40P01.
+/// the session `session` (a key, checked by `blitz.enter` in the same
+/// statement; see [`run_in_session`]), retrying 40001/40P01.
 fn run(
     ctx: &Context,
     conn: &mut PooledConn,
     name: &str,
     call: &PreparedCall,
-    session: &Session,
+    session: &str,
     deadline: &Deadline,
 ) -> Result<Value, RpcError> {
     let enter = EnterArgs::new(&ctx.sessions, session, call.oid);
@@ -74,7 +71,7 @@ fn run(
             Failure::Conflict(_)
                 if attempt <= max_retries && sleep_before_retry(attempt, deadline) =>
             {
-                Stats::bump(&ctx.stats.counters.retries);
+                ctx.stats.metrics.count_retry();
                 attempt += 1;
             }
             Failure::StalePlan if !replanned => {

@@ -26,6 +26,7 @@ use serde_json::Value;
 
 use crate::auth::sessions::Session;
 use crate::protocol::{render_error, render_result, Id, RpcError};
+use crate::server::metrics::MethodKind;
 use crate::server::shutdown::Shutdown;
 use crate::server::stats::Stats;
 
@@ -225,7 +226,7 @@ impl Connection {
     /// Writes an error reply that belongs to no admitted request (parse
     /// errors, oversized lines, refusals at admission).
     pub fn write_error(&self, id: &Id, error: &RpcError) {
-        self.stats.count_error(error.code);
+        self.stats.count_reply(MethodKind::Other, Some(error.code));
         self.write_line(&render_error(id, error));
     }
 
@@ -339,6 +340,8 @@ pub struct Responder {
     id: Option<Id>,
     /// Whether this request counts in its connection's in-flight total.
     counted: bool,
+    /// What the request asked for, for the request counters.
+    kind: MethodKind,
     answered: bool,
 }
 
@@ -353,8 +356,14 @@ impl Responder {
             target,
             id,
             counted: false,
+            kind: MethodKind::Other,
             answered: false,
         }
+    }
+
+    /// Says what the request asked for (its reply is counted under it).
+    pub fn set_kind(&mut self, kind: MethodKind) {
+        self.kind = kind;
     }
 
     /// The connection the request came from.
@@ -385,9 +394,8 @@ impl Responder {
     fn send(&mut self, outcome: Result<Value, RpcError>) {
         self.answered = true;
         let conn = self.connection().clone();
-        if let Err(e) = &outcome {
-            conn.stats.count_error(e.code);
-        }
+        let error = outcome.as_ref().err().map(|e| e.code);
+        conn.stats.count_reply(self.kind, error);
         let line = self.id.as_deref().map(|id| match &outcome {
             Ok(v) => render_result(id, v),
             Err(e) => render_error(id, e),

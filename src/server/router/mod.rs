@@ -19,6 +19,7 @@ pub mod connection;
 
 use connection::{Batch, Connection, Registry, Responder};
 
+use super::metrics::Refusal;
 use super::shutdown::Shutdown;
 use super::stats::Stats;
 use crate::config::ServerConfig;
@@ -95,7 +96,7 @@ fn start_connection(ctx: &Arc<Router>, stream: TcpStream, number: u64) {
     let conn = Arc::new(conn);
     let max = ctx.config.max_clients;
     if !ctx.connections.try_add(&conn, max as usize) {
-        return refuse(conn, max);
+        return refuse(conn, max, &ctx.stats);
     }
     let (reader_conn, reader_ctx) = (conn.clone(), ctx.clone());
     let spawned = std::thread::Builder::new()
@@ -114,7 +115,8 @@ fn start_connection(ctx: &Arc<Router>, stream: TcpStream, number: u64) {
 /// is drained (at most [`REFUSAL_DRAIN`] long, [`REFUSAL_DRAIN_BYTES`]) before
 /// closing so the kernel sends FIN, not RST; beyond [`MAX_REFUSALS`] at once
 /// the connection is closed right after the line.
-fn refuse(conn: Arc<Connection>, max: u64) {
+fn refuse(conn: Arc<Connection>, max: u64, stats: &Stats) {
+    stats.count_refusal(Refusal::MaxClients);
     conn.write_error(&null_id(), &RpcError::too_many_connections(max));
     let _ = conn.stream().shutdown(SocketShutdown::Write);
     if REFUSALS.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSALS {
