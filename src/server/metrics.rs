@@ -31,7 +31,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::protocol::code;
@@ -366,24 +366,26 @@ impl Metrics {
         );
         let gauges = GaugeSet::default();
         gauges.register(&mut registry);
+        // Named with their unit but without a UNIT line: strict OpenMetrics
+        // parsers (openmetrics-parser) refuse a unit on a histogram.
         let histogram = |r: &mut Registry, name: &str, help: &str| {
             let h = Histogram::new(LATENCY_BUCKETS);
-            r.register_with_unit(name, help, Unit::Seconds, h.clone());
+            r.register(name, help, h.clone());
             h
         };
         let queue_wait = histogram(
             &mut registry,
-            "queue_wait",
+            "queue_wait_seconds",
             "Time requests waited in the queue before a worker took them",
         );
         let execution = histogram(
             &mut registry,
-            "execution",
+            "execution_seconds",
             "Time a worker spent on a request",
         );
         let end_to_end = histogram(
             &mut registry,
-            "request_duration",
+            "request_duration_seconds",
             "Time from reading a queued request to handing over its reply",
         );
         Metrics {
