@@ -207,6 +207,8 @@ struct Call<'a> {
     timeout: Option<(Duration, Instant)>,
     /// Whether the remembered session is joined on a new connection first.
     joins_session: bool,
+    /// A session key sent with the request itself (no join).
+    session: Option<&'a str>,
 }
 
 impl<'a> Call<'a> {
@@ -216,6 +218,7 @@ impl<'a> Call<'a> {
             params,
             timeout: timeout.map(|t| (t, Instant::now() + t)),
             joins_session: true,
+            session: None,
         }
     }
 
@@ -316,6 +319,25 @@ impl Client {
         self.invoke(&Call::new(method, &params, Some(timeout)))
     }
 
+    /// Like [`call`](Self::call) (with `timeout`, like
+    /// [`call_with_timeout`](Self::call_with_timeout)), but authenticated
+    /// by `session` sent in the request itself (its `"session"` member)
+    /// rather than a session joined to the connection: for one call in a
+    /// session without binding it, and for clients that connect per call.
+    pub fn call_in_session(
+        &mut self,
+        session: &str,
+        method: &str,
+        params: Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value, CallError> {
+        self.invoke(&Call {
+            joins_session: false,
+            session: Some(session),
+            ..Call::new(method, &params, timeout)
+        })
+    }
+
     /// Logs in as `user` (`session.login`; `password` `None` for a server
     /// in trust mode), binds the new session to this connection and
     /// remembers its key in place of any earlier one. A refused login is a
@@ -414,7 +436,8 @@ impl Client {
         self.last_id += 1;
         let id = self.last_id;
         let time_left = call.deadline().map(remaining_or_tick);
-        let line = request_line(id, method, params, time_left);
+        // A call with its own session never re-joins, so this is its request.
+        let line = request_line(id, method, params, time_left, call.session);
         let limit = call.timeout.map(|(timeout, at)| ReplyLimit {
             at: at + TIMEOUT_MARGIN,
             timeout,

@@ -14,12 +14,14 @@ use super::{CONNECT_TIMEOUT, TIMEOUT_MARGIN};
 const EXCERPT_CHARS: usize = 200;
 
 /// The request as one `\n`-terminated JSON line; `timeout` becomes its
-/// `timeout_ms`.
+/// `timeout_ms`, `session` its `session` member (a key that authenticates
+/// this request alone).
 pub(super) fn request_line(
     id: u64,
     method: &str,
     params: Value,
     timeout: Option<Duration>,
+    session: Option<&str>,
 ) -> Vec<u8> {
     let mut request = Map::new();
     request.insert("jsonrpc".into(), "2.0".into());
@@ -30,6 +32,9 @@ pub(super) fn request_line(
     }
     if let Some(timeout) = timeout {
         request.insert("timeout_ms".into(), ceil_millis(timeout).into());
+    }
+    if let Some(key) = session {
+        request.insert("session".into(), key.into());
     }
     let mut line = Value::Object(request).to_string().into_bytes();
     line.push(b'\n');
@@ -320,15 +325,16 @@ mod tests {
             "api.x",
             json!({"a": 1}),
             Some(Duration::from_micros(1500)),
+            Some("k"),
         );
         assert_eq!(line.last(), Some(&b'\n'));
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(
             v,
-            json!({"jsonrpc": "2.0", "id": 7, "method": "api.x", "params": {"a": 1}, "timeout_ms": 2})
+            json!({"jsonrpc": "2.0", "id": 7, "method": "api.x", "params": {"a": 1}, "timeout_ms": 2, "session": "k"})
         );
         let bare: Value =
-            serde_json::from_slice(&request_line(1, "sys.ping", Value::Null, None)).unwrap();
+            serde_json::from_slice(&request_line(1, "sys.ping", Value::Null, None, None)).unwrap();
         assert_eq!(
             bare,
             json!({"jsonrpc": "2.0", "id": 1, "method": "sys.ping"})
