@@ -400,6 +400,12 @@ impl Responder {
             Ok(v) => render_result(id, v),
             Err(e) => render_error(id, e),
         });
+        // The request is done: free its in-flight slot before the client
+        // can see the reply, or a client that sends its next request on
+        // reading it may be refused for a slot this one still held.
+        if std::mem::take(&mut self.counted) {
+            conn.end();
+        }
         match &self.target {
             Target::Connection(c) => {
                 if let Some(line) = line {
@@ -407,9 +413,6 @@ impl Responder {
                 }
             }
             Target::Batch(b) => b.complete(line),
-        }
-        if self.counted {
-            conn.end();
         }
     }
 }
