@@ -1,0 +1,513 @@
+//! One client connection as its event loop and the workers share it, and
+//! [`Responder`], the one path by which every reply is rendered, counted
+//! and written.
+//!
+//! [`Connection`] owns the nonblocking socket, its [`Outbox`], the count of
+//! requests in flight and the bound session. It holds the handles it needs
+//! (counters, lifecycle, its loop's [`Home`]), never the server context.
+//!
+//! Who writes: a worker that replies appends to the outbox and writes it at
+//! once if the socket takes it without blocking; whatever is left (a full
+//! socket, or replies added during its write) it hands to the connection's
+//! event loop through [`Home`], which wakes the loop. On an event-loop
+//! thread replies are only appended: the loop writes each socket once,
+//! after it has read everything that socket had ready in this wake-up.
+//!
+//! [`Responder`] is created for each request the router reads, travels
+//! with the request through the queue, and answers exactly once; if it is
+//! dropped unanswered (a bug, or shutdown), its `Drop` answers for it.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::{Shutdown as SocketShutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::outbox::{Flushed, Outbox, Pushed};
+use crate::auth::sessions::Session;
+use crate::protocol::framing::Framing;
+use crate::protocol::{render_error, render_result, Id, RpcError};
+use crate::server::shutdown::Shutdown;
+use crate::server::stats::Stats;
+
+thread_local! {
+    /// Set on event-loop threads: replies made there are appended only, and
+    /// the loop writes the socket once at the end of its turn.
+    static ON_EVENT_LOOP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as an event loop (see the module doc).
+pub fn mark_event_loop_thread() {
+    ON_EVENT_LOOP.with(|on| on.set(true));
+}
+
+fn on_event_loop() -> bool {
+    ON_EVENT_LOOP.with(Cell::get)
+}
+
+/// What an event loop is asked to do by other threads.
+#[derive(Default)]
+pub struct Inbox {
+    /// New connections to serve (from the acceptor).
+    pub adopt: Vec<(Arc<Connection>, Framing)>,
+    /// Connections with replies left to write, or that may be done.
+    pub flush: Vec<Arc<Connection>>,
+    /// Finish: write what is queued, close, exit.
+    pub stop: bool,
+}
+
+/// An event loop as other threads see it: a [`mio::Waker`] and an inbox.
+pub struct Home {
+    waker: mio::Waker,
+    inbox: Mutex<Inbox>,
+    /// A wake-up is on its way (saves a system call per hand-over).
+    woken: AtomicBool,
+}
+
+impl Home {
+    /// The home of a loop woken through `waker`.
+    pub fn new(waker: mio::Waker) -> Home {
+        Home {
+            waker,
+            inbox: Mutex::new(Inbox::default()),
+            woken: AtomicBool::new(false),
+        }
+    }
+
+    /// Gives the loop a new connection.
+    pub fn adopt(&self, conn: Arc<Connection>, framing: Framing) {
+        self.inbox.lock().adopt.push((conn, framing));
+        self.wake();
+    }
+
+    /// Asks the loop to write what `conn` has left, or to see whether it is done.
+    pub fn hand_over(&self, conn: Arc<Connection>) {
+        self.inbox.lock().flush.push(conn);
+        self.wake();
+    }
+
+    /// Asks the loop to finish.
+    pub fn stop(&self) {
+        self.inbox.lock().stop = true;
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake an event loop: {e}");
+            }
+        }
+    }
+
+    /// The loop takes what it was asked (clearing `woken` first, so that a
+    /// request added meanwhile wakes it again).
+    pub fn take(&self) -> Inbox {
+        self.woken.store(false, Ordering::Release);
+        std::mem::take(&mut *self.inbox.lock())
+    }
+}
+
+/// What a connection needs from the server: counters and the lifecycle.
+#[derive(Clone)]
+pub struct Handles {
+    /// Counters (every error reply is counted).
+    pub stats: Arc<Stats>,
+    /// Lifecycle state (a reply dropped while stopping is -32003).
+    pub shutdown: Arc<Shutdown>,
+}
+
+/// The shared state of one client connection.
+pub struct Connection {
+    /// Sequence number of the connection (for logs and the registry).
+    pub number: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    stream: TcpStream,
+    outbox: Outbox,
+    home: Arc<Home>,
+    handles: Handles,
+    in_flight: AtomicUsize,
+    broken: AtomicBool,
+    /// The client sent end of file: close once every reply is written.
+    read_closed: AtomicBool,
+    /// The loop stopped reading because the outbox is full.
+    paused: AtomicBool,
+    /// The loop's token for this connection.
+    token: AtomicUsize,
+    session: Mutex<Option<Arc<Session>>>,
+}
+
+impl Connection {
+    /// Wraps an accepted nonblocking socket served by the loop at `home`.
+    pub fn new(
+        number: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        home: Arc<Home>,
+        handles: Handles,
+    ) -> Connection {
+        Connection {
+            number,
+            peer,
+            stream,
+            outbox: Outbox::new(),
+            home,
+            handles,
+            in_flight: AtomicUsize::new(0),
+            broken: AtomicBool::new(false),
+            read_closed: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            token: AtomicUsize::new(usize::MAX),
+            session: Mutex::new(None),
+        }
+    }
+
+    /// The socket (the event loop reads it; writes go through the outbox).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The session bound by `session.login` or `session.join`, if any.
+    pub fn session(&self) -> Option<Arc<Session>> {
+        self.session.lock().clone()
+    }
+
+    /// Binds `session` to this connection (replacing any other).
+    pub fn bind_session(&self, session: Arc<Session>) {
+        *self.session.lock() = Some(session);
+    }
+
+    /// Unbinds the session if its key is `key` (after a logout).
+    pub fn unbind_session(&self, key: &str) {
+        let mut bound = self.session.lock();
+        if bound.as_ref().is_some_and(|s| s.key == key) {
+            *bound = None;
+        }
+    }
+
+    /// Requests of this connection queued or running.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Counts one more request in flight if fewer than `limit` are.
+    pub fn try_begin(&self, limit: usize) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn end(self: &Arc<Self>) {
+        let left = self.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 && self.is_read_closed() && !on_event_loop() {
+            self.home.hand_over(self.clone()); // the loop may close it now
+        }
+    }
+
+    /// The loop's token (set once, when the loop adopts the connection).
+    pub fn token(&self) -> usize {
+        self.token.load(Ordering::Acquire)
+    }
+
+    /// Records the loop's token.
+    pub fn set_token(&self, token: usize) {
+        self.token.store(token, Ordering::Release);
+    }
+
+    /// The outbox (the loop checks whether it is full, empty, stalled).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Queues one whole message (ending in `\n`) and, off the event loop,
+    /// writes it at once if the socket takes it (see the module doc).
+    pub fn deliver(self: &Arc<Self>, message: &[u8]) {
+        if self.is_broken() {
+            return;
+        }
+        let on_loop = on_event_loop();
+        match self.outbox.push(message, !on_loop) {
+            Pushed::Queued => {}
+            Pushed::Closed => return,
+            Pushed::GaveUp => return self.give_up("the client reads too slowly"),
+        }
+        if !on_loop {
+            self.write_or_hand_over();
+        }
+    }
+
+    fn write_or_hand_over(self: &Arc<Self>) {
+        match self.outbox.flush(&self.stream) {
+            Flushed::Done if self.paused.load(Ordering::Acquire) => {
+                self.home.hand_over(self.clone()); // the loop reads again
+            }
+            Flushed::Done | Flushed::Busy => {}
+            Flushed::Blocked | Flushed::More => self.home.hand_over(self.clone()),
+            Flushed::Failed => self.give_up("the client closed the connection"),
+        }
+    }
+
+    /// One write of what is queued, by the event loop.
+    pub fn flush_from_loop(&self) -> Flushed {
+        let flushed = self.outbox.flush(&self.stream);
+        if flushed == Flushed::Failed {
+            self.give_up("the client closed the connection");
+        }
+        flushed
+    }
+
+    /// Whether the loop paused reading (outbox full).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+    }
+
+    /// Whether the loop paused reading (outbox full).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Marks that the client sent end of file.
+    pub fn set_read_closed(&self) {
+        self.read_closed.store(true, Ordering::Release);
+    }
+
+    /// Whether the client sent end of file.
+    pub fn is_read_closed(&self) -> bool {
+        self.read_closed.load(Ordering::Acquire)
+    }
+
+    /// Gives the client up: nothing more is written, the socket is shut.
+    pub fn give_up(&self, why: &str) {
+        if !self.broken.swap(true, Ordering::AcqRel) {
+            log::debug!(
+                "connection {} ({}): closing: {why}",
+                self.number,
+                self.peer
+            );
+        }
+        self.outbox.close();
+        let _ = self.stream.shutdown(SocketShutdown::Both);
+    }
+
+    /// Closes both directions (idle timeout, shutdown, end of the connection).
+    pub fn close(&self) {
+        self.broken.store(true, Ordering::Release);
+        self.outbox.close();
+        let _ = self.stream.shutdown(SocketShutdown::Both);
+    }
+
+    /// Whether the socket failed or was closed by the server.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+}
+
+/// The open client connections, for `max_clients`, for `sys.status` and
+/// for unbinding a session everywhere at logout.
+#[derive(Default)]
+pub struct Registry {
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+}
+
+impl Registry {
+    /// Registers `conn` unless `max` are already open.
+    pub fn try_add(&self, conn: &Arc<Connection>, max: usize) -> bool {
+        let mut open = self.open.lock();
+        if open.len() >= max {
+            return false;
+        }
+        open.insert(conn.number, conn.clone());
+        true
+    }
+
+    /// Forgets a connection its loop has closed.
+    pub fn remove(&self, number: u64) {
+        self.open.lock().remove(&number);
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.open.lock().len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Unbinds session `key` from every open connection (after a logout).
+    pub fn unbind_session(&self, key: &str) {
+        let open: Vec<_> = self.open.lock().values().cloned().collect();
+        for conn in open {
+            conn.unbind_session(key);
+        }
+    }
+}
+
+/// Collects the replies of one batch and writes them as one JSON array.
+pub struct Batch {
+    conn: Arc<Connection>,
+    remaining: AtomicUsize,
+    replies: Mutex<Vec<u8>>,
+}
+
+impl Batch {
+    /// A batch of `len` elements on `conn`.
+    pub fn new(conn: Arc<Connection>, len: usize) -> Arc<Batch> {
+        Arc::new(Batch {
+            conn,
+            remaining: AtomicUsize::new(len),
+            replies: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn complete(&self, reply: Option<&[u8]>) {
+        if let Some(r) = reply {
+            let mut replies = self.replies.lock();
+            replies.push(if replies.is_empty() { b'[' } else { b',' });
+            replies.extend_from_slice(r);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut replies = std::mem::take(&mut *self.replies.lock());
+            if !replies.is_empty() {
+                replies.extend_from_slice(b"]\n");
+                self.conn.deliver(&replies);
+            }
+        }
+    }
+}
+
+/// Where a reply goes.
+enum Target {
+    Connection(Arc<Connection>),
+    Batch(Arc<Batch>),
+}
+
+/// A reply's body: a result to render, a result rendered already (the
+/// router's templates), or an error.
+pub enum Outcome<'a> {
+    /// A result value.
+    Result(&'a Value),
+    /// A result as JSON text.
+    Raw(&'a RawValue),
+    /// An error.
+    Error(&'a RpcError),
+}
+
+/// The obligation to answer one request exactly once.
+pub struct Responder {
+    target: Target,
+    /// `None` for a notification: it runs, but nothing is written.
+    id: Option<Id>,
+    /// Whether this request counts in its connection's in-flight total.
+    counted: bool,
+    answered: bool,
+}
+
+impl Responder {
+    /// A responder for a request read on `conn` (`batch`: part of a batch).
+    pub fn new(conn: &Arc<Connection>, batch: Option<&Arc<Batch>>, id: Option<Id>) -> Responder {
+        let target = match batch {
+            Some(b) => Target::Batch(b.clone()),
+            None => Target::Connection(conn.clone()),
+        };
+        Responder {
+            target,
+            id,
+            counted: false,
+            answered: false,
+        }
+    }
+
+    /// The connection the request came from.
+    pub fn connection(&self) -> &Arc<Connection> {
+        match &self.target {
+            Target::Connection(c) => c,
+            Target::Batch(b) => &b.conn,
+        }
+    }
+
+    /// Counts the request in its connection's in-flight total if below
+    /// `limit`; false (and nothing counted) otherwise.
+    pub fn count_in_flight(&mut self, limit: usize) -> bool {
+        self.counted = self.connection().try_begin(limit);
+        self.counted
+    }
+
+    /// The request's id, for logs (`"notification"` when it has none).
+    pub fn id_text(&self) -> &str {
+        self.id.as_deref().map_or("notification", |id| id.get())
+    }
+
+    /// Sends the one reply.
+    pub fn reply(mut self, outcome: Result<Value, RpcError>) {
+        match &outcome {
+            Ok(v) => self.send(Outcome::Result(v)),
+            Err(e) => self.send(Outcome::Error(e)),
+        }
+    }
+
+    /// Sends the one reply, a result already rendered as JSON.
+    pub fn reply_raw(mut self, result: &RawValue) {
+        self.send(Outcome::Raw(result));
+    }
+
+    /// The one reply path: count, render, deliver.
+    fn send(&mut self, outcome: Outcome) {
+        self.answered = true;
+        let conn = self.connection().clone();
+        if let Outcome::Error(e) = &outcome {
+            conn.handles.stats.count_error(e.code);
+        }
+        let text = self.id.as_deref().map(|id| render(id, &outcome));
+        match &self.target {
+            Target::Connection(c) => {
+                if let Some(mut text) = text {
+                    text.push(b'\n');
+                    c.deliver(&text);
+                }
+            }
+            Target::Batch(b) => b.complete(text.as_deref()),
+        }
+        if self.counted {
+            conn.end();
+        }
+    }
+}
+
+/// A reply as one JSON text (without the `\n`).
+fn render(id: &RawValue, outcome: &Outcome) -> Vec<u8> {
+    match outcome {
+        Outcome::Result(v) => render_result(id, v).into_bytes(),
+        Outcome::Raw(raw) => {
+            format!(r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#, id.get(), raw.get()).into_bytes()
+        }
+        Outcome::Error(e) => render_error(id, e).into_bytes(),
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let error = if self.connection().handles.shutdown.is_stopping() {
+            RpcError::shutting_down()
+        } else {
+            log::error!(
+                "request {} was dropped without a reply (a bug)",
+                self.id_text()
+            );
+            RpcError::internal("the request was dropped without a reply")
+        };
+        self.send(Outcome::Error(&error));
+    }
+}

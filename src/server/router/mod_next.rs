@@ -1,0 +1,147 @@
+//! The router: a fixed set of threads that own every client connection.
+//!
+//! - One acceptor thread ([`acceptor`]) accepts on every listener and gives
+//!   each new connection to the next event loop in turn (round robin), or,
+//!   past `max_clients`, answers it one -32005 line and closes it cleanly.
+//! - `server.router_threads` event loops ([`event_loop`]) read, frame and
+//!   parse requests, answer on the spot what needs no worker (refusals,
+//!   parse errors, `sys.ping`), hand the rest to the dispatch function
+//!   (the method table's `route`), and write replies.
+//!
+//! The thread count is fixed at start whatever the number of clients.
+//! Per connection: [`connection`] (the socket, its [`outbox`], the
+//! [`Responder`](connection::Responder) of every request).
+//!
+//! The transport seam: each listener is of a [`Wire`] kind and gives its
+//! connections the matching [`Framing`]; the loop only ever asks a framing
+//! for the next frame, so a second transport (HTTP/1.1) adds a variant to
+//! both and a listener of that kind, not a second loop.
+
+pub mod acceptor;
+pub mod connection;
+pub mod event_loop;
+pub mod outbox;
+
+use std::io;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use connection::{Batch, Connection, Handles, Home, Registry, Responder};
+
+use super::shutdown::Shutdown;
+use super::stats::Stats;
+use crate::config::ServerConfig;
+use crate::protocol::framing::{Frame, Framing, Wire};
+use crate::protocol::{null_id, parse_line, Line, Parsed, Request, RpcError};
+
+/// Where the router hands each request it has read.
+pub type Dispatch = dyn Fn(Request, Responder) + Send + Sync;
+
+/// What the router needs: the `[server]` limits, the open connections, the
+/// counters, the lifecycle, and where requests go.
+pub struct Router {
+    /// `[server]` configuration.
+    pub config: ServerConfig,
+    /// The open connections.
+    pub connections: Arc<Registry>,
+    /// Counters (errors answered on the router thread).
+    pub stats: Arc<Stats>,
+    /// Lifecycle state.
+    pub shutdown: Arc<Shutdown>,
+    /// The method table's routing.
+    pub dispatch: Box<Dispatch>,
+}
+
+impl Router {
+    /// What each connection is given.
+    pub fn handles(&self) -> Handles {
+        Handles {
+            stats: self.stats.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// The running router threads.
+pub struct RouterThreads {
+    acceptor: acceptor::Handle,
+    loops: Vec<(Arc<Home>, JoinHandle<()>)>,
+}
+
+/// Starts `threads` event loops and the acceptor over `listeners` (each a
+/// listener and the wire its connections speak).
+pub fn start(
+    router: Arc<Router>,
+    listeners: Vec<(TcpListener, Wire)>,
+    threads: usize,
+) -> io::Result<RouterThreads> {
+    let mut loops = Vec::new();
+    for i in 0..threads.max(1) {
+        let event_loop = event_loop::EventLoop::new(router.clone())?;
+        let home = event_loop.home();
+        let thread = std::thread::Builder::new()
+            .name(format!("blitz-router-{i}"))
+            .spawn(move || event_loop.run())?;
+        loops.push((home, thread));
+    }
+    let homes = loops.iter().map(|(home, _)| home.clone()).collect();
+    let acceptor = acceptor::start(router, listeners, homes)?;
+    Ok(RouterThreads { acceptor, loops })
+}
+
+impl RouterThreads {
+    /// Stops accepting (the listeners are closed); the loops go on serving.
+    pub fn stop_accepting(&mut self) {
+        self.acceptor.stop();
+    }
+
+    /// Asks every loop to write what is queued and close its connections
+    /// (at most [`outbox::WRITE_TIMEOUT`] for clients that do not read),
+    /// and waits for them.
+    pub fn finish(mut self) {
+        self.acceptor.stop();
+        for (home, _) in &self.loops {
+            home.stop();
+        }
+        for (_, thread) in self.loops {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Handles one frame read on `conn`: a text is parsed and each request in
+/// it dispatched; an oversized one is answered -32009.
+fn handle_frame(router: &Router, conn: &Arc<Connection>, frame: Frame) {
+    match frame {
+        Frame::Text(bytes) | Frame::Stray(bytes) => handle_text(router, conn, bytes),
+        Frame::TooLarge => Responder::new(conn, None, Some(null_id())).reply(Err(
+            RpcError::message_too_large(router.config.max_message_bytes),
+        )),
+    }
+}
+
+fn handle_text(router: &Router, conn: &Arc<Connection>, bytes: &[u8]) {
+    match parse_line(bytes) {
+        Err(e) => Responder::new(conn, None, Some(null_id())).reply(Err(e)),
+        Ok(Line::Single(parsed)) => handle_parsed(router, conn, None, parsed),
+        Ok(Line::Batch(items)) => {
+            let batch = Batch::new(conn.clone(), items.len());
+            for parsed in items {
+                handle_parsed(router, conn, Some(&batch), parsed);
+            }
+        }
+    }
+}
+
+fn handle_parsed(router: &Router, conn: &Arc<Connection>, batch: Option<&Arc<Batch>>, parsed: Parsed) {
+    match parsed {
+        Ok(mut request) => {
+            let responder = Responder::new(conn, batch, request.id.take());
+            (router.dispatch)(request, responder);
+        }
+        Err((id, error)) => {
+            Responder::new(conn, batch, Some(id.unwrap_or_else(null_id))).reply(Err(error));
+        }
+    }
+}
