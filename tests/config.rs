@@ -7,7 +7,7 @@ mod support;
 use std::io::Write;
 use std::process::Command;
 
-use blitz::config::{Config, ConfigInputs, PoolSizeOrigin, Source};
+use blitz::{Config, ConfigInputs, PoolSizeOrigin, Source};
 use support::{bin, run, Server, TestDb};
 
 fn load(
@@ -57,7 +57,7 @@ fn defaults_follow_the_architecture() {
     assert_eq!(c.db.api_schema, "blitz_api");
     assert_eq!(c.auth.mode, "password");
     assert_eq!(c.auth.session_idle_timeout_s, 600);
-    let cores = blitz::config::physical_cores().expect("this machine exposes its topology");
+    let cores = blitz::physical_cores().expect("this machine exposes its topology");
     assert_eq!(c.db.pool_size, cores * 2);
     assert!(matches!(
         c.pool_size_origin,
@@ -73,7 +73,7 @@ fn defaults_follow_the_architecture() {
 #[test]
 fn spindles_add_to_the_formula() {
     let c = load(None, &[], &[("db.effective_spindles", "3")]).unwrap();
-    let cores = blitz::config::physical_cores().unwrap();
+    let cores = blitz::physical_cores().unwrap();
     assert_eq!(c.db.pool_size, cores * 2 + 3);
     assert!(c.pool_size_explained().contains("+ spindles 3"));
 }
@@ -319,7 +319,7 @@ fn server_starts_logs_sizes_and_stops_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let log = server.log();
-    let cores = blitz::config::physical_cores().unwrap();
+    let cores = blitz::physical_cores().unwrap();
     let expected = format!(
         "pool_size={} (physical cores {cores} × 2 + spindles 0)",
         cores * 2

@@ -8,9 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use blitz::admin::{Admin, AdminError};
-use blitz::config::{Config, ConfigError, ConfigInputs};
-use blitz::server::Server;
+use blitz::{Admin, AdminError, Config, ConfigError, ConfigInputs, Server};
 
 /// The blitz application server.
 #[derive(Debug, Parser)]
@@ -177,7 +175,7 @@ fn administer(config: &Config, action: UserAction) -> Result<(), AdminError> {
 /// command's report) or one line read from stdin.
 fn new_password(name: &str, generate: bool) -> Result<String, AdminError> {
     if generate {
-        let password = blitz::auth::generate_password()
+        let password = blitz::generate_password()
             .map_err(|e| AdminError::Invalid(format!("cannot read /dev/urandom: {e}")))?;
         eprintln!("generated password for {name} (shown once): {password}");
         return Ok(password);
@@ -218,11 +216,11 @@ fn serve(config: Config) -> ExitCode {
         eprintln!("blitz-server: cannot install the Ctrl-C/SIGTERM handler: {e}");
         return ExitCode::FAILURE;
     }
-    if let Err(e) = blitz::db::check_capacity(&config) {
+    if let Err(e) = blitz::check_capacity(&config) {
         eprintln!("blitz-server: {e}");
         return ExitCode::from(2);
     }
-    blitz::server::raise_fd_limit(&config);
+    blitz::raise_fd_limit(&config);
     let listen = config.server.listen.clone();
     match Server::bind(config) {
         Ok(server) => {

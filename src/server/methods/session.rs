@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::api::{self, with_db, Budget};
+use super::Call;
 use crate::auth;
-use crate::connection::Connection;
+use crate::auth::sessions::{describe, Session};
+use crate::db::Deadline;
 use crate::protocol::RpcError;
-use crate::server::Context;
-use crate::sessions::{describe, Session};
+use crate::server::context::Context;
+use crate::server::router::connection::Connection;
 
 /// The one message for every failed password check.
 const BAD_LOGIN: &str = "login failed: unknown user or wrong password";
@@ -28,13 +29,10 @@ pub const NO_SESSION: &str =
     "no session on this connection: call session.login or session.join first";
 
 /// `session.login {user, password}` (`{user}` in trust mode).
-pub fn login(
-    ctx: &Context,
-    conn: &Connection,
-    params: &Value,
-    budget: &Budget,
-) -> Result<Value, RpcError> {
-    let mut fields = Fields::of(params, &["user", "password"])?;
+pub fn login(call: &Call) -> Result<Value, RpcError> {
+    let (ctx, conn, deadline) = (call.ctx, call.conn, call.deadline);
+    let params = &call.request.params()?;
+    let mut fields = Fields::of(params, call.param_names())?;
     let user = fields.string("user")?.ok_or_else(|| missing("user"))?;
     let password = fields.string("password")?;
     let peer = conn.peer.ip();
@@ -45,10 +43,10 @@ pub fn login(
         )));
     }
     let accepted = if ctx.config.auth.mode == "trust" {
-        trusted_user_may_log_in(ctx, &user, budget)?
+        trusted_user_may_log_in(ctx, &user, deadline)?
     } else {
         let password = password.ok_or_else(|| missing("password"))?;
-        password_matches(ctx, &user, &password, budget)?
+        password_matches(ctx, &user, &password, deadline)?
     };
     if !accepted {
         ctx.login_limiter.record_failure(&user, peer);
@@ -56,8 +54,8 @@ pub fn login(
     }
     let key = auth::new_session_key()
         .map_err(|e| RpcError::internal(format!("no random bytes for a session key: {e}")))?;
-    let mut db = api::acquire(ctx, budget)?;
-    let (session, expires_at) = with_db(ctx, &mut db, budget, |client| {
+    let mut db = ctx.acquire(deadline)?;
+    let (session, expires_at) = ctx.with_db(&mut db, deadline, |client| {
         ctx.sessions.create(client, &user, key)
     })?;
     log::debug!(
@@ -70,20 +68,15 @@ pub fn login(
 }
 
 /// `session.join {session}`: binds a live session made on any instance.
-pub fn join(
-    ctx: &Context,
-    conn: &Connection,
-    params: &Value,
-    budget: &Budget,
-) -> Result<Value, RpcError> {
-    let mut fields = Fields::of(params, &["session"])?;
+pub fn join(call: &Call) -> Result<Value, RpcError> {
+    let (ctx, conn, deadline) = (call.ctx, call.conn, call.deadline);
+    let params = &call.request.params()?;
+    let mut fields = Fields::of(params, call.param_names())?;
     let key = fields
         .string("session")?
         .ok_or_else(|| missing("session"))?;
-    let mut db = api::acquire(ctx, budget)?;
-    let found = with_db(ctx, &mut db, budget, |client| {
-        ctx.sessions.find(client, &key)
-    })?;
+    let mut db = ctx.acquire(deadline)?;
+    let found = ctx.with_db(&mut db, deadline, |client| ctx.sessions.find(client, &key))?;
     let (session, expires_at) = found.ok_or_else(|| RpcError::unauthenticated(DEAD_SESSION))?;
     ctx.sessions.touch(&session);
     log::debug!(
@@ -96,18 +89,15 @@ pub fn join(
 }
 
 /// `session.logout {}`: ends the connection's session on every instance.
-pub fn logout(
-    ctx: &Context,
-    conn: &Connection,
-    params: &Value,
-    budget: &Budget,
-) -> Result<Value, RpcError> {
-    Fields::of(params, &[])?;
+pub fn logout(call: &Call) -> Result<Value, RpcError> {
+    let (ctx, conn, deadline) = (call.ctx, call.conn, call.deadline);
+    let params = &call.request.params()?;
+    Fields::of(params, call.param_names())?;
     let session = conn
         .session()
         .ok_or_else(|| RpcError::unauthenticated(NO_SESSION))?;
-    let mut db = api::acquire(ctx, budget)?;
-    let ended = with_db(ctx, &mut db, budget, |client| {
+    let mut db = ctx.acquire(deadline)?;
+    let ended = ctx.with_db(&mut db, deadline, |client| {
         ctx.sessions.end(client, &session.key)
     })?;
     ctx.connections.unbind_session(&session.key);
@@ -131,9 +121,13 @@ fn bind(conn: &Connection, session: Session, expires_at: Value) -> Value {
 }
 
 /// Trust mode: any enabled user name logs in; a new name becomes a user.
-fn trusted_user_may_log_in(ctx: &Context, user: &str, budget: &Budget) -> Result<bool, RpcError> {
-    let mut db = api::acquire(ctx, budget)?;
-    with_db(ctx, &mut db, budget, |client| {
+fn trusted_user_may_log_in(
+    ctx: &Context,
+    user: &str,
+    deadline: &Deadline,
+) -> Result<bool, RpcError> {
+    let mut db = ctx.acquire(deadline)?;
+    ctx.with_db(&mut db, deadline, |client| {
         client.execute(
             "INSERT INTO blitz.users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
             &[&user],
@@ -149,11 +143,11 @@ fn password_matches(
     ctx: &Context,
     user: &str,
     password: &str,
-    budget: &Budget,
+    deadline: &Deadline,
 ) -> Result<bool, RpcError> {
     let stored: Option<String> = {
-        let mut db = api::acquire(ctx, budget)?;
-        with_db(ctx, &mut db, budget, |client| {
+        let mut db = ctx.acquire(deadline)?;
+        ctx.with_db(&mut db, deadline, |client| {
             let row = client.query_opt(
                 "SELECT password_hash FROM blitz.users WHERE name = $1 AND NOT disabled",
                 &[&user],

@@ -4,7 +4,7 @@
 //! in HdrHistograms, counts by error code, connection errors, and the CPU the
 //! server (and PostgreSQL) spent per call.
 //!
-//! It does not use [`crate::client`]: a benchmark must count a refusal, not
+//! It does not use [`blitz::client`]: a benchmark must count a refusal, not
 //! retry it.
 //!
 //! # Loops

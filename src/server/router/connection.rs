@@ -14,6 +14,7 @@
 //! queue, and answers exactly once; if it is dropped unanswered (a bug, or
 //! shutdown), its `Drop` answers for it.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,9 +24,10 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
 
+use crate::auth::sessions::Session;
 use crate::protocol::{render_error, render_result, Id, RpcError};
-use crate::server::Context;
-use crate::sessions::Session;
+use crate::server::shutdown::Shutdown;
+use crate::server::stats::Stats;
 
 /// How long the replies queued for a client may take to be delivered once
 /// written; after that the connection is closed (the client does not read).
@@ -58,7 +60,8 @@ pub struct Connection {
     pub number: u64,
     /// The client's address.
     pub peer: SocketAddr,
-    ctx: Arc<Context>,
+    stats: Arc<Stats>,
+    shutdown: Arc<Shutdown>,
     stream: TcpStream,
     outbox: Mutex<Outbox>,
     /// Signalled whenever the writer takes what is pending.
@@ -71,11 +74,18 @@ pub struct Connection {
 impl Connection {
     /// Wraps an accepted connection (one file descriptor for both
     /// directions: the reader thread reads through [`Connection::stream`]).
-    pub fn new(ctx: Arc<Context>, number: u64, stream: TcpStream, peer: SocketAddr) -> Connection {
+    pub fn new(
+        number: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stats: Arc<Stats>,
+        shutdown: Arc<Shutdown>,
+    ) -> Connection {
         Connection {
             number,
             peer,
-            ctx,
+            stats,
+            shutdown,
             stream,
             outbox: Mutex::new(Outbox::default()),
             outbox_taken: Condvar::new(),
@@ -88,11 +98,6 @@ impl Connection {
     /// The socket, for the reader thread (writes go through [`Connection::write_line`]).
     pub fn stream(&self) -> &TcpStream {
         &self.stream
-    }
-
-    /// The server context.
-    pub fn ctx(&self) -> &Arc<Context> {
-        &self.ctx
     }
 
     /// The session bound by `session.login` or `session.join`, if any.
@@ -220,7 +225,7 @@ impl Connection {
     /// Writes an error reply that belongs to no admitted request (parse
     /// errors, oversized lines, refusals at admission).
     pub fn write_error(&self, id: &Id, error: &RpcError) {
-        self.ctx.stats.count_error(error.code);
+        self.stats.count_error(error.code);
         self.write_line(&render_error(id, error));
     }
 
@@ -233,6 +238,61 @@ impl Connection {
     /// Whether the socket failed or was closed by the server.
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)
+    }
+}
+
+/// The open client connections, for `max_clients`, for `sys.status` and
+/// for closing them all at shutdown.
+#[derive(Default)]
+pub struct Registry {
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+}
+
+impl Registry {
+    /// Registers `conn` unless `max` are already open.
+    pub fn try_add(&self, conn: &Arc<Connection>, max: usize) -> bool {
+        let mut open = self.open.lock();
+        if open.len() >= max {
+            return false;
+        }
+        open.insert(conn.number, conn.clone());
+        true
+    }
+
+    /// Forgets a connection whose reader has finished.
+    pub fn remove(&self, number: u64) {
+        self.open.lock().remove(&number);
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.open.lock().len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Unbinds session `key` from every open connection (after a logout).
+    pub fn unbind_session(&self, key: &str) {
+        for conn in self.all() {
+            conn.unbind_session(key);
+        }
+    }
+
+    /// Every open connection.
+    fn all(&self) -> Vec<Arc<Connection>> {
+        self.open.lock().values().cloned().collect()
+    }
+
+    /// Closes every connection once its writer at work (if any) is done.
+    pub fn close_all(&self) {
+        for conn in self.all() {
+            // Each writer at work is bounded by its own write timeout.
+            conn.wait_written(Instant::now() + WRITE_TIMEOUT);
+            conn.close();
+        }
     }
 }
 
@@ -326,7 +386,7 @@ impl Responder {
         self.answered = true;
         let conn = self.connection().clone();
         if let Err(e) = &outcome {
-            conn.ctx.stats.count_error(e.code);
+            conn.stats.count_error(e.code);
         }
         let line = self.id.as_deref().map(|id| match &outcome {
             Ok(v) => render_result(id, v),
@@ -351,8 +411,8 @@ impl Drop for Responder {
         if self.answered {
             return;
         }
-        let error = if self.connection().ctx.shutdown.is_stopping() {
-            RpcError::shutting_down(self.connection().ctx.retry_after_shutdown_ms())
+        let error = if self.connection().shutdown.is_stopping() {
+            RpcError::shutting_down()
         } else {
             log::error!(
                 "request {} was dropped without a reply (a bug)",
@@ -371,21 +431,15 @@ mod tests {
     use std::net::TcpListener;
 
     use super::*;
-    use crate::config::Config;
-    use crate::server::Server;
 
-    /// A connection on a loopback socket pair; the database is never used.
+    /// A connection on a loopback socket pair.
     fn loopback() -> (Arc<Connection>, TcpStream) {
-        let config = Config::with_flags(&[
-            ("server.listen", "127.0.0.1:0"),
-            ("db.url", "postgresql://nobody@127.0.0.1:1/none"),
-        ])
-        .expect("a valid configuration");
-        let ctx = Server::bind(config).expect("bind").context().clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, peer) = listener.accept().unwrap();
-        (Arc::new(Connection::new(ctx, 1, server_side, peer)), client)
+        let (stats, shutdown) = (Arc::new(Stats::new()), Arc::new(Shutdown::default()));
+        let conn = Connection::new(1, server_side, peer, stats, shutdown);
+        (Arc::new(conn), client)
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The router: the accept loop, and one blocking reader thread per client
 //! connection that splits the stream into lines, parses them, and hands
-//! each request to [`services::route`] with its [`Responder`].
+//! each request with its [`Responder`] to the dispatch function it was
+//! given (the method table's `route`).
 //!
 //! Limits enforced here: `max_clients` (one -32005 line, then a clean
 //! close), `max_message_bytes` (-32009, the line is skipped, the connection
@@ -14,25 +15,47 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::connection::{Batch, Connection, Responder};
-use crate::protocol::{null_id, parse_line, Frame, Line, LineReader, Parsed, RpcError};
-use crate::server::Context;
-use crate::services;
-use crate::stats::LogThrottle;
+pub mod connection;
+
+use connection::{Batch, Connection, Registry, Responder};
+
+use super::shutdown::Shutdown;
+use super::stats::Stats;
+use crate::config::ServerConfig;
+use crate::logging::LogThrottle;
+use crate::protocol::{null_id, parse_line, Frame, Line, LineReader, Parsed, Request, RpcError};
+
+/// Where the router hands each request it has read.
+pub type Dispatch = dyn Fn(Request, Responder) + Send + Sync;
+
+/// What the router needs: the `[server]` limits, the open connections, the
+/// counters, the lifecycle, and where requests go.
+pub struct Router {
+    /// `[server]` configuration.
+    pub config: ServerConfig,
+    /// The open connections.
+    pub connections: Arc<Registry>,
+    /// Counters (errors answered on the router thread).
+    pub stats: Arc<Stats>,
+    /// Lifecycle state.
+    pub shutdown: Arc<Shutdown>,
+    /// The method table's routing.
+    pub dispatch: Box<Dispatch>,
+}
 
 /// Stack of a connection's reader thread: small, so 10,000 idle connections
 /// cost little memory; enough for serde_json's nesting limit of 128.
 const READER_STACK: usize = 128 * 1024;
 
 /// Starts the accept loop of `listener` on its own thread.
-pub fn spawn_acceptor(ctx: Arc<Context>, listener: TcpListener) -> JoinHandle<()> {
+pub fn spawn_acceptor(ctx: Arc<Router>, listener: TcpListener) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("blitz-accept".into())
         .spawn(move || accept_loop(&ctx, &listener))
         .expect("spawn the accept thread")
 }
 
-fn accept_loop(ctx: &Arc<Context>, listener: &TcpListener) {
+fn accept_loop(ctx: &Arc<Router>, listener: &TcpListener) {
     let mut next_number = 0u64;
     let warnings = LogThrottle::new(Duration::from_secs(10));
     for stream in listener.incoming() {
@@ -57,30 +80,32 @@ fn accept_loop(ctx: &Arc<Context>, listener: &TcpListener) {
     }
 }
 
-fn start_connection(ctx: &Arc<Context>, stream: TcpStream, number: u64) {
+fn start_connection(ctx: &Arc<Router>, stream: TcpStream, number: u64) {
     let _ = stream.set_nodelay(true);
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
-    let conn = Arc::new(Connection::new(ctx.clone(), number, stream, peer));
-    if !ctx
-        .connections
-        .try_add(&conn, ctx.config.server.max_clients as usize)
-    {
-        return refuse(conn);
+    let conn = Connection::new(
+        number,
+        stream,
+        peer,
+        ctx.stats.clone(),
+        ctx.shutdown.clone(),
+    );
+    let conn = Arc::new(conn);
+    let max = ctx.config.max_clients;
+    if !ctx.connections.try_add(&conn, max as usize) {
+        return refuse(conn, max);
     }
-    let reader_conn = conn.clone();
+    let (reader_conn, reader_ctx) = (conn.clone(), ctx.clone());
     let spawned = std::thread::Builder::new()
         .name(format!("blitz-conn-{number}"))
         .stack_size(READER_STACK)
-        .spawn(move || read_requests(reader_conn));
+        .spawn(move || read_requests(&reader_ctx, reader_conn));
     if let Err(e) = spawned {
         log::error!("cannot start a reader thread for {peer}: {e}; closing it");
         ctx.connections.remove(number);
-        conn.write_error(
-            &null_id(),
-            &RpcError::too_many_connections(ctx.config.server.max_clients),
-        );
+        conn.write_error(&null_id(), &RpcError::too_many_connections(max));
         conn.close();
     }
 }
@@ -89,8 +114,7 @@ fn start_connection(ctx: &Arc<Context>, stream: TcpStream, number: u64) {
 /// is drained (at most [`REFUSAL_DRAIN`] long, [`REFUSAL_DRAIN_BYTES`]) before
 /// closing so the kernel sends FIN, not RST; beyond [`MAX_REFUSALS`] at once
 /// the connection is closed right after the line.
-fn refuse(conn: Arc<Connection>) {
-    let max = conn.ctx().config.server.max_clients;
+fn refuse(conn: Arc<Connection>, max: u64) {
     conn.write_error(&null_id(), &RpcError::too_many_connections(max));
     let _ = conn.stream().shutdown(SocketShutdown::Write);
     if REFUSALS.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSALS {
@@ -131,18 +155,17 @@ fn drain_input(mut stream: &TcpStream) {
     }
 }
 
-fn read_requests(conn: Arc<Connection>) {
-    let ctx = conn.ctx().clone();
-    let idle = ctx.config.server.idle_timeout_s;
+fn read_requests(ctx: &Router, conn: Arc<Connection>) {
+    let idle = ctx.config.idle_timeout_s;
     let _ = conn
         .stream()
         .set_read_timeout((idle > 0).then(|| Duration::from_secs(idle)));
-    let max = ctx.config.server.max_message_bytes;
+    let max = ctx.config.max_message_bytes;
     let mut input = BufReader::with_capacity(16 * 1024, conn.stream());
     let mut lines = LineReader::new(max as usize);
     while !conn.is_broken() {
         match lines.read_line(&mut input) {
-            Ok(Frame::Line(bytes)) => handle_line(&conn, &bytes),
+            Ok(Frame::Line(bytes)) => handle_line(ctx, &conn, &bytes),
             Ok(Frame::TooLarge) => conn.write_error(&null_id(), &RpcError::message_too_large(max)),
             Ok(Frame::Eof) => break,
             Err(e) if is_timeout(&e) => {
@@ -176,27 +199,27 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-fn handle_line(conn: &Arc<Connection>, bytes: &[u8]) {
+fn handle_line(ctx: &Router, conn: &Arc<Connection>, bytes: &[u8]) {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return;
     }
     match parse_line(bytes) {
         Err(e) => conn.write_error(&null_id(), &e),
-        Ok(Line::Single(parsed)) => handle_parsed(conn, None, parsed),
+        Ok(Line::Single(parsed)) => handle_parsed(ctx, conn, None, parsed),
         Ok(Line::Batch(items)) => {
             let batch = Batch::new(conn.clone(), items.len());
             for parsed in items {
-                handle_parsed(conn, Some(&batch), parsed);
+                handle_parsed(ctx, conn, Some(&batch), parsed);
             }
         }
     }
 }
 
-fn handle_parsed(conn: &Arc<Connection>, batch: Option<&Arc<Batch>>, parsed: Parsed) {
+fn handle_parsed(ctx: &Router, conn: &Arc<Connection>, batch: Option<&Arc<Batch>>, parsed: Parsed) {
     match parsed {
         Ok(mut request) => {
             let responder = Responder::new(conn, batch, request.id.take());
-            services::route(conn.ctx(), request, responder);
+            (ctx.dispatch)(request, responder);
         }
         Err((id, error)) => {
             Responder::new(conn, batch, Some(id.unwrap_or_else(null_id))).reply(Err(error));

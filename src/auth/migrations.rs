@@ -85,6 +85,53 @@ END
 $$;
 "#,
     },
+    Migration {
+        version: 3,
+        description: "blitz.session_live: the one definition of a live session",
+        sql: r#"
+CREATE FUNCTION blitz.session_live(last_used timestamptz, created timestamptz,
+                                   idle_s int, max_life_s int)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT last_used > now() - make_interval(secs => idle_s)
+       AND (max_life_s = 0 OR created > now() - make_interval(secs => max_life_s))
+$$;
+CREATE OR REPLACE FUNCTION blitz.enter(session_key text, idle_s int, max_life_s int,
+                                       set_role boolean, callee oid)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    who text;
+BEGIN
+    SELECT s.user_name INTO who
+      FROM blitz.sessions s JOIN blitz.users u ON u.name = s.user_name
+     WHERE s.key = session_key
+       AND NOT u.disabled
+       AND blitz.session_live(s.last_used, s.created, idle_s, max_life_s);
+    IF who IS NULL THEN
+        RAISE EXCEPTION 'the session has expired or was ended; log in again'
+              USING ERRCODE = 'BZ006';
+    END IF;
+    PERFORM pg_catalog.set_config('blitz.user', who, true);
+    PERFORM pg_catalog.set_config('blitz.session', session_key, true);
+    IF set_role THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = who) THEN
+            RAISE EXCEPTION 'auth.set_role is on but there is no PostgreSQL role "%"', who
+                  USING ERRCODE = '42501',
+                        HINT = 'CREATE ROLE for the user and GRANT it to the server''s database user';
+        END IF;
+        PERFORM pg_catalog.set_config('role', who, true);
+        -- Checked here, not only by PostgreSQL: a simple SQL function is
+        -- inlined when a statement is planned, and a plan cached on this
+        -- connection for another user would skip the check.
+        IF NOT pg_catalog.has_function_privilege(who, callee, 'EXECUTE') THEN
+            RAISE EXCEPTION 'permission denied for function %', callee::regprocedure
+                  USING ERRCODE = '42501';
+        END IF;
+    END IF;
+    RETURN true;
+END
+$$;
+"#,
+    },
 ];
 
 /// Brings schema `blitz` up to the newest migration; returns the versions
@@ -134,6 +181,18 @@ pub fn latest_version() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_blitz_enter_raises_the_sqlstate_the_server_maps() {
+        let newest_enter = MIGRATIONS
+            .iter()
+            .rev()
+            .find(|m| m.sql.contains("FUNCTION blitz.enter"))
+            .unwrap();
+        let raise = format!("ERRCODE = '{}'", crate::db::sqlstate::DEAD_SESSION_SQLSTATE);
+        assert!(newest_enter.sql.contains(&raise));
+        assert!(newest_enter.sql.contains("blitz.session_live("));
+    }
 
     #[test]
     fn versions_increase() {

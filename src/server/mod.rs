@@ -1,8 +1,23 @@
-//! The server as a whole: the shared [`Context`] every thread sees, and the
-//! lifecycle of [`Server`]: bind, start the workers and accept loops, then
-//! on a stop signal drain within `server.drain_timeout_s` and close.
+//! The server: the lifecycle of [`Server`] (bind, start the workers and
+//! the router, then on a stop signal drain within `server.drain_timeout_s`
+//! and close), and the pipeline's stages as modules:
+//!
+//! - [`router`]: reads requests from client connections, answers what it can
+//!   itself, and hands the rest to the method table;
+//! - [`methods`]: the one method table and the methods;
+//! - [`admission`]: the bounded FIFO queue and who may enter it;
+//! - [`workers`]: the fixed pool of threads that run queued jobs;
+//! - [`context`]: what the methods share;
+//! - [`stats`], [`shutdown`]: counters and the lifecycle state.
 
-use std::collections::HashMap;
+pub mod admission;
+pub mod context;
+pub mod methods;
+pub mod router;
+pub mod shutdown;
+pub mod stats;
+pub mod workers;
+
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,114 +26,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::auth::sessions::{self, Sessions};
 use crate::auth::LoginLimiter;
 use crate::config::Config;
-use crate::connection::Connection;
-use crate::db::{self, Health, Pool};
-use crate::dispatch::{self, Dispatcher, Job};
+use crate::db::catalog::CatalogCache;
+use crate::db::{self, CancelReason, Database, Health};
 use crate::protocol::RpcError;
-use crate::router;
-use crate::services::api::CatalogCache;
-use crate::sessions::{self, Sessions};
-use crate::shutdown::Shutdown;
-use crate::stats::Stats;
-use crate::watchdog::{CancelReason, Watchdog};
-
-/// Everything the router, the workers and the services share.
-pub struct Context {
-    /// The effective configuration.
-    pub config: Config,
-    /// This instance's name (`host:port`), reported in -32001 and `sys.status`.
-    pub instance: String,
-    /// Counters and latencies.
-    pub stats: Stats,
-    /// Lifecycle state.
-    pub shutdown: Shutdown,
-    /// The bounded queue.
-    pub dispatcher: Dispatcher,
-    /// The database connections.
-    pub pool: Pool,
-    /// Cancels statements at their deadline.
-    pub watchdog: Watchdog,
-    /// Database up/down, logged once per outage.
-    pub health: Arc<Health>,
-    /// The `api.` functions known from pg_proc.
-    pub catalog: CatalogCache,
-    /// Open client connections.
-    pub connections: Registry,
-    /// Session state: schema readiness, `last_used` batching.
-    pub sessions: Sessions,
-    /// Failed logins per user and peer address.
-    pub login_limiter: LoginLimiter,
-    workers_may_exit: AtomicBool,
-}
-
-impl Context {
-    /// `retry_after_ms` suggested with -32003: another instance is the
-    /// better target, so this only paces a client that has no other.
-    pub fn retry_after_shutdown_ms(&self) -> u64 {
-        1000
-    }
-
-    /// Whether idle workers should stop (after the drain).
-    pub fn workers_may_exit(&self) -> bool {
-        self.workers_may_exit.load(Ordering::Acquire)
-    }
-}
-
-/// The open client connections, for `max_clients` and for closing them all
-/// at shutdown.
-#[derive(Default)]
-pub struct Registry {
-    open: Mutex<HashMap<u64, Arc<Connection>>>,
-}
-
-impl Registry {
-    /// Registers `conn` unless `max` are already open.
-    pub fn try_add(&self, conn: &Arc<Connection>, max: usize) -> bool {
-        let mut open = self.open.lock();
-        if open.len() >= max {
-            return false;
-        }
-        open.insert(conn.number, conn.clone());
-        true
-    }
-
-    /// Forgets a connection whose reader has finished.
-    pub fn remove(&self, number: u64) {
-        self.open.lock().remove(&number);
-    }
-
-    /// Open connections.
-    pub fn len(&self) -> usize {
-        self.open.lock().len()
-    }
-
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Unbinds session `key` from every open connection (after a logout).
-    pub fn unbind_session(&self, key: &str) {
-        let open: Vec<_> = self.open.lock().values().cloned().collect();
-        for conn in open {
-            conn.unbind_session(key);
-        }
-    }
-
-    fn close_all(&self) {
-        let open: Vec<_> = self.open.lock().values().cloned().collect();
-        for conn in open {
-            // Each writer at work is bounded by its own write timeout.
-            conn.wait_written(Instant::now() + crate::connection::WRITE_TIMEOUT);
-            conn.close();
-        }
-    }
-}
+use admission::{Dispatcher, Job, Limits};
+use context::Context;
+use router::Router;
+use stats::Stats;
+use workers::Crew;
 
 /// Binds `addr` with an accept backlog sized for a burst of `max_clients`
 /// connections (the kernel caps it at `net.core.somaxconn`). std's fixed
@@ -141,6 +61,8 @@ pub struct Server {
     ctx: Arc<Context>,
     listeners: Vec<TcpListener>,
     queue: Receiver<Job>,
+    /// Set after the drain: idle workers and the session writer stop.
+    housekeeping_stop: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -153,28 +75,40 @@ impl Server {
             .map(|addr| bind_listener(addr, config.server.max_clients))
             .collect::<io::Result<Vec<_>>>()?;
         let port = listeners[0].local_addr()?.port();
-        let (dispatcher, queue) = Dispatcher::new(config.invocation.queue_capacity as usize);
+        let instance = format!("{}:{port}", hostname());
+        let stats = Arc::new(Stats::new());
+        let limits = Limits {
+            max_in_flight: config.server.max_in_flight_per_connection as usize,
+            default_timeout: config.default_timeout(),
+            workers: config.invocation.workers as usize,
+            instance: instance.clone(),
+        };
+        let capacity = config.invocation.queue_capacity as usize;
+        let (dispatcher, queue) = Dispatcher::new(capacity, limits, stats.clone());
         let health = Arc::new(Health::default());
-        let sessions = Sessions::new(&config.auth);
-        let ctx = Arc::new(Context {
-            instance: format!("{}:{port}", hostname()),
-            pool: db::build_pool(&config, health.clone()),
-            catalog: CatalogCache::new(&config.db.api_schema),
-            config,
-            stats: Stats::new(),
-            shutdown: Shutdown::default(),
-            dispatcher,
-            watchdog: Watchdog::start(),
+        let acquire_timeout = Duration::from_millis(config.db.acquire_timeout_ms);
+        let db = Database::new(
+            db::build_pool(&config, health.clone()),
             health,
-            connections: Registry::default(),
-            sessions,
+            acquire_timeout,
+        );
+        let ctx = Arc::new(Context {
+            instance,
+            db,
+            catalog: CatalogCache::new(&config.db.api_schema),
+            sessions: Arc::new(Sessions::new(&config.auth)),
+            config,
+            stats,
+            shutdown: Arc::default(),
+            dispatcher,
+            connections: Arc::default(),
             login_limiter: LoginLimiter::default(),
-            workers_may_exit: AtomicBool::new(false),
         });
         Ok(Server {
             ctx,
             listeners,
             queue,
+            housekeeping_stop: Arc::default(),
         })
     }
 
@@ -194,14 +128,18 @@ impl Server {
     /// Serves until `stop` receives (or disconnects), then drains and closes.
     pub fn run(self, stop: &Receiver<()>) {
         let ctx = &self.ctx;
-        let workers =
-            dispatch::spawn_workers(ctx, &self.queue, ctx.config.invocation.workers as usize);
-        let session_writer = sessions::spawn_session_writer(ctx.clone());
+        let workers = self.spawn_workers();
+        let session_writer = sessions::spawn_session_writer(
+            ctx.sessions.clone(),
+            db::connect_config(&ctx.config),
+            self.housekeeping_stop.clone(),
+        );
         let addrs = self.local_addrs();
+        let router = Arc::new(self.router());
         let acceptors: Vec<JoinHandle<()>> = self
             .listeners
             .into_iter()
-            .map(|l| router::spawn_acceptor(ctx.clone(), l))
+            .map(|l| router::spawn_acceptor(router.clone(), l))
             .collect();
         log::info!(
             "blitz-server {} started: pool_size={}, workers={}, queue_capacity={}, listening on {}",
@@ -216,20 +154,55 @@ impl Server {
                 .join(", ")
         );
         let _ = stop.recv();
-        drain_and_close(ctx, &self.queue, workers, acceptors, &addrs);
+        let stages = Stages {
+            queue: &self.queue,
+            workers,
+            acceptors,
+            addrs: &addrs,
+            housekeeping_stop: &self.housekeeping_stop,
+        };
+        drain_and_close(ctx, stages);
         let _ = session_writer.join();
     }
+
+    /// The workers, each given the method table's `run_job`.
+    fn spawn_workers(&self) -> Vec<JoinHandle<()>> {
+        let ctx = self.ctx.clone();
+        let crew = Arc::new(Crew {
+            queue: self.queue.clone(),
+            run: Arc::new(move |job| methods::run_job(&ctx, job)),
+            stats: self.ctx.stats.clone(),
+            busy: self.ctx.dispatcher.busy_counter(),
+            may_exit: self.housekeeping_stop.clone(),
+        });
+        workers::spawn(&crew, self.ctx.config.invocation.workers as usize)
+    }
+
+    /// The router, given the method table's `route`.
+    fn router(&self) -> Router {
+        let ctx = self.ctx.clone();
+        Router {
+            config: self.ctx.config.server.clone(),
+            connections: self.ctx.connections.clone(),
+            stats: self.ctx.stats.clone(),
+            shutdown: self.ctx.shutdown.clone(),
+            dispatch: Box::new(move |request, responder| methods::route(&ctx, request, responder)),
+        }
+    }
+}
+
+/// The running stages `drain_and_close` stops.
+struct Stages<'a> {
+    queue: &'a Receiver<Job>,
+    workers: Vec<JoinHandle<()>>,
+    acceptors: Vec<JoinHandle<()>>,
+    addrs: &'a [SocketAddr],
+    housekeeping_stop: &'a AtomicBool,
 }
 
 /// The shutdown sequence: refuse new work, let queued and running work
 /// finish until the drain deadline, answer what is left -32003, close.
-fn drain_and_close(
-    ctx: &Arc<Context>,
-    queue: &Receiver<Job>,
-    workers: Vec<JoinHandle<()>>,
-    acceptors: Vec<JoinHandle<()>>,
-    addrs: &[SocketAddr],
-) {
+fn drain_and_close(ctx: &Arc<Context>, stages: Stages) {
     let drain = Duration::from_secs(ctx.config.server.drain_timeout_s);
     log::info!(
         "shutting down: draining {} queued and {} running requests (at most {} s)",
@@ -238,10 +211,10 @@ fn drain_and_close(
         drain.as_secs()
     );
     ctx.shutdown.begin(drain);
-    for addr in addrs {
+    for addr in stages.addrs {
         let _ = TcpStream::connect_timeout(addr, Duration::from_millis(200)); // wakes accept()
     }
-    for a in acceptors {
+    for a in stages.acceptors {
         let _ = a.join();
     }
     let deadline = Instant::now() + drain;
@@ -252,17 +225,19 @@ fn drain_and_close(
     }
     if ctx.dispatcher.busy_workers() > 0 {
         log::warn!("drain timeout reached: cancelling running statements");
-        ctx.watchdog.cancel_all(CancelReason::Shutdown);
+        ctx.db.watchdog.cancel_all(CancelReason::Shutdown);
     }
     ctx.dispatcher.close();
-    ctx.workers_may_exit.store(true, Ordering::Release);
-    join_workers(workers, Instant::now().max(deadline) + WORKER_JOIN_GRACE);
-    for job in queue.try_iter() {
-        job.responder
-            .reply(Err(RpcError::shutting_down(ctx.retry_after_shutdown_ms())));
+    stages.housekeeping_stop.store(true, Ordering::Release);
+    join_workers(
+        stages.workers,
+        Instant::now().max(deadline) + WORKER_JOIN_GRACE,
+    );
+    for job in stages.queue.try_iter() {
+        job.responder.reply(Err(RpcError::shutting_down()));
     }
     ctx.connections.close_all();
-    ctx.watchdog.stop();
+    ctx.db.watchdog.stop();
     log::info!(
         "stopped: {} requests completed",
         ctx.stats.counters.completed.load(Ordering::Relaxed)

@@ -22,11 +22,10 @@ use postgres::types::{Oid, ToSql, Type};
 use postgres::{Client, GenericClient, NoTls};
 use serde_json::{json, Value};
 
+use super::migrations;
 use crate::config::AuthConfig;
 use crate::db::DbConn;
-use crate::schema;
-use crate::server::Context;
-use crate::stats::LogThrottle;
+use crate::logging::LogThrottle;
 
 /// The identity bound to a connection by `session.login` or `session.join`.
 #[derive(Clone, PartialEq, Eq)]
@@ -55,6 +54,11 @@ pub fn describe(session: &Session, expires_at: Value) -> Value {
 /// `last_used` columns; `$2` idle seconds, `$3` max lifetime (0 = none).
 const EXPIRES_AT: &str = "pg_catalog.to_json(LEAST(s.last_used + make_interval(secs => $2::int4), \
      CASE WHEN $3::int4 = 0 THEN 'infinity'::timestamptz ELSE s.created + make_interval(secs => $3::int4) END))";
+
+/// Whether session `s` is live: the call of `blitz.session_live` (schema
+/// migration 3), the one definition of the rule, which `blitz.enter` uses
+/// too; `$2` idle seconds, `$3` max lifetime (0 = none).
+const LIVE: &str = "blitz.session_live(s.last_used, s.created, $2::int4, $3::int4)";
 
 /// The per-instance session state; see the module doc.
 pub struct Sessions {
@@ -96,7 +100,7 @@ impl Sessions {
         if self.schema_ready.load(Ordering::Acquire) {
             return Ok(());
         }
-        match schema::migrate(client) {
+        match migrations::migrate(client) {
             Ok(applied) => {
                 log_migrations(&applied);
                 self.schema_ready.store(true, Ordering::Release);
@@ -145,9 +149,7 @@ impl Sessions {
         let sql = format!(
             "SELECT s.user_name, {EXPIRES_AT} FROM blitz.sessions s \
              JOIN blitz.users u ON u.name = s.user_name \
-             WHERE s.key = $1 AND NOT u.disabled \
-               AND s.last_used > now() - make_interval(secs => $2::int4) \
-               AND ($3::int4 = 0 OR s.created > now() - make_interval(secs => $3::int4))"
+             WHERE s.key = $1 AND NOT u.disabled AND {LIVE}"
         );
         let (idle, max) = self.limits();
         let row = client.query_opt(&sql, &[&key, &idle, &max])?;
@@ -163,11 +165,9 @@ impl Sessions {
     /// Ends the session with `key` for every instance; false when it had
     /// ended already (by a logout elsewhere, or expiry).
     pub fn end(&self, client: &mut impl GenericClient, key: &str) -> Result<bool, postgres::Error> {
-        let sql = "DELETE FROM blitz.sessions AS s WHERE key = $1 \
-             AND s.last_used > now() - make_interval(secs => $2::int4) \
-             AND ($3::int4 = 0 OR s.created > now() - make_interval(secs => $3::int4))";
+        let sql = format!("DELETE FROM blitz.sessions AS s WHERE key = $1 AND {LIVE}");
         let (idle, max) = self.limits();
-        let ended = client.execute(sql, &[&key, &idle, &max])? > 0;
+        let ended = client.execute(&sql, &[&key, &idle, &max])? > 0;
         let mut touches = self.touches.lock();
         touches.pending.remove(key);
         touches.written.remove(key);
@@ -238,9 +238,8 @@ impl Sessions {
     fn purge_expired(&self, client: &mut Client) -> Result<u64, postgres::Error> {
         let (idle, max) = self.limits();
         client.execute(
-            "DELETE FROM blitz.sessions \
-             WHERE last_used < now() - make_interval(secs => $1::int4) \
-                OR ($2::int4 > 0 AND created < now() - make_interval(secs => $2::int4))",
+            "DELETE FROM blitz.sessions AS s \
+             WHERE NOT blitz.session_live(s.last_used, s.created, $1::int4, $2::int4)",
             &[&idle, &max],
         )
     }
@@ -250,12 +249,12 @@ fn log_migrations(applied: &[i32]) {
     if applied.is_empty() {
         log::debug!(
             "schema blitz is current (version {})",
-            schema::latest_version()
+            migrations::latest_version()
         );
     } else {
         log::info!(
             "schema blitz migrated to version {} (applied {applied:?})",
-            schema::latest_version()
+            migrations::latest_version()
         );
     }
 }
@@ -263,10 +262,15 @@ fn log_migrations(applied: &[i32]) {
 /// Starts the thread that flushes `last_used` writes and purges expired
 /// sessions, on its own connection (one beyond the pool). It makes a last
 /// flush and ends once the workers have stopped.
-pub fn spawn_session_writer(ctx: Arc<Context>) -> JoinHandle<()> {
+/// `connect` is the database to write to; the thread stops when `stop` is set.
+pub fn spawn_session_writer(
+    sessions: Arc<Sessions>,
+    connect: postgres::Config,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("blitz-sessions".into())
-        .spawn(move || SessionWriter::new(&ctx).run(&ctx))
+        .spawn(move || SessionWriter::new(connect).run(&sessions, &stop))
         .expect("spawn the session writer thread")
 }
 
@@ -282,31 +286,28 @@ struct SessionWriter {
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 impl SessionWriter {
-    fn new(ctx: &Context) -> SessionWriter {
+    fn new(mut connect: postgres::Config) -> SessionWriter {
+        connect.application_name("blitz-sessions"); // not counted as a pool connection
         SessionWriter {
-            connect: {
-                let mut connect = crate::db::connect_config(&ctx.config);
-                connect.application_name("blitz-sessions"); // not counted as a pool connection
-                connect
-            },
+            connect,
             client: None,
             last_purge: None,
             warnings: LogThrottle::new(Duration::from_secs(60)),
         }
     }
 
-    fn run(mut self, ctx: &Context) {
-        let every = ctx.sessions.touch_interval();
-        self.round(&ctx.sessions); // migrates at start when the database is up
+    fn run(mut self, sessions: &Sessions, stop: &AtomicBool) {
+        let every = sessions.touch_interval();
+        self.round(sessions); // migrates at start when the database is up
         let mut last = Instant::now();
-        while !ctx.workers_may_exit() {
+        while !stop.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(50));
             if last.elapsed() >= every {
-                self.round(&ctx.sessions);
+                self.round(sessions);
                 last = Instant::now();
             }
         }
-        self.round(&ctx.sessions); // the last touches before exit
+        self.round(sessions); // the last touches before exit
     }
 
     fn round(&mut self, sessions: &Sessions) {

@@ -7,9 +7,9 @@ use std::fmt;
 
 use postgres::{Client, NoTls};
 
+use super::migrations;
 use crate::auth;
 use crate::config::Config;
-use crate::schema;
 
 /// What a user command can fail with.
 #[derive(Debug)]
@@ -72,7 +72,7 @@ impl Admin {
     /// Connects to `config`'s database and applies pending migrations.
     pub fn connect(config: &Config) -> Result<Admin, AdminError> {
         let mut client = crate::db::connect_config(config).connect(NoTls)?;
-        schema::migrate(&mut client)?;
+        migrations::migrate(&mut client)?;
         Ok(Admin { client })
     }
 

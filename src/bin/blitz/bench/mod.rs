@@ -1,10 +1,11 @@
-//! `blitz bench`: the options of the load generator in [`blitz::bench`],
-//! and printing its report.
+//! `blitz bench`: the options of the load generator ([`load`]) and
+//! printing its report.
+
+mod load;
 
 use std::io::Write;
 use std::time::Duration;
 
-use blitz::bench;
 use serde_json::{Map, Value};
 
 use crate::Failure;
@@ -78,33 +79,33 @@ impl BenchArgs {
         &self,
         servers: Vec<String>,
         timeout_ms: Option<u64>,
-    ) -> Result<bench::Options, String> {
+    ) -> Result<load::Options, String> {
         let stop = match (self.calls, self.duration) {
-            (Some(n), _) => bench::Stop::Calls(n),
+            (Some(n), _) => load::Stop::Calls(n),
             (None, Some(secs)) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
-                bench::Stop::Duration(Duration::from_secs_f64(secs))
+                load::Stop::Duration(Duration::from_secs_f64(secs))
             }
             (None, Some(secs)) => return Err(format!("--duration {secs}: expected seconds > 0")),
-            (None, None) => bench::Stop::Duration(Duration::from_secs(10)),
+            (None, None) => load::Stop::Duration(Duration::from_secs(10)),
         };
         let params = match &self.params {
             Some(text) => match serde_json::from_str(text) {
-                Ok(v @ (Value::Object(_) | Value::Array(_))) => bench::Params::Fixed(v),
+                Ok(v @ (Value::Object(_) | Value::Array(_))) => load::Params::Fixed(v),
                 _ => {
                     return Err(format!(
                         "--params {text:?}: expected one JSON object or array"
                     ))
                 }
             },
-            None if self.method == "api.transfer" => bench::Params::Transfer { scale: self.scale },
-            None => bench::Params::Fixed(Value::Object(Map::new())),
+            None if self.method == "api.transfer" => load::Params::Transfer { scale: self.scale },
+            None => load::Params::Fixed(Value::Object(Map::new())),
         };
         if let Some(r) = self.rate {
             if !(r.is_finite() && r > 0.0) {
                 return Err(format!("--rate {r}: expected calls per second > 0"));
             }
         }
-        Ok(bench::Options {
+        Ok(load::Options {
             servers,
             connections: self.connections as usize,
             threads: self.threads,
@@ -130,9 +131,9 @@ pub fn run_bench(
     let options = bench_args
         .options(servers, timeout_ms)
         .map_err(Failure::Usage)?;
-    let report = bench::run(&options).map_err(|e| match e {
-        bench::BenchError::Usage(m) => Failure::Usage(m),
-        bench::BenchError::Connect(m) => Failure::Connect(m),
+    let report = load::run(&options).map_err(|e| match e {
+        load::BenchError::Usage(m) => Failure::Usage(m),
+        load::BenchError::Connect(m) => Failure::Connect(m),
     })?;
     let text = if bench_args.json {
         serde_json::to_string(&report)

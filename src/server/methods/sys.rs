@@ -4,9 +4,9 @@
 
 use serde_json::{json, Value};
 
-use super::api::{self, Budget};
+use super::Call;
 use crate::protocol::RpcError;
-use crate::server::Context;
+use crate::server::context::Context;
 
 /// `sys.ping`: answered by the router thread. `auth` tells a client whether
 /// `session.login` needs a password ("password") or not ("trust").
@@ -16,7 +16,7 @@ pub fn ping(ctx: &Context) -> Value {
 
 /// `sys.status`: a snapshot of this instance.
 pub fn status(ctx: &Context) -> Value {
-    let pool = ctx.pool.state();
+    let pool = ctx.db.pool.state();
     let mut status = json!({
         "instance": ctx.instance,
         "version": env!("CARGO_PKG_VERSION"),
@@ -31,7 +31,7 @@ pub fn status(ctx: &Context) -> Value {
             "in_use": pool.connections - pool.idle_connections,
         },
         "connections": {"open": ctx.connections.len(), "max": ctx.config.server.max_clients},
-        "database": {"available": !ctx.health.is_down()},
+        "database": {"available": !ctx.db.health.is_down()},
         "functions": ctx.catalog.len(),
     });
     if let (Value::Object(out), Value::Object(stats)) = (&mut status, ctx.stats.to_json()) {
@@ -40,24 +40,12 @@ pub fn status(ctx: &Context) -> Value {
     status
 }
 
-/// The built-in methods, as OpenRPC method objects.
-fn builtin_methods() -> Vec<Value> {
-    let object = json!({"type": "object"});
-    vec![
-        json!({"name": "sys.ping", "summary": "Liveness check; answered without the queue or the database.",
-               "params": [], "result": {"name": "pong", "schema": object}}),
-        json!({"name": "sys.status", "summary": "This instance: workers, queue, pool, counters, latency percentiles.",
-               "params": [], "result": {"name": "status", "schema": object}}),
-        json!({"name": "rpc.discover", "summary": "This OpenRPC document.",
-               "params": [], "result": {"name": "openrpc", "schema": object}}),
-    ]
-}
-
 /// `rpc.discover`: the OpenRPC document (catalogue refreshed at most once a second).
-pub fn discover(ctx: &Context, budget: &Budget) -> Result<Value, RpcError> {
-    let mut conn = api::acquire(ctx, budget)?;
-    let catalog = ctx.catalog.refreshed(ctx, &mut conn, budget)?;
-    let mut methods = builtin_methods();
+pub fn discover(call: &Call) -> Result<Value, RpcError> {
+    let ctx = call.ctx;
+    let mut conn = ctx.acquire(call.deadline)?;
+    let catalog = ctx.catalog.refreshed(&ctx.db, &mut conn, call.deadline)?;
+    let mut methods = super::builtin_openrpc();
     methods.extend(catalog.openrpc_methods());
     Ok(json!({
         "openrpc": "1.2.6",

@@ -62,6 +62,10 @@
 //! mixes two signatures up, and PostgreSQL's own overload resolution has
 //! exactly one candidate left.
 
+mod cache;
+
+pub use cache::CatalogCache;
+
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt;

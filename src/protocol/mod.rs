@@ -1,0 +1,11 @@
+//! The wire format shared by the server, the client and the load generator:
+//! JSON-RPC 2.0 messages ([`message`]), the contract's error codes
+//! ([`error`]) and the framing of a connection's byte stream ([`framing`]).
+
+mod error;
+mod framing;
+mod message;
+
+pub use error::{code, RpcError};
+pub use framing::{Frame, LineReader};
+pub use message::{null_id, parse_line, render_error, render_result, Id, Line, Parsed, Request};

@@ -1,0 +1,220 @@
+//! The methods, and [`METHODS`]: the one table that says, for each method,
+//! where it runs (on the router thread, or through the queue on a worker),
+//! whether it needs a session, how it is described in `rpc.discover`, and
+//! which function runs it. Routing ([`route`]), execution ([`run_job`]) and
+//! `rpc.discover` all read this table and nothing else.
+//!
+//! A session is checked when the request is read (for `api.*` again in the
+//! call's own transaction by `blitz.enter`).
+//!
+//! - [`api`]: `api.<name>` calls of PostgreSQL functions.
+//! - [`session`]: `session.login`, `session.join`, `session.logout`.
+//! - [`sys`]: `sys.ping`, `sys.status`, `rpc.discover`.
+
+mod api;
+mod session;
+mod sys;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::admission::Job;
+use super::context::Context;
+use super::router::connection::{Connection, Responder};
+use crate::db::Deadline;
+use crate::protocol::{Request, RpcError};
+
+/// What a queued method is given.
+pub struct Call<'a> {
+    /// The shared state.
+    pub ctx: &'a Context,
+    /// The connection the request came from.
+    pub conn: &'a Arc<Connection>,
+    /// The request.
+    pub request: &'a Request,
+    /// Its deadline.
+    pub deadline: &'a Deadline,
+}
+
+impl Call<'_> {
+    /// The members the table lists for this method's params.
+    pub fn param_names(&self) -> &'static [&'static str] {
+        lookup(&self.request.method).map_or(&[], |m| m.params)
+    }
+}
+
+/// Where a method runs, and the function that runs it.
+#[derive(Clone, Copy)]
+pub enum Runs {
+    /// Answered on the router thread, without the queue or the database.
+    OnRouter(fn(&Context) -> Value),
+    /// Admitted to the queue and run on a worker.
+    Queued(fn(&Call) -> Result<Value, RpcError>),
+}
+
+/// One row of the method table.
+pub struct Method {
+    /// The method name; a name ending in `.` is a prefix (`api.`).
+    pub name: &'static str,
+    /// Where it runs.
+    pub runs: Runs,
+    /// Whether a session must be bound to the connection.
+    pub needs_session: bool,
+    /// The OpenRPC summary (prefix rows are described by their catalogue).
+    pub summary: &'static str,
+    /// The OpenRPC params (names of object members).
+    pub params: &'static [&'static str],
+}
+
+/// Every callable method.
+pub static METHODS: &[Method] = &[
+    Method {
+        name: "sys.ping",
+        runs: Runs::OnRouter(sys::ping),
+        needs_session: false,
+        summary: "Liveness check; answered without the queue or the database.",
+        params: &[],
+    },
+    Method {
+        name: "sys.status",
+        runs: Runs::OnRouter(sys::status),
+        needs_session: true,
+        summary: "This instance: workers, queue, pool, counters, latency percentiles.",
+        params: &[],
+    },
+    Method {
+        name: "rpc.discover",
+        runs: Runs::Queued(sys::discover),
+        needs_session: false,
+        summary: "This OpenRPC document.",
+        params: &[],
+    },
+    Method {
+        name: "session.login",
+        runs: Runs::Queued(session::login),
+        needs_session: false,
+        summary: "Checks the password (none in trust mode), creates a session and binds it to this connection.",
+        params: &["user", "password"],
+    },
+    Method {
+        name: "session.join",
+        runs: Runs::Queued(session::join),
+        needs_session: false,
+        summary: "Binds an existing session, made on any instance, to this connection.",
+        params: &["session"],
+    },
+    Method {
+        name: "session.logout",
+        runs: Runs::Queued(session::logout),
+        needs_session: false,
+        summary: "Ends this connection's session on every instance.",
+        params: &[],
+    },
+    Method {
+        name: "api.",
+        runs: Runs::Queued(api::call),
+        needs_session: true,
+        summary: "",
+        params: &[],
+    },
+];
+
+/// The table row for `name`, if it is callable.
+pub fn lookup(name: &str) -> Option<&'static Method> {
+    METHODS.iter().find(|m| match m.name.strip_suffix('.') {
+        Some(_) => name.len() > m.name.len() && name.starts_with(m.name),
+        None => m.name == name,
+    })
+}
+
+/// Sends `request` where the table says (router thread).
+pub fn route(ctx: &Context, request: Request, responder: Responder) {
+    let Some(method) = lookup(&request.method) else {
+        let error = RpcError::method_not_found(&request.method);
+        return responder.reply(Err(error));
+    };
+    if method.needs_session && responder.connection().session().is_none() {
+        return responder.reply(Err(RpcError::unauthenticated(session::NO_SESSION)));
+    }
+    match method.runs {
+        Runs::OnRouter(answer) => responder.reply(Ok(answer(ctx))),
+        Runs::Queued(_) if ctx.shutdown.is_stopping() => {
+            responder.reply(Err(RpcError::shutting_down()))
+        }
+        Runs::Queued(_) => ctx.dispatcher.admit(request, responder),
+    }
+}
+
+/// Answers one job (worker thread): -32003 past the drain deadline, -32002
+/// if its own deadline passed while queued, else runs its method (then it
+/// returns true). A panic is answered -32603 and logged with the request id.
+pub fn run_job(ctx: &Context, job: Job) -> bool {
+    let Job {
+        request,
+        responder,
+        deadline,
+    } = job;
+    if ctx.shutdown.past_drain_deadline() {
+        responder.reply(Err(RpcError::shutting_down()));
+        return false;
+    }
+    let started = Instant::now();
+    if deadline.has_passed() {
+        responder.reply(Err(RpcError::deadline_exceeded(deadline.elapsed_ms())));
+        return false;
+    }
+    let call = Call {
+        ctx,
+        conn: responder.connection(),
+        request: &request,
+        deadline: &deadline,
+    };
+    let outcome =
+        std::panic::catch_unwind(AssertUnwindSafe(|| execute(&call))).unwrap_or_else(|_| {
+            log::error!(
+                "request {} ({}) panicked; answered -32603",
+                responder.id_text(),
+                request.method
+            );
+            Err(RpcError::internal(
+                "the server failed while running this request; see its log",
+            ))
+        });
+    ctx.stats
+        .record_completion(started - deadline.arrived, started.elapsed());
+    responder.reply(outcome);
+    true
+}
+
+fn execute(call: &Call) -> Result<Value, RpcError> {
+    match lookup(&call.request.method).map(|m| m.runs) {
+        Some(Runs::Queued(run)) => run(call),
+        Some(Runs::OnRouter(answer)) => Ok(answer(call.ctx)),
+        None => Err(RpcError::method_not_found(&call.request.method)),
+    }
+}
+
+/// The built-in methods (every row but the prefixes), as OpenRPC method objects.
+pub fn builtin_openrpc() -> Vec<Value> {
+    METHODS
+        .iter()
+        .filter(|m| !m.name.ends_with('.'))
+        .map(|m| {
+            let params: Vec<Value> = m
+                .params
+                .iter()
+                .map(|p| json!({"name": p, "schema": {"type": "string"}}))
+                .collect();
+            json!({
+                "name": m.name,
+                "summary": m.summary,
+                "paramStructure": "by-name",
+                "params": params,
+                "result": {"name": "result", "schema": {}},
+            })
+        })
+        .collect()
+}
