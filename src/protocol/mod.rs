@@ -3,9 +3,8 @@
 //! ([`error`]) and the framing of a connection's byte stream ([`framing`]).
 
 mod error;
-mod framing;
+pub mod framing;
 mod message;
 
 pub use error::{code, RpcError};
-pub use framing::{Frame, LineReader};
 pub use message::{null_id, parse_line, render_error, render_result, Id, Line, Parsed, Request};

@@ -131,7 +131,9 @@ impl Acceptor {
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("acceptor: epoll_wait failed: {e}; no more connections are accepted");
+                    log::error!(
+                        "acceptor: epoll_wait failed: {e}; no more connections are accepted"
+                    );
                     return;
                 }
             }
@@ -179,7 +181,12 @@ impl Acceptor {
         }
     }
 
-    fn start_connection(&mut self, stream: mio::net::TcpStream, peer: std::net::SocketAddr, wire: Wire) {
+    fn start_connection(
+        &mut self,
+        stream: mio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        wire: Wire,
+    ) {
         let home = self.homes[self.next_home % self.homes.len()].clone();
         let conn = Arc::new(Connection::new(
             self.next_number,
@@ -199,7 +206,8 @@ impl Acceptor {
 
     /// One -32005 line, FIN, then drain (see the module doc).
     fn refuse(&mut self, conn: Arc<Connection>, max: u64) {
-        Responder::new(&conn, None, Some(null_id())).reply(Err(RpcError::too_many_connections(max)));
+        Responder::new(&conn, None, Some(null_id()))
+            .reply(Err(RpcError::too_many_connections(max)));
         let _ = conn.stream().shutdown(SocketShutdown::Write);
         if self.refused.len() >= MAX_DRAINING {
             return;
@@ -229,7 +237,7 @@ impl Acceptor {
         };
         let mut sink = [0u8; 4096];
         let done = loop {
-            match (&*refused.conn.stream()).read(&mut sink) {
+            match refused.conn.stream().read(&mut sink) {
                 Ok(0) => break true,
                 Ok(n) => {
                     refused.drained += n;

@@ -151,9 +151,8 @@ impl EventLoop {
             self.next_tick = now + TICK;
             self.tick(now);
         }
-        self.stopping.is_some_and(|since| {
-            self.conns.is_empty() || since.elapsed() >= WRITE_TIMEOUT
-        })
+        self.stopping
+            .is_some_and(|since| self.conns.is_empty() || since.elapsed() >= WRITE_TIMEOUT)
     }
 
     /// One turn of connection `t`: read once, handle at most
@@ -179,14 +178,20 @@ impl EventLoop {
         let mut more = false;
         if !entry.backlog.is_empty() {
             let backlog = std::mem::take(&mut entry.backlog);
-            let used = handle_input(&self.router, &conn, &mut entry.framing, &backlog, &mut budget);
+            let used = handle_input(
+                &self.router,
+                &conn,
+                &mut entry.framing,
+                &backlog,
+                &mut budget,
+            );
             if used < backlog.len() {
                 entry.backlog = backlog[used..].to_vec();
                 more = true;
             }
         }
         if !more {
-            match (&*conn.stream()).read(&mut self.buf) {
+            match conn.stream().read(&mut self.buf) {
                 Ok(0) => {
                     entry.eof = true;
                     conn.set_read_closed();
@@ -194,7 +199,8 @@ impl EventLoop {
                 Ok(n) => {
                     entry.last_read = Instant::now();
                     let input = &self.buf[..n];
-                    let used = handle_input(&self.router, &conn, &mut entry.framing, input, &mut budget);
+                    let used =
+                        handle_input(&self.router, &conn, &mut entry.framing, input, &mut budget);
                     if used < n {
                         entry.backlog = input[used..].to_vec();
                     }
@@ -289,7 +295,11 @@ impl EventLoop {
             Interest::READABLE | Interest::WRITABLE,
         );
         if let Err(e) = registered {
-            log::warn!("cannot watch connection {} ({}): {e}; closing it", conn.number, conn.peer);
+            log::warn!(
+                "cannot watch connection {} ({}): {e}; closing it",
+                conn.number,
+                conn.peer
+            );
             conn.close();
             self.router.connections.remove(conn.number);
             return;

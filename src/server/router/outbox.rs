@@ -258,12 +258,20 @@ mod tests {
         assert_eq!(outbox.push(b"one\n", false), Pushed::Queued);
         assert_eq!(outbox.push(b"two\n", false), Pushed::Queued);
         let mut taken = Vec::new();
-        let sink = Sink { taken: &mut taken, room: 6 };
+        let sink = Sink {
+            taken: &mut taken,
+            room: 6,
+        };
         assert_eq!(outbox.flush(sink), Flushed::Blocked);
         assert_eq!(taken, b"one\ntw");
         assert_eq!(outbox.push(b"three\n", false), Pushed::Queued);
-        assert!(outbox.blocked_for(Instant::now() + Duration::from_secs(1)) >= Duration::from_secs(1));
-        let sink = Sink { taken: &mut taken, room: 100 };
+        assert!(
+            outbox.blocked_for(Instant::now() + Duration::from_secs(1)) >= Duration::from_secs(1)
+        );
+        let sink = Sink {
+            taken: &mut taken,
+            room: 100,
+        };
         assert_eq!(outbox.flush(sink), Flushed::Done);
         assert_eq!(taken, b"one\ntwo\nthree\n");
         assert_eq!(outbox.blocked_for(Instant::now()), Duration::ZERO);
@@ -279,7 +287,10 @@ mod tests {
         assert_eq!(outbox.push(b"refusal\n", false), Pushed::Queued);
         assert!(outbox.is_full());
         let mut taken = Vec::new();
-        let sink = Sink { taken: &mut taken, room: 10 };
+        let sink = Sink {
+            taken: &mut taken,
+            room: 10,
+        };
         assert_eq!(outbox.flush(sink), Flushed::Blocked); // blocked from now on
         let start = Instant::now();
         assert_eq!(outbox.push(b"reply\n", true), Pushed::GaveUp);
@@ -299,7 +310,10 @@ mod tests {
             std::thread::yield_now();
         }
         let mut taken = Vec::new();
-        let sink = Sink { taken: &mut taken, room: usize::MAX };
+        let sink = Sink {
+            taken: &mut taken,
+            room: usize::MAX,
+        };
         assert_eq!(outbox.flush(sink), Flushed::Done);
         assert_eq!(waiter.join().unwrap(), Pushed::Queued);
         assert_eq!(outbox.queued(), 6);
