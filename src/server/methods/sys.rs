@@ -30,7 +30,12 @@ pub fn status(ctx: &Context) -> Value {
             "idle": pool.idle_connections,
             "in_use": pool.connections - pool.idle_connections,
         },
-        "connections": {"open": ctx.connections.len(), "max": ctx.config.server.max_clients},
+        "connections": {
+            "open": ctx.connections.len(),
+            "max": ctx.config.server.max_clients,
+            "outbox_bytes": ctx.connections.outbox_bytes(),
+        },
+        "router_threads": ctx.config.server.router_threads,
         "database": {"available": !ctx.db.health.is_down()},
         "functions": ctx.catalog.len(),
     });

@@ -339,6 +339,12 @@ impl Registry {
         self.len() == 0
     }
 
+    /// Reply bytes queued in the outboxes of all open connections.
+    pub fn outbox_bytes(&self) -> usize {
+        let open: Vec<_> = self.open.lock().values().cloned().collect();
+        open.iter().map(|conn| conn.outbox.queued()).sum()
+    }
+
     /// Unbinds session `key` from every open connection (after a logout).
     pub fn unbind_session(&self, key: &str) {
         let open: Vec<_> = self.open.lock().values().cloned().collect();

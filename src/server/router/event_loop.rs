@@ -59,6 +59,10 @@ struct Entry {
     last_read: Instant,
     /// The client sent end of file.
     eof: bool,
+    /// epoll reported the peer's end of file or an error: a short read
+    /// does not mean the socket is drained (the end of file is still to be
+    /// read, and no new event will announce it).
+    hup: bool,
     /// The last turn this connection was served in.
     turn: u64,
 }
@@ -132,7 +136,11 @@ impl EventLoop {
             match event.token() {
                 WAKER => {}
                 Token(t) => {
-                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    let closed = event.is_read_closed() || event.is_error();
+                    if let (true, Some(entry)) = (closed, self.conns.get_mut(t)) {
+                        entry.hup = true;
+                    }
+                    if event.is_readable() || closed {
                         self.serve(t);
                     } else if event.is_writable() {
                         self.flush(t);
@@ -205,8 +213,9 @@ impl EventLoop {
                         entry.backlog = input[used..].to_vec();
                     }
                     // A short read drained the socket (epoll reports new data
-                    // anew); a full one may have left some: come back.
-                    more = used < n || n == self.buf.len();
+                    // anew), unless the end of file is behind it; a full
+                    // one may have left some: come back.
+                    more = used < n || n == self.buf.len() || entry.hup;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => more = true,
@@ -311,6 +320,7 @@ impl EventLoop {
             backlog: Vec::new(),
             last_read: Instant::now(),
             eof: false,
+            hup: false,
             turn: 0,
         });
     }
