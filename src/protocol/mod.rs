@@ -7,4 +7,7 @@ pub mod framing;
 mod message;
 
 pub use error::{code, RpcError};
-pub use message::{null_id, parse_line, render_error, render_result, Id, Line, Parsed, Request};
+pub use message::{
+    null_id, parse_line, render_error, render_result, write_error, write_raw_result, write_result,
+    Id, Line, Parsed, Request,
+};

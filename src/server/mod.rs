@@ -94,7 +94,9 @@ impl Server {
             health,
             acquire_timeout,
         );
+        let ping_result = methods::ping_result(&instance, &config.auth.mode.to_string());
         let ctx = Arc::new(Context {
+            ping_result,
             instance,
             db,
             catalog: CatalogCache::new(&config.db.api_schema),

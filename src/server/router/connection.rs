@@ -31,7 +31,7 @@ use serde_json::Value;
 use super::outbox::{Flushed, Outbox, Pushed};
 use crate::auth::sessions::Session;
 use crate::protocol::framing::Framing;
-use crate::protocol::{render_error, render_result, Id, RpcError};
+use crate::protocol::{write_error, write_raw_result, write_result, Id, RpcError};
 use crate::server::shutdown::Shutdown;
 use crate::server::stats::Stats;
 
@@ -486,18 +486,16 @@ impl Responder {
     }
 }
 
-/// A reply as one JSON text (without the `\n`).
+/// A reply as one JSON text, rendered into one buffer with room for the
+/// `\n` that ends it on the stream.
 fn render(id: &RawValue, outcome: &Outcome) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
     match outcome {
-        Outcome::Result(v) => render_result(id, v).into_bytes(),
-        Outcome::Raw(raw) => format!(
-            r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#,
-            id.get(),
-            raw.get()
-        )
-        .into_bytes(),
-        Outcome::Error(e) => render_error(id, e).into_bytes(),
+        Outcome::Result(v) => write_result(&mut out, id, v),
+        Outcome::Raw(raw) => write_raw_result(&mut out, id, raw),
+        Outcome::Error(e) => write_error(&mut out, id, e),
     }
+    out
 }
 
 impl Drop for Responder {
