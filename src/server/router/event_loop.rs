@@ -55,6 +55,8 @@ struct Entry {
     framing: Framing,
     /// Bytes read but not handled yet (the turn's budget ran out).
     backlog: Vec<u8>,
+    /// How much of `backlog` was handled already.
+    backlog_at: usize,
     /// When the client last sent a byte.
     last_read: Instant,
     /// The client sent end of file.
@@ -184,18 +186,14 @@ impl EventLoop {
         conn.set_paused(false);
         let mut budget = TEXTS_PER_TURN;
         let mut more = false;
-        if !entry.backlog.is_empty() {
+        if entry.backlog_at < entry.backlog.len() {
             let backlog = std::mem::take(&mut entry.backlog);
-            let used = handle_input(
-                &self.router,
-                &conn,
-                &mut entry.framing,
-                &backlog,
-                &mut budget,
-            );
-            if used < backlog.len() {
-                entry.backlog = backlog[used..].to_vec();
-                more = true;
+            let rest = &backlog[entry.backlog_at..];
+            let used = handle_input(&self.router, &conn, &mut entry.framing, rest, &mut budget);
+            more = used < rest.len();
+            entry.backlog_at = if more { entry.backlog_at + used } else { 0 };
+            if more {
+                entry.backlog = backlog; // freed once handled: idle connections hold no buffer
             }
         }
         if !more {
@@ -210,7 +208,9 @@ impl EventLoop {
                     let used =
                         handle_input(&self.router, &conn, &mut entry.framing, input, &mut budget);
                     if used < n {
-                        entry.backlog = input[used..].to_vec();
+                        entry.backlog.clear();
+                        entry.backlog.extend_from_slice(&input[used..]);
+                        entry.backlog_at = 0;
                     }
                     // A short read drained the socket (epoll reports new data
                     // anew), unless the end of file is behind it; a full
@@ -318,6 +318,7 @@ impl EventLoop {
             framing,
             conn,
             backlog: Vec::new(),
+            backlog_at: 0,
             last_read: Instant::now(),
             eof: false,
             hup: false,
