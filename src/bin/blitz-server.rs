@@ -20,7 +20,7 @@ struct Args {
     /// Config file (TOML); see conf/blitz.toml for every key.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// server.listen: address(es) to listen on, host:port[,host:port].
+    /// server.listen: address(es) to listen on, `host:port[,host:port]`.
     #[arg(long, global = true, value_name = "ADDR")]
     listen: Option<String>,
     /// db.url: PostgreSQL connection URL.

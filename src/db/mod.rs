@@ -44,7 +44,7 @@ pub fn check_capacity(config: &Config) -> Result<Option<u64>, ConfigError> {
         .map_err(|e| ConfigError(format!("cannot read max_connections: {e}")))?;
     let max_connections = row.get::<_, i64>(0) as u64;
     let usable = max_connections.saturating_sub(config.db.reserved_connections);
-    // One connection beyond the pool: the session writer's (sessions.rs).
+    // One connection beyond the pool: the session writer's (auth/sessions.rs).
     if config.db.pool_size + 1 > usable {
         return Err(ConfigError(format!(
             "config key db.pool_size = {}: with the session writer's connection, more than the \
