@@ -515,3 +515,122 @@ impl Drop for Responder {
         self.send(Outcome::Error(&error));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader};
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A connection on a loopback socket pair, and a thread standing in for
+    /// its event loop: it takes what workers hand over and writes it again
+    /// until the socket takes it (the real loop waits for writability).
+    fn loopback() -> (Arc<Connection>, std::net::TcpStream, Arc<AtomicBool>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        server_side.set_nonblocking(true).unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let home = Arc::new(Home::new(
+            mio::Waker::new(poll.registry(), mio::Token(0)).unwrap(),
+        ));
+        let handles = Handles {
+            stats: Arc::new(Stats::new()),
+            shutdown: Arc::new(Shutdown::default()),
+        };
+        let stream = TcpStream::from_std(server_side);
+        let conn = Arc::new(Connection::new(1, stream, peer, home.clone(), handles));
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = stop.clone();
+        std::thread::spawn(move || {
+            let _poll = poll; // keeps the waker's poll alive
+            let mut pending: Vec<Arc<Connection>> = Vec::new();
+            while !done.load(Ordering::Acquire) {
+                pending.extend(home.take().flush);
+                pending.retain(|c| {
+                    matches!(
+                        c.flush_from_loop(),
+                        Flushed::Blocked | Flushed::More | Flushed::Busy
+                    )
+                });
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        (conn, client, stop)
+    }
+
+    #[test]
+    fn concurrent_replies_arrive_whole_once_and_in_each_writers_order() {
+        let (conn, client, stop) = loopback();
+        const WRITERS: usize = 8;
+        const LINES: usize = 2_000;
+        let reader = std::thread::spawn(move || {
+            let mut next: HashMap<usize, usize> = HashMap::new();
+            for line in BufReader::new(client).lines().take(WRITERS * LINES) {
+                let line = line.expect("a whole line");
+                let (writer, n) = line.split_once(':').expect("writer:n, not interleaved");
+                let (writer, n): (usize, usize) = (writer.parse().unwrap(), n.parse().unwrap());
+                let expected = next.entry(writer).or_default();
+                assert_eq!(n, *expected, "writer {writer}'s lines out of order");
+                *expected += 1;
+                // Read slowly now and then, so that writers find the socket full.
+                if n % 500 == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            next
+        });
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let conn = conn.clone();
+                std::thread::spawn(move || {
+                    for n in 0..LINES {
+                        conn.deliver(format!("{w}:{n}\n").as_bytes());
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let seen = reader.join().unwrap();
+        stop.store(true, Ordering::Release);
+        assert_eq!(seen.len(), WRITERS);
+        assert!(seen.values().all(|&n| n == LINES), "{seen:?}");
+        assert!(!conn.is_broken());
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_is_given_up_without_holding_the_writers() {
+        let (conn, _client, stop) = loopback(); // never read
+        let big = vec![b'x'; 1 << 20];
+        let start = Instant::now();
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let (conn, big) = (conn.clone(), big.clone());
+                std::thread::spawn(move || {
+                    let mut most = 0;
+                    for _ in 0..16 {
+                        conn.deliver(&big);
+                        most = most.max(conn.outbox().queued());
+                    }
+                    most
+                })
+            })
+            .collect();
+        let most = writers.into_iter().map(|w| w.join().unwrap()).max();
+        stop.store(true, Ordering::Release);
+        assert!(conn.is_broken());
+        // Nothing is added to a full outbox (one reply over the limit goes in alone).
+        assert!(most.unwrap() <= 1 << 20, "{most:?} bytes queued");
+        // The writers wait for room at most WRITE_TIMEOUT, then give the client up.
+        let took = start.elapsed();
+        assert!(
+            took < super::super::outbox::WRITE_TIMEOUT * 3,
+            "took {took:?}"
+        );
+    }
+}

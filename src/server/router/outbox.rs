@@ -71,6 +71,8 @@ struct State {
     spare: Vec<u8>,
     /// A thread is writing (without the lock held).
     writing: bool,
+    /// Bytes taken by the write in progress (they count against the limit).
+    in_write: usize,
     /// Since when the socket has taken nothing while bytes were queued.
     blocked_since: Option<Instant>,
     /// Threads waiting for room.
@@ -100,8 +102,8 @@ impl Outbox {
             if state.closed {
                 return Pushed::Closed;
             }
-            let full =
-                !state.pending.is_empty() && state.pending.len() + bytes.len() > OUTBOX_LIMIT;
+            let queued = state.pending.len() + state.in_write;
+            let full = queued > 0 && queued + bytes.len() > OUTBOX_LIMIT;
             if !full || !may_wait {
                 break;
             }
@@ -134,12 +136,14 @@ impl Outbox {
                 return Flushed::Done;
             }
             state.writing = true;
+            state.in_write = state.pending.len();
             let spare = std::mem::take(&mut state.spare);
             std::mem::replace(&mut state.pending, spare)
         };
         let written = write_once(out, &batch);
         let mut state = self.state.lock();
         state.writing = false;
+        state.in_write = 0;
         let n = match written {
             Ok(n) => n,
             Err(_) => {
@@ -179,9 +183,10 @@ impl Outbox {
         }
     }
 
-    /// Bytes queued (not counting a write in progress).
+    /// Bytes queued, a write in progress included.
     pub fn queued(&self) -> usize {
-        self.state.lock().pending.len()
+        let state = self.state.lock();
+        state.pending.len() + state.in_write
     }
 
     /// Whether more than [`OUTBOX_LIMIT`] bytes are queued: the event loop
