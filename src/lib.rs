@@ -24,6 +24,8 @@
 //!
 //! The load generator behind `blitz bench` lives in the `blitz` binary.
 
+#![warn(missing_docs)]
+
 mod auth;
 mod config;
 mod db;
@@ -36,7 +38,9 @@ pub mod protocol;
 pub use auth::admin::{Admin, AdminError};
 pub use auth::generate_password;
 pub use client::{CallError, Client, ClientOptions};
-pub use config::{physical_cores, Config, ConfigError, ConfigInputs, PoolSizeOrigin, Source};
+pub use config::{
+    physical_cores, AuthMode, Config, ConfigError, ConfigInputs, PoolSizeOrigin, Source,
+};
 pub use db::check_capacity;
 pub use protocol::RpcError;
 pub use server::{raise_fd_limit, Server};

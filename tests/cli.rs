@@ -81,12 +81,13 @@ fn an_overloaded_server_is_a_retryable_refusal_after_the_retries() {
         &db.url,
         &[("db.pool_size", "1"), ("invocation.queue_capacity", "1")],
     );
+    let mut watcher = support::Rpc::session(&server.addr); // logged in before the queue is full
     let mut busy = support::Rpc::session(&server.addr);
-    for _ in 0..2 {
-        // One running, then one queued: the queue of one is full.
-        busy.send("api.sleep_ms", serde_json::json!({"ms": 3000}));
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+    // One running, then one queued: the queue of one is full.
+    busy.send("api.sleep_ms", serde_json::json!({"ms": 3000}));
+    db.wait_until_running("sleep_ms", 1);
+    busy.send("api.sleep_ms", serde_json::json!({"ms": 3000}));
+    watcher.wait_for_status("the call queued", |s| s["queue"]["depth"] == 1);
     let (code, _, err) = blitz(&server.addr, &["call", "api.sleep_ms", "ms=1"]);
     assert_eq!(code, 3, "refused, retryable: {err}");
     assert!(
@@ -120,12 +121,7 @@ fn a_server_killed_mid_call_exits_6_outcome_unknown() {
     let mut server = Server::start(&db.url, &[]);
     let cmd = blitz_command(&server.addr, &["call", "api.sleep_ms", "ms=5000"]);
     let caller = std::thread::spawn(move || run(cmd));
-    let start = std::time::Instant::now();
-    let mut rpc = support::Rpc::session(&server.addr);
-    while support::result(&rpc.call("sys.status", serde_json::json!({})))["workers"]["busy"] != 1 {
-        assert!(start.elapsed() < std::time::Duration::from_secs(20));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    db.wait_until_running("sleep_ms", 1);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let (code, out, err) = caller.join().unwrap();

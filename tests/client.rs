@@ -32,6 +32,7 @@ type Received = Arc<Mutex<Vec<(usize, String, Value)>>>;
 struct Responder {
     addr: String,
     connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     received: Received,
 }
 
@@ -50,18 +51,25 @@ impl Responder {
         let addr = listener.local_addr().unwrap().to_string();
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let closing = closed.clone();
         let script = Script::default();
         let received = script.received.clone();
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let number = counter.fetch_add(1, Ordering::SeqCst) + 1;
                 let script = script.clone();
-                thread::spawn(move || serve(stream, number, &script));
+                let closing = closing.clone();
+                thread::spawn(move || {
+                    serve(stream, number, &script); // the stream is closed when it returns
+                    closing.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         Responder {
             addr,
             connections,
+            closed,
             received,
         }
     }
@@ -72,6 +80,11 @@ impl Responder {
 
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections the responder has closed.
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// The (connection number, method) of every request so far.
@@ -345,7 +358,7 @@ fn idle_connection_closed_by_the_server_is_replaced_before_sending() {
     let r = Responder::start();
     let mut c = Client::connect(&r.servers()).unwrap();
     assert_eq!(c.call("reply_then_close", json!({})).unwrap(), json!("bye"));
-    thread::sleep(Duration::from_millis(100));
+    support::wait_until("the responder to close the connection", || r.closed() == 1);
     assert_eq!(c.call("echo", json!({})).unwrap()["id"], 2);
     assert_eq!(r.connections(), 2);
 }
@@ -811,35 +824,16 @@ fn fixture_db() -> TestDb {
     db
 }
 
-/// Polls `sys.status` of `addr` on a connection of its own until `ready`
-/// holds (panics after 20 s).
-fn wait_for_status(addr: &str, ready: impl Fn(&Value) -> bool) {
-    wait_until(&mut Rpc::session(addr), ready);
-}
-
 /// Fills a server with `pool_size` = `queue_capacity` = 1: one
 /// `sleep_ms(ms)` running and one queued, on the returned connection.
-fn fill(addr: &str, ms: u64) -> Rpc {
+fn fill(db: &TestDb, addr: &str, ms: u64) -> Rpc {
     let mut watcher = Rpc::session(addr); // logged in before the queue is full
     let mut busy = Rpc::session(addr);
     busy.send("api.sleep_ms", json!({ "ms": ms }));
-    wait_until(&mut watcher, |s| s["workers"]["busy"] == 1);
+    db.wait_until_running("sleep_ms", 1);
     busy.send("api.sleep_ms", json!({ "ms": ms }));
-    wait_until(&mut watcher, |s| s["queue"]["depth"] == 1);
+    watcher.wait_for_status("the call queued", |s| s["queue"]["depth"] == 1);
     busy
-}
-
-/// Polls `sys.status` on `rpc` until `ready` holds (panics after 20 s).
-fn wait_until(rpc: &mut Rpc, ready: impl Fn(&Value) -> bool) {
-    let start = Instant::now();
-    loop {
-        let status = support::result(&rpc.call("sys.status", json!({}))).clone();
-        if ready(&status) {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "{status}");
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// `c` logged in as `test` (the test servers run in trust mode).
@@ -864,7 +858,7 @@ fn an_overloaded_call_is_retried_until_the_queue_has_room() {
         .max_attempts(100)
         .retry_budget(RetryBudget::new(1000.0, 0.1));
     let mut c = logged_in(Client::connect_with(&[&server.addr], patient).unwrap());
-    let _busy = fill(&server.addr, 800);
+    let _busy = fill(&db, &server.addr, 800);
     let started = Instant::now();
     assert_eq!(c.call("api.add", json!({"a": 2, "b": 3})).unwrap(), 5);
     assert!(
@@ -899,7 +893,7 @@ fn attempts_are_counted_and_the_budget_stops_retries() {
         .retry_budget(shared.clone());
     let mut first = logged_in(Client::connect_with(&[&server.addr], options.clone()).unwrap());
     let mut second = logged_in(Client::connect_with(&[&server.addr], options).unwrap());
-    let _busy = fill(&server.addr, 6000);
+    let _busy = fill(&db, &server.addr, 6000);
 
     let e = c.call("api.add", json!({"a": 1})).unwrap_err();
     assert_eq!((e.code(), e.attempts()), (Some(-32001), 3), "{e}");
@@ -926,7 +920,7 @@ fn a_server_killed_mid_call_leaves_the_outcome_unknown() {
         let lost = c.call("api.sleep_ms", json!({"ms": 5000})).unwrap_err();
         (c, lost)
     });
-    wait_for_status(&server.addr, |s| s["workers"]["busy"] == 1);
+    db.wait_until_running("sleep_ms", 1);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let (mut c, lost) = caller.join().unwrap();
@@ -978,17 +972,13 @@ fn a_draining_server_sends_the_call_to_the_other_instance() {
     let mut holder = Rpc::session(&a.addr);
     holder.send("api.sleep_ms", json!({"ms": 3000}));
     let mut watcher = Rpc::session(&a.addr);
-    wait_for_status(&a.addr, |s| s["workers"]["busy"] == 1);
+    db.wait_until_running("sleep_ms", 1);
     let sigterm = Command::new("kill")
         .args(["-TERM", &a.child.id().to_string()])
         .status()
         .unwrap();
     assert!(sigterm.success());
-    let start = Instant::now();
-    while support::result(&watcher.call("sys.status", json!({})))["state"] != "draining" {
-        assert!(start.elapsed() < Duration::from_secs(10), "a never drained");
-        thread::sleep(Duration::from_millis(20));
-    }
+    watcher.wait_for_status("a to drain", |s| s["state"] == "draining");
 
     assert_eq!(c.call("api.add", json!({"a": 2})).unwrap(), 2);
     assert_eq!(c.server(), Some(b.addr.as_str()));

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{cluster, Rpc, Server, TestDb};
+use support::{cluster, wait_until, Rpc, Server, TestDb};
 
 const TIMEOUT_MS: u64 = 1500;
 
@@ -50,13 +50,40 @@ fn a_database_restart_under_load_is_survived() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(1));
+    // Each phase lasts until what it is for has happened.
+    let count = |since: Instant, code: i64| {
+        let outcomes = outcomes.lock().unwrap();
+        outcomes
+            .iter()
+            .filter(|(sent, c, _)| *sent >= since && *c == code)
+            .count()
+    };
+    let began = Instant::now();
+    wait_until("calls to succeed before the outage", || {
+        count(began, 0) >= 20
+    });
     let stopped_at = Instant::now();
     cluster().stop();
-    std::thread::sleep(Duration::from_secs(3));
+    wait_until("a call to see the outage (-32004)", || {
+        count(stopped_at, -32004) >= 3
+    });
     cluster().start();
     let restarted_at = Instant::now();
-    std::thread::sleep(Duration::from_secs(4));
+    // Up to one call per pooled connection finds it broken after the
+    // restart; then every call succeeds.
+    wait_until("20 calls in a row to succeed after the restart", || {
+        let outcomes = outcomes.lock().unwrap();
+        let after: Vec<i64> = outcomes
+            .iter()
+            .filter(|(sent, _, _)| *sent > restarted_at)
+            .map(|(_, code, _)| *code)
+            .collect();
+        after.len() >= 20 && after[after.len() - 20..].iter().all(|c| *c == 0)
+    });
+    let recovered_at = Instant::now();
+    wait_until("more calls after the recovery", || {
+        count(recovered_at, 0) >= 20
+    });
     running.store(false, Ordering::Release);
     for c in clients {
         c.join().expect("client thread");
@@ -83,13 +110,17 @@ fn a_database_restart_under_load_is_survived() {
     );
     let late: Vec<i64> = outcomes
         .iter()
-        .filter(|(sent, _, _)| *sent > restarted_at + Duration::from_secs(2))
+        .filter(|(sent, _, _)| *sent > recovered_at)
         .map(|(_, code, _)| *code)
         .collect();
     assert!(
         !late.is_empty() && late.iter().all(|c| *c == 0),
-        "calls succeed after the restart: {late:?}"
+        "calls succeed once recovered: {late:?}"
     );
+    let failed_after_restart = outcomes
+        .iter()
+        .filter(|(sent, code, _)| *sent > restarted_at && *code != 0)
+        .count();
     let log = server.log();
     let outage_lines = log
         .lines()
@@ -101,8 +132,10 @@ fn a_database_restart_under_load_is_survived() {
     );
     assert!(log.contains("database available again"), "{log}");
     eprintln!(
-        "outage: {} calls in all; during the 3 s outage: {during:?}; {} successful calls 2 s after restart",
+        "outage: {} calls in all; during the outage ({:?}): {during:?}; {failed_after_restart} failed after the restart, recovered after {:?}; {} successful calls after that",
         outcomes.len(),
+        restarted_at - stopped_at,
+        recovered_at - restarted_at,
         late.len()
     );
 }

@@ -237,8 +237,12 @@ fn last_used_is_written_in_batches_not_per_call() {
         result(&add(&mut rpc));
         calls += 1;
     }
-    std::thread::sleep(Duration::from_millis(1500)); // the writer's statistics reach pg_stat
-    let written = updates() - before;
+    // The writer's statistics reach pg_stat when its backend flushes them.
+    let mut written = 0;
+    support::wait_until("last_used writes to show in pg_stat", || {
+        written = updates() - before;
+        written > 0
+    });
     eprintln!("{calls} calls in 3 s: {written} last_used writes");
     assert!(calls > 20, "only {calls} calls");
     assert!(

@@ -1,7 +1,6 @@
 //! Credentials: argon2id password hashes and random session keys. Nothing
 //! here touches the database or logs a secret.
 
-use std::io::Read;
 use std::sync::OnceLock;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -11,10 +10,10 @@ use base64ct::{Base64UrlUnpadded, Encoding};
 /// Random bytes in a session key: 256 bits, 43 url-safe characters.
 const SESSION_KEY_BYTES: usize = 32;
 
-/// `n` bytes from the kernel's CSPRNG.
+/// `n` bytes from the operating system's CSPRNG (getrandom(2) on Linux).
 fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
     let mut bytes = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    getrandom::fill(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -33,7 +32,8 @@ pub fn generate_password() -> std::io::Result<String> {
 /// The argon2id PHC string of `password` with a fresh random salt
 /// (argon2's default cost: 19 MiB, 2 passes, 1 lane).
 pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt_bytes = random_bytes(16).map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    let salt_bytes =
+        random_bytes(16).map_err(|e| format!("cannot get random bytes from the OS: {e}"))?;
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)

@@ -23,7 +23,7 @@ use postgres::{Client, GenericClient, NoTls};
 use serde_json::{json, Value};
 
 use super::migrations;
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, AuthMode};
 use crate::db::DbConn;
 use crate::logging::LogThrottle;
 
@@ -79,7 +79,7 @@ struct Touches {
 impl Sessions {
     /// Session state for `auth`; nothing is checked until first use.
     pub fn new(auth: &AuthConfig) -> Sessions {
-        if auth.mode == "password" {
+        if auth.mode == AuthMode::Password {
             crate::auth::prepare_dummy_hash();
         }
         Sessions {

@@ -175,8 +175,9 @@ fn administer(config: &Config, action: UserAction) -> Result<(), AdminError> {
 /// command's report) or one line read from stdin.
 fn new_password(name: &str, generate: bool) -> Result<String, AdminError> {
     if generate {
-        let password = blitz::generate_password()
-            .map_err(|e| AdminError::Invalid(format!("cannot read /dev/urandom: {e}")))?;
+        let password = blitz::generate_password().map_err(|e| {
+            AdminError::Invalid(format!("cannot get random bytes from the OS: {e}"))
+        })?;
         eprintln!("generated password for {name} (shown once): {password}");
         return Ok(password);
     }

@@ -6,15 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// -32003: the instance is draining; another instance should take the call.
-pub(super) const SHUTTING_DOWN: i64 = -32003;
-
-/// -32005: sent once before the server closes a connection over its
-/// `max_clients` limit; the request was never read.
-pub(super) const TOO_MANY_CONNECTIONS: i64 = -32005;
-
-/// -32006: no session on the connection, it expired, or login failed.
-pub(super) const UNAUTHENTICATED: i64 = -32006;
+use crate::protocol::code::{SHUTTING_DOWN, TOO_MANY_CONNECTIONS};
 
 /// The class of a failed call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,11 +36,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::protocol::code::UNAUTHENTICATED;
+
 pub use error::{CallError, ErrorKind};
 pub use retry::RetryBudget;
 
-use error::UNAUTHENTICATED;
-use retry::{backoff, jittered, Rng};
+use retry::{backoff, jittered};
 use servers::Servers;
 use wire::{remaining_or_tick, request_line, Connection, ReplyLimit};
 
@@ -234,7 +235,6 @@ pub struct Client {
     conn: Option<Connection>,
     last_id: u64,
     session: Option<SessionKey>,
-    rng: Rng,
     last_attempts: u32,
 }
 
@@ -255,9 +255,8 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client, CallError> {
         let list: Vec<String> = servers.iter().map(|s| s.as_ref().to_string()).collect();
-        let mut rng = Rng::seeded();
-        let first = if options.spread {
-            rng.below(list.len())
+        let first = if options.spread && !list.is_empty() {
+            fastrand::usize(..list.len())
         } else {
             0
         };
@@ -267,7 +266,6 @@ impl Client {
             conn: None,
             last_id: 0,
             session: None,
-            rng,
             last_attempts: 0,
         };
         client.conn = Some(client.open_connection()?);
@@ -543,10 +541,10 @@ impl Client {
             return Duration::ZERO;
         }
         match error.retry_after() {
-            Some(after) => jittered(after, &mut self.rng),
+            Some(after) => jittered(after),
             None => {
                 let (base, cap) = (self.options.backoff_base, self.options.backoff_cap);
-                backoff(attempts, base, cap, &mut self.rng)
+                backoff(attempts, base, cap)
             }
         }
     }

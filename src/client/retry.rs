@@ -1,12 +1,10 @@
 //! The retry discipline's parts: the shared [`RetryBudget`] (gRPC-style
-//! retry throttling), exponential backoff with full jitter, and the small
-//! pseudo-random generator both the jitter and the choice of the first
-//! server use.
+//! retry throttling) and exponential backoff with full jitter. The jitter
+//! (like the choice of the first server) draws from `fastrand`'s
+//! per-thread generator.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -98,60 +96,22 @@ impl Default for RetryBudget {
 /// The wait before attempt `failed + 1` after `failed` failures: uniformly
 /// random in `[0, min(cap, base × 2^(failed-1))]` ("full jitter"), so that
 /// clients refused together do not come back together.
-pub(super) fn backoff(failed: u32, base: Duration, cap: Duration, rng: &mut Rng) -> Duration {
+pub(super) fn backoff(failed: u32, base: Duration, cap: Duration) -> Duration {
     let doublings = failed.saturating_sub(1).min(31);
     let ceiling = base.saturating_mul(1 << doublings).min(cap);
-    rng.up_to(ceiling)
+    up_to(ceiling)
 }
 
 /// A server's `retry_after` plus up to a fifth more, so that the clients it
 /// refused in one burst spread out when they come back.
-pub(super) fn jittered(after: Duration, rng: &mut Rng) -> Duration {
-    after + rng.up_to(after / 5)
+pub(super) fn jittered(after: Duration) -> Duration {
+    after + up_to(after / 5)
 }
 
-/// xorshift64*: fast, tiny, and plenty for jitter and load spreading (not
-/// for anything secret).
-#[derive(Debug)]
-pub(super) struct Rng(u64);
-
-impl Rng {
-    /// Seeded from the clock, the thread id and std's per-process random
-    /// hash keys, so clients started together still differ.
-    pub(super) fn seeded() -> Rng {
-        let mut h = RandomState::new().build_hasher();
-        std::thread::current().id().hash(&mut h);
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-            .hash(&mut h);
-        Rng(h.finish() | 1)
-    }
-
-    /// The next 64 pseudo-random bits.
-    pub(super) fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n` (`0` when `n` is 0).
-    pub(super) fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            return 0;
-        }
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// A duration uniformly in `[0, max]`, to the microsecond.
-    pub(super) fn up_to(&mut self, max: Duration) -> Duration {
-        let micros = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
-        Duration::from_micros(self.next_u64() % micros.saturating_add(1))
-    }
+/// A duration uniformly in `[0, max]`, to the microsecond.
+fn up_to(max: Duration) -> Duration {
+    let micros = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(fastrand::u64(0..=micros))
 }
 
 #[cfg(test)]
@@ -208,13 +168,12 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_the_cap_with_full_jitter() {
-        let mut rng = Rng::seeded();
         let (base, cap) = (Duration::from_millis(50), Duration::from_secs(2));
         let mut seen_small = false;
         for _ in 0..200 {
-            assert!(backoff(1, base, cap, &mut rng) <= base);
-            assert!(backoff(3, base, cap, &mut rng) <= base * 4);
-            let late = backoff(40, base, cap, &mut rng);
+            assert!(backoff(1, base, cap) <= base);
+            assert!(backoff(3, base, cap) <= base * 4);
+            let late = backoff(40, base, cap);
             assert!(late <= cap);
             seen_small |= late < cap / 2;
         }
@@ -223,23 +182,16 @@ mod tests {
 
     #[test]
     fn jitter_adds_at_most_a_fifth() {
-        let mut rng = Rng::seeded();
         let after = Duration::from_millis(100);
         for _ in 0..100 {
-            let wait = jittered(after, &mut rng);
+            let wait = jittered(after);
             assert!(wait >= after && wait <= after + after / 5, "{wait:?}");
         }
     }
 
     #[test]
-    fn rng_spreads_over_its_range() {
-        let mut rng = Rng::seeded();
-        let mut hits = [0u32; 4];
-        for _ in 0..4000 {
-            hits[rng.below(4)] += 1;
-        }
-        assert!(hits.iter().all(|&h| h > 800), "{hits:?}");
-        assert_eq!(rng.below(0), 0);
-        assert_eq!(rng.up_to(Duration::ZERO), Duration::ZERO);
+    fn no_wait_stays_no_wait() {
+        assert_eq!(up_to(Duration::ZERO), Duration::ZERO);
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }
 }

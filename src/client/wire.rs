@@ -5,7 +5,10 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::protocol::{self, ReplyId, ReplyOutcome};
 
 use super::error::CallError;
 use super::{CONNECT_TIMEOUT, TIMEOUT_MARGIN};
@@ -253,47 +256,33 @@ pub(super) fn parse_reply(line: &[u8], id: u64, server: &str) -> Result<Reply, C
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(Reply::Blank);
     }
-    let bad = |what: &str| {
+    let bad = |what: &dyn std::fmt::Display| {
         CallError::protocol(format!(
             "{server} sent {what}; the outcome is unknown: {}",
             excerpt(line)
         ))
     };
-    let value: Value =
-        serde_json::from_slice(line).map_err(|e| bad(&format!("a line that is not JSON ({e})")))?;
-    let Value::Object(reply) = value else {
-        return Err(bad("a JSON value that is not a reply object"));
+    // serde_json reads a value at most 128 levels deep; the reply parser's
+    // raw text has no such limit.
+    let value = |raw: &RawValue| {
+        serde_json::from_str::<Value>(raw.get())
+            .map_err(|e| bad(&format!("a reply it cannot read ({e})")))
     };
-    if reply.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err(bad("a reply without \"jsonrpc\": \"2.0\""));
+    let reply = protocol::parse_reply(line).map_err(|e| bad(&e))?;
+    match reply.id {
+        ReplyId::Number(n) if n == id => {}
+        ReplyId::Null => {}
+        ReplyId::Number(n) => return Ok(Reply::Other(n.into())),
+        ReplyId::Other(raw) => return Ok(Reply::Other(value(raw)?)),
     }
-    let reply_id = reply
-        .get("id")
-        .ok_or_else(|| bad("a reply without an id"))?;
-    if reply_id.is_null() && !reply.contains_key("error") {
-        return Err(bad("a result with a null id"));
-    }
-    if !reply_id.is_null() && reply_id.as_u64() != Some(id) {
-        return Ok(Reply::Other(reply_id.clone()));
-    }
-    match (reply.get("result"), reply.get("error")) {
-        (Some(result), None) => Ok(Reply::Done(Ok(result.clone()))),
-        (None, Some(error)) => {
-            let error = server_error(error).ok_or_else(|| {
-                bad("an error reply without an integer code and a string message")
-            })?;
-            Ok(Reply::Done(Err(error)))
-        }
-        _ => Err(bad("a reply with neither or both of result and error")),
-    }
-}
-
-/// The [`CallError`] of a JSON-RPC error object; `None` when it is malformed.
-fn server_error(error: &Value) -> Option<CallError> {
-    let code = error.get("code")?.as_i64()?;
-    let message = error.get("message")?.as_str()?.to_string();
-    let data = error.get("data").filter(|d| !d.is_null()).cloned();
-    Some(CallError::server(code, message, data))
+    Ok(Reply::Done(match reply.outcome {
+        ReplyOutcome::Result(raw) => Ok(value(raw)?),
+        ReplyOutcome::Error(e) => Err(CallError::server(
+            e.code,
+            e.message.into_owned(),
+            e.data.map(value).transpose()?,
+        )),
+    }))
 }
 
 /// The start of `line` as text, for error messages.
@@ -370,6 +359,14 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::Protocol, "{line}");
             assert!(e.message().starts_with("srv:1 sent "), "{}", e.message());
         }
+    }
+
+    #[test]
+    fn a_result_nested_too_deeply_is_a_protocol_error_not_a_panic() {
+        let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
+        let line = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{deep}}}"#);
+        let e = parse(&line, 1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
     }
 
     #[test]

@@ -70,12 +70,53 @@ pub struct DbConfig {
     pub reserved_connections: u64,
 }
 
+/// `auth.mode`: how a user proves who they are. Written `"password"` or
+/// `"trust"` in the configuration, on the wire (`sys.ping`'s `auth`) and in
+/// the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum AuthMode {
+    /// A password checked against the argon2id hash in `blitz.users`.
+    Password,
+    /// The name alone (a new name becomes a user); loopback listen
+    /// addresses only.
+    Trust,
+}
+
+impl AuthMode {
+    /// The name of the mode, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Password => "password",
+            AuthMode::Trust => "trust",
+        }
+    }
+}
+
+impl TryFrom<String> for AuthMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<AuthMode, String> {
+        match text.as_str() {
+            "password" => Ok(AuthMode::Password),
+            "trust" => Ok(AuthMode::Trust),
+            _ => Err("allowed \"password\" or \"trust\"".into()),
+        }
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `[auth]`: sessions and how users prove who they are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// `"password"` or `"trust"` (loopback only).
-    pub mode: String,
+    /// Password or trust (loopback only).
+    pub mode: AuthMode,
     /// Seconds of inactivity after which a session expires.
     pub session_idle_timeout_s: u64,
     /// Longest life of a session in seconds (0 = no limit).
@@ -103,11 +144,14 @@ struct RawConfig {
     metrics: MetricsConfig,
 }
 
+/// The built-in defaults: the one place in the code that states them.
+/// `conf/blitz.toml` and the README's table state them for people, and
+/// `tests/config_defaults.rs` proves the three agree.
 impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
             server: ServerConfig {
-                listen: "127.0.0.1:4063".into(),
+                listen: Config::DEFAULT_LISTEN.into(),
                 router_threads: 0,
                 max_clients: 10_000,
                 max_message_bytes: 1 << 20,
@@ -118,7 +162,7 @@ impl Default for RawConfig {
             invocation: InvocationConfig {
                 workers: 0,
                 queue_capacity: 1000,
-                default_timeout_ms: 30_000,
+                default_timeout_ms: Config::DEFAULT_TIMEOUT_MS,
                 max_retries: 3,
             },
             db: DbConfig {
@@ -131,7 +175,7 @@ impl Default for RawConfig {
                 reserved_connections: 3,
             },
             auth: AuthConfig {
-                mode: "password".into(),
+                mode: AuthMode::Password,
                 session_idle_timeout_s: 600,
                 session_max_lifetime_s: 0,
                 set_role: false,
@@ -239,6 +283,30 @@ impl ConfigInputs {
 }
 
 impl Config {
+    /// The default of `server.listen`; also where the `blitz` client looks
+    /// for a server when it is given none.
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:4063";
+
+    /// The default of `invocation.default_timeout_ms`: the deadline of a
+    /// call that sends none (`blitz bench` waits that long for its last
+    /// replies when its calls carry no deadline).
+    pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+    /// Every config key with its built-in default, as `("section.key",
+    /// value in TOML syntax)`, e.g. `("server.listen", "\"127.0.0.1:4063\"")`,
+    /// `("db.pool_size", "0")`: what `conf/blitz.toml` and the README's
+    /// table must state.
+    pub fn default_values() -> Vec<(String, String)> {
+        let defaults = Layers::defaults().defaults;
+        let mut out = Vec::new();
+        for (section, keys) in &defaults {
+            for (key, value) in keys.as_table().into_iter().flatten() {
+                out.push((format!("{section}.{key}"), value.to_string()));
+            }
+        }
+        out
+    }
+
     /// Merges defaults, file, environment and flags, then validates.
     pub fn load(inputs: &ConfigInputs) -> Result<Config, ConfigError> {
         let mut layers = Layers::defaults();
@@ -249,9 +317,9 @@ impl Config {
         for (key, value) in &inputs.flags {
             layers.apply_text(key, value, Source::Flag)?;
         }
-        let raw: RawConfig = Value::Table(layers.merged)
+        let raw: RawConfig = Value::Table(layers.merged.clone())
             .try_into()
-            .map_err(|e| ConfigError(format!("configuration: {e}")))?;
+            .map_err(|e| typed_error(&e, &layers))?;
         validate(raw, layers.sources)
     }
 
@@ -492,6 +560,28 @@ impl Layers {
     }
 }
 
+/// A value of the right TOML type that its key's Rust type refuses (an
+/// `auth.mode` that is no mode), with the key, the value, its source and
+/// what is allowed.
+fn typed_error(e: &toml::de::Error, layers: &Layers) -> ConfigError {
+    let text = e.to_string();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("in `")?.strip_suffix('`'));
+    let Some(key) = key else {
+        return ConfigError(format!("configuration: {e}"));
+    };
+    let value = key
+        .split_once('.')
+        .and_then(|(section, name)| layers.merged.get(section)?.get(name))
+        .map_or_else(String::new, Value::to_string);
+    let source = layers.sources.get(key).cloned().unwrap_or(Source::Default);
+    ConfigError(format!(
+        "config key {key} = {value} ({source}): {}",
+        e.message()
+    ))
+}
+
 fn type_error(key: &str, value: &str, expected: &str, source: &Source) -> ConfigError {
     ConfigError(format!(
         "config key {key} = {value} ({source}): expected {expected}"
@@ -629,13 +719,7 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
         ))
     })?;
     check_identifier("db.api_schema", &db.api_schema)?;
-    if auth.mode != "password" && auth.mode != "trust" {
-        return Err(ConfigError(format!(
-            "config key auth.mode = {:?}: allowed \"password\" or \"trust\"",
-            auth.mode
-        )));
-    }
-    if auth.mode == "trust" {
+    if auth.mode == AuthMode::Trust {
         if let Some(open) = listen_addrs.iter().find(|a| !a.ip().is_loopback()) {
             return Err(ConfigError(format!(
                 "config key auth.mode = \"trust\" lets anyone log in as anyone without a password, \
@@ -722,20 +806,28 @@ fn resolve_pool_size(db: &mut DbConfig) -> PoolSizeOrigin {
 /// Physical cores (not hyperthreads) available to this process, counted as
 /// distinct (package, core) pairs among the CPUs it may run on.
 pub fn physical_cores() -> Option<u64> {
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    let n = count_physical_cores(Path::new("/sys/devices/system/cpu"))?;
+    let allowed = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(n);
+    Some(n.min(allowed))
+}
+
+/// Distinct (package, core) pairs among the online CPUs of the sysfs CPU
+/// directory `cpus` (`/sys/devices/system/cpu`); `None` when its topology
+/// cannot be read.
+fn count_physical_cores(cpus: &Path) -> Option<u64> {
+    let online = std::fs::read_to_string(cpus.join("online")).ok()?;
     let mut cores = std::collections::BTreeSet::new();
     for cpu in parse_cpu_list(online.trim())? {
-        let dir = format!("/sys/devices/system/cpu/cpu{cpu}/topology");
-        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok();
+        let dir = cpus.join(format!("cpu{cpu}/topology"));
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
         let package = read("physical_package_id")?;
         let core = read("core_id")?;
         cores.insert((package.trim().to_string(), core.trim().to_string()));
     }
     let n = cores.len() as u64;
-    let allowed = std::thread::available_parallelism()
-        .map(|n| n.get() as u64)
-        .unwrap_or(n);
-    (n > 0).then(|| n.min(allowed))
+    (n > 0).then_some(n)
 }
 
 /// `"0-3,8,10-11"` → `[0, 1, 2, 3, 8, 10, 11]`.
@@ -759,6 +851,52 @@ mod tests {
         assert_eq!(parse_cpu_list("0-3,8"), Some(vec![0, 1, 2, 3, 8]));
         assert_eq!(parse_cpu_list("0"), Some(vec![0]));
         assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn auth_mode_is_an_enum_written_as_its_name() {
+        let trust = Config::with_flags(&[("auth.mode", "trust")]).unwrap();
+        assert_eq!(trust.auth.mode, AuthMode::Trust);
+        assert_eq!(serde_json::json!(trust.auth.mode), "trust");
+        assert!(trust
+            .to_annotated_toml()
+            .contains("mode = \"trust\"  # flag"));
+        let e = Config::with_flags(&[("auth.mode", "ldap")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config key auth.mode = \"ldap\" (flag): allowed \"password\" or \"trust\""
+        );
+    }
+
+    /// A sysfs CPU directory: `online`, and per CPU its (package, core).
+    fn cpu_fixture(name: &str, online: &str, cpus: &[(u32, u32, u32)]) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("blitz-cpus-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("online"), online).unwrap();
+        for &(cpu, package, core) in cpus {
+            let dir = root.join(format!("cpu{cpu}/topology"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("physical_package_id"), format!("{package}\n")).unwrap();
+            std::fs::write(dir.join("core_id"), format!("{core}\n")).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn physical_cores_count_cores_not_hyperthreads() {
+        // Two packages of two cores, two hyperthreads each: 8 CPUs, 4 cores.
+        let smt: Vec<_> = (0..8).map(|cpu| (cpu, cpu / 4, (cpu / 2) % 2)).collect();
+        let root = cpu_fixture("smt", "0-7\n", &smt);
+        assert_eq!(count_physical_cores(&root), Some(4));
+        // CPUs 4-7 offline: only package 0's two cores count.
+        std::fs::write(root.join("online"), "0-3\n").unwrap();
+        assert_eq!(count_physical_cores(&root), Some(2));
+        // A CPU listed online without a topology: the count cannot be trusted.
+        std::fs::write(root.join("online"), "0-8\n").unwrap();
+        assert_eq!(count_physical_cores(&root), None);
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(count_physical_cores(&root), None, "no sysfs at all");
     }
 
     #[test]

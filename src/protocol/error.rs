@@ -17,7 +17,8 @@ pub mod code {
     pub const METHOD_NOT_FOUND: i64 = -32601;
     /// Missing, extra or ill-typed arguments.
     pub const INVALID_PARAMS: i64 = -32602;
-    /// A bug; logged with the request id.
+    /// A bug: a failure with no code of its own (a panic, or a request
+    /// dropped without a reply, is logged with the request id).
     pub const INTERNAL_ERROR: i64 = -32603;
     /// Queue full, or the connection's in-flight limit reached.
     pub const OVERLOADED: i64 = -32001;

@@ -256,6 +256,28 @@ impl TestDb {
             .get(0)
     }
 
+    /// Waits until `n` statements whose text contains `fragment` run in
+    /// this database (other than the watching one): the condition for "the
+    /// call is running". A busy-worker count alone is not: the worker that
+    /// answered the previous request (a login) stays busy until just after
+    /// its reply is sent.
+    pub fn wait_until_running(&self, fragment: &str, n: i64) {
+        let mut client = self.connect();
+        wait_until(
+            &format!("{n} running statement(s) with {fragment:?}"),
+            || {
+                let row = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND state = 'active' AND pid <> pg_backend_pid() AND strpos(query, $1) > 0",
+                        &[&fragment],
+                    )
+                    .expect("query pg_stat_activity");
+                row.get::<_, i64>(0) >= n
+            },
+        );
+    }
+
     /// Runs SQL (several statements allowed) on this database.
     pub fn execute(&self, sql: &str) {
         self.connect().batch_execute(sql).expect("test SQL");
@@ -550,6 +572,37 @@ impl Rpc {
         let reply = self.read_reply().expect("a reply before end of file");
         assert_eq!(reply["id"], id, "reply to another request: {reply}");
         reply
+    }
+}
+
+/// Polls `ready` every 20 ms until it holds; panics, naming `what`, after
+/// 20 s. The way a test waits for a condition instead of sleeping.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < give_up, "waited 20 s for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Rpc {
+    /// Polls `sys.status` (answered on the router thread, never queued) on
+    /// this connection until `ready` holds; returns that status. Panics,
+    /// naming `what` and the last status, after 20 s.
+    pub fn wait_for_status(
+        &mut self,
+        what: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let give_up = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = result(&self.call("sys.status", serde_json::json!({}))).clone();
+            if ready(&status) {
+                return status;
+            }
+            assert!(Instant::now() < give_up, "waited 20 s for {what}: {status}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -38,15 +38,13 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde_json::{Map, Value};
 
 use blitz::client::{CallError, Client, ClientOptions, ErrorKind, DEFAULT_MAX_ATTEMPTS};
+use blitz::protocol::code::UNAUTHENTICATED;
 
 /// The server list used when neither `--server` nor `BLITZ_SERVER` is set.
-const DEFAULT_SERVER: &str = "127.0.0.1:4063";
+const DEFAULT_SERVER: &str = blitz::Config::DEFAULT_LISTEN;
 
 /// The environment variable that replaces the default server list.
 const SERVER_ENV: &str = "BLITZ_SERVER";
-
-/// The JSON-RPC code of an unknown, expired or refused session.
-const UNAUTHENTICATED: i64 = -32006;
 
 /// The exit code table, for `--help`.
 const EXIT_CODES_HELP: &str = "\

@@ -1,26 +1,46 @@
-//! Reading a password: from the terminal without echo (termios on
+//! Reading a password: from the terminal without echo (`rpassword`, on
 //! `/dev/tty`, so it works with stdin and stdout redirected), or one line
 //! of stdin for scripts.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::io::AsRawFd;
-use std::sync::Mutex;
+use std::io::{self, BufRead};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The terminal settings to put back if the process is interrupted while
-/// echo is off.
-static SAVED: Mutex<Option<(i32, libc::termios)>> = Mutex::new(None);
+/// Whether a prompt has the terminal (rpassword has switched echo off).
+static PROMPTING: AtomicBool = AtomicBool::new(false);
 
-/// Shows `prompt` on the terminal and reads one line with echo off. The
-/// echo comes back afterwards, also on Ctrl-C (the process then exits 130).
+/// Whether Ctrl-C, SIGTERM or SIGHUP came while a prompt had the terminal.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Shows `prompt` on the terminal and reads one line without echo. Ctrl-C
+/// (or SIGTERM/SIGHUP) puts the terminal back and exits 130.
+///
+/// rpassword reads the terminal raw and, on Ctrl-C, raises SIGINT before it
+/// restores the terminal; SIGINT's default action would end the process
+/// with echo still off. So a handler catches it while the prompt runs (and
+/// only notes it), rpassword restores the terminal and returns
+/// `Interrupted`, and the process exits 130 here; outside a prompt the same
+/// handler exits 130 at once.
 pub fn read_password(prompt: &str) -> io::Result<String> {
-    let tty = OpenOptions::new().read(true).write(true).open("/dev/tty")?;
-    let _echo_off = EchoOff::new(&tty)?;
-    (&tty).write_all(prompt.as_bytes())?;
-    (&tty).flush()?;
-    let mut line = String::new();
-    BufReader::new(&tty).read_line(&mut line)?;
-    Ok(strip_newline(line))
+    let _ = ctrlc::set_handler(on_interrupt);
+    PROMPTING.store(true, Ordering::SeqCst);
+    let read = rpassword::prompt_password(prompt);
+    PROMPTING.store(false, Ordering::SeqCst);
+    let interrupted = matches!(&read, Err(e) if e.kind() == io::ErrorKind::Interrupted);
+    if interrupted || INTERRUPTED.load(Ordering::SeqCst) {
+        eprintln!();
+        std::process::exit(130);
+    }
+    read
+}
+
+/// The signal handler of [`read_password`].
+fn on_interrupt() {
+    if PROMPTING.load(Ordering::SeqCst) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    } else {
+        eprintln!();
+        std::process::exit(130);
+    }
 }
 
 /// One line of `input`, without its line ending; an error when `input`
@@ -45,59 +65,6 @@ fn strip_newline(mut line: String) -> String {
         }
     }
     line
-}
-
-/// Echo switched off on a terminal until dropped. The newline the user
-/// types is still echoed (`ECHONL`), so the cursor moves on.
-struct EchoOff {
-    fd: i32,
-    original: libc::termios,
-}
-
-impl EchoOff {
-    fn new(tty: &File) -> io::Result<EchoOff> {
-        let fd = tty.as_raw_fd();
-        // SAFETY: termios is plain data; tcgetattr fills it or fails.
-        let mut original: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: fd is an open descriptor and `original` a valid termios.
-        if unsafe { libc::tcgetattr(fd, &mut original) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut quiet = original;
-        quiet.c_lflag &= !libc::ECHO;
-        quiet.c_lflag |= libc::ECHONL;
-        *SAVED.lock().unwrap_or_else(|e| e.into_inner()) = Some((fd, original));
-        restore_on_interrupt();
-        set_attrs(fd, &quiet)?;
-        Ok(EchoOff { fd, original })
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        let _ = set_attrs(self.fd, &self.original);
-        SAVED.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-}
-
-/// Applies `attrs` to the terminal `fd` at once.
-fn set_attrs(fd: i32, attrs: &libc::termios) -> io::Result<()> {
-    // SAFETY: fd is an open terminal and `attrs` a valid termios.
-    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, attrs) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// On Ctrl-C (or SIGTERM/SIGHUP) while echo is off: echo back on, exit 130.
-fn restore_on_interrupt() {
-    let _ = ctrlc::set_handler(|| {
-        if let Some((fd, original)) = SAVED.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = set_attrs(fd, &original);
-        }
-        eprintln!();
-        std::process::exit(130);
-    });
 }
 
 #[cfg(test)]

@@ -94,28 +94,10 @@ fn run(
 /// false when the deadline would pass first.
 fn sleep_before_retry(attempt: u32, deadline: &Deadline) -> bool {
     let cap = Duration::from_millis(2u64 << attempt.min(6)); // 4, 8, 16 … 128 ms
-    let pause = cap.mul_f64(0.5 + 0.5 * random_unit());
+    let pause = cap.mul_f64(0.5 + 0.5 * fastrand::f64());
     if pause >= deadline.remaining() {
         return false;
     }
     std::thread::sleep(pause);
     true
-}
-
-/// A cheap pseudo-random number in [0, 1) for backoff jitter (xorshift per thread).
-fn random_unit() -> f64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(
-            (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)) | 1
-        );
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
 }

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::Call;
 use crate::auth;
 use crate::auth::sessions::{describe, Session};
+use crate::config::AuthMode;
 use crate::db::Deadline;
 use crate::protocol::RpcError;
 use crate::server::context::Context;
@@ -42,7 +43,7 @@ pub fn login(call: &Call) -> Result<Value, RpcError> {
             auth::FAILURE_WINDOW.as_secs()
         )));
     }
-    let accepted = if ctx.config.auth.mode == "trust" {
+    let accepted = if ctx.config.auth.mode == AuthMode::Trust {
         trusted_user_may_log_in(ctx, &user, deadline)?
     } else {
         let password = password.ok_or_else(|| missing("password"))?;

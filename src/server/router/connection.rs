@@ -205,10 +205,16 @@ impl Connection {
             .is_ok()
     }
 
-    fn end(self: &Arc<Self>) {
-        let left = self.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
-        if left == 0 && self.is_read_closed() && !on_event_loop() {
-            self.home.hand_over(self.clone()); // the loop may close it now
+    /// Frees one request's in-flight slot; true when it was the last.
+    fn end(&self) -> bool {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    /// After the last reply of a client that sent end of file: its loop
+    /// may close it now (once the reply is written).
+    fn done_if_read_closed(self: &Arc<Self>) {
+        if self.is_read_closed() && !on_event_loop() {
+            self.home.hand_over(self.clone());
         }
     }
 
@@ -471,6 +477,10 @@ impl Responder {
             conn.handles.stats.count_error(e.code);
         }
         let text = self.id.as_deref().map(|id| render(id, &outcome));
+        // The request is done: free its in-flight slot before the client
+        // can see the reply, or a client that sends its next request on
+        // reading it may be refused for a slot this one still held.
+        let was_last = std::mem::take(&mut self.counted) && conn.end();
         match &self.target {
             Target::Connection(c) => {
                 if let Some(mut text) = text {
@@ -480,8 +490,8 @@ impl Responder {
             }
             Target::Batch(b) => b.complete(text.as_deref()),
         }
-        if self.counted {
-            conn.end();
+        if was_last {
+            conn.done_if_read_closed();
         }
     }
 }

@@ -42,13 +42,14 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+use blitz::protocol::{self, code, ReplyId, ReplyOutcome};
 use hdrhistogram::Histogram;
+use mio::net::TcpStream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -65,7 +66,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// Deadline assumed for the drain when calls carry none (the server's
 /// default `invocation.default_timeout_ms`).
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+const DEFAULT_DEADLINE: Duration = Duration::from_millis(blitz::Config::DEFAULT_TIMEOUT_MS);
 
 /// When the run stops sending.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -631,15 +632,15 @@ impl RequestTemplate {
     }
 
     /// Appends request `id` as one line to `out`.
-    fn render(&self, id: u64, rng: &mut Rng, out: &mut Vec<u8>) {
+    fn render(&self, id: u64, rng: &mut fastrand::Rng, out: &mut Vec<u8>) {
         out.extend_from_slice(self.head.as_bytes());
         match self.params {
             Params::Transfer { scale } => {
                 let s = i64::from(scale);
-                let aid = rng.between(1, 100_000 * s);
-                let tid = rng.between(1, 10 * s);
-                let bid = rng.between(1, s);
-                let delta = rng.between(-5000, 5000);
+                let aid = rng.i64(1..=100_000 * s);
+                let tid = rng.i64(1..=10 * s);
+                let bid = rng.i64(1..=s);
+                let delta = rng.i64(-5000..=5000);
                 let _ = write!(
                     out,
                     r#"{{"aid":{aid},"tid":{tid},"bid":{bid},"delta":{delta}}}"#
@@ -652,53 +653,6 @@ impl RequestTemplate {
     }
 }
 
-/// splitmix64: small, fast, and good enough to draw pgbench's uniform values.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi` (the modulo bias is below 2⁻⁴⁰ for these ranges).
-    fn between(&mut self, lo: i64, hi: i64) -> i64 {
-        let span = (hi - lo + 1) as u64;
-        lo + (self.next() % span) as i64
-    }
-}
-
-/// A reply as far as the bench cares.
-#[derive(Deserialize)]
-struct Reply {
-    #[serde(default)]
-    id: Option<Value>,
-    /// `Some` whenever the member is there, `null` included.
-    #[serde(default, deserialize_with = "present")]
-    result: Option<()>,
-    #[serde(default)]
-    error: Option<ReplyError>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<()>, D::Error> {
-    serde::de::IgnoredAny::deserialize(d).map(|_| Some(()))
-}
-
-#[derive(Deserialize)]
-struct ReplyError {
-    code: i64,
-    #[serde(default)]
-    message: String,
-}
-
 /// What one reply line says.
 #[derive(Debug, PartialEq)]
 enum Outcome {
@@ -709,15 +663,16 @@ enum Outcome {
     Garbage,
 }
 
+/// Classifies one reply line with the protocol's reply parser (which
+/// keeps `result` raw: the bench counts replies, it does not read them).
 fn parse_reply(line: &[u8]) -> Outcome {
-    let Ok(reply) = serde_json::from_slice::<Reply>(line) else {
+    let Ok(reply) = protocol::parse_reply(line) else {
         return Outcome::Garbage;
     };
-    let id = reply.id.as_ref().and_then(Value::as_u64);
-    match (id, reply.result, reply.error) {
-        (Some(id), Some(_), None) => Outcome::Ok(id),
-        (Some(id), None, Some(e)) => Outcome::Error(id, e.code),
-        (None, None, Some(e)) => Outcome::Unaddressed(e.code),
+    match (reply.id, reply.error_code()) {
+        (ReplyId::Number(id), None) => Outcome::Ok(id),
+        (ReplyId::Number(id), Some(code)) => Outcome::Error(id, code),
+        (ReplyId::Null, Some(code)) => Outcome::Unaddressed(code),
         _ => Outcome::Garbage,
     }
 }
@@ -749,7 +704,8 @@ struct Conn {
     /// Whether the poller also reports writability (output is stuck).
     waiting_writable: bool,
     alive: bool,
-    rng: Rng,
+    /// This connection's draw of params (forked from the thread's generator).
+    rng: fastrand::Rng,
 }
 
 /// What a thread measured.
@@ -849,7 +805,7 @@ impl ThreadPlan {
                         due: Instant::now(),
                         waiting_writable: false,
                         alive: true,
-                        rng: Rng::new(seed(i)),
+                        rng: fastrand::Rng::new(),
                     })
                 }
                 Err(Open::Refused(m)) => {
@@ -873,14 +829,14 @@ impl ThreadPlan {
     /// returns it with any bytes read past the login reply.
     fn open(&self, addr: SocketAddr) -> Result<(TcpStream, Vec<u8>), Open> {
         let fail = |e: io::Error| Open::Failed(e.to_string());
-        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(fail)?;
+        let stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(fail)?;
         stream.set_nodelay(true).map_err(fail)?;
         let input = match &self.opts.user {
             Some(user) => login(&stream, user)?,
             None => Vec::new(),
         };
         stream.set_nonblocking(true).map_err(fail)?;
-        Ok((stream, input))
+        Ok((TcpStream::from_std(stream), input))
     }
 
     fn event_loop(&self, conns: &mut [Conn], t0: Instant, result: &mut ThreadResult) {
@@ -990,7 +946,7 @@ impl ThreadPlan {
                 let c = &mut conns[i];
                 if !c.alive {
                     // Broken earlier: stop hearing about it.
-                    poller.remove(&c.stream);
+                    poller.remove(&mut c.stream);
                     continue;
                 }
                 if writable {
@@ -1039,7 +995,7 @@ impl ThreadPlan {
                 let waiting = c.written < c.output.len();
                 if waiting != was_waiting {
                     c.waiting_writable = waiting;
-                    if let Err(e) = poller.want_write(&c.stream, i, waiting) {
+                    if let Err(e) = poller.want_write(&mut c.stream, i, waiting) {
                         self.broken(c, result, format!("cannot poll: {e}"));
                     }
                 }
@@ -1186,7 +1142,7 @@ enum Open {
 
 /// `session.login {"user": user}` on a fresh blocking connection.
 /// Returns the bytes read after the reply.
-fn login(stream: &TcpStream, user: &str) -> Result<Vec<u8>, Open> {
+fn login(stream: &std::net::TcpStream, user: &str) -> Result<Vec<u8>, Open> {
     let fail = |e: io::Error| Open::Failed(format!("login: {e}"));
     stream
         .set_read_timeout(Some(CONNECT_TIMEOUT))
@@ -1218,25 +1174,20 @@ fn login(stream: &TcpStream, user: &str) -> Result<Vec<u8>, Open> {
     };
     let rest = reply.split_off(newline + 1);
     stream.set_read_timeout(None).map_err(fail)?;
-    let parsed: Result<Reply, _> = serde_json::from_slice(&reply);
-    match parsed {
-        Ok(Reply {
-            result: Some(_),
-            error: None,
-            ..
-        }) => Ok(rest),
-        Ok(Reply { error: Some(e), .. }) => Err(Open::Refused(format!(
+    match protocol::parse_reply(&reply).map(|r| r.outcome) {
+        Ok(ReplyOutcome::Result(_)) => Ok(rest),
+        Ok(ReplyOutcome::Error(e)) => Err(Open::Refused(format!(
             "session.login as {user:?} refused: {} {}{}",
             e.code,
             e.message,
-            if e.code == -32601 {
+            if e.code == code::METHOD_NOT_FOUND {
                 " (this server has no sessions: run without --user)"
             } else {
                 ""
             }
         ))),
-        _ => Err(Open::Failed(format!(
-            "login: not a JSON-RPC reply: {}",
+        Err(bad) => Err(Open::Failed(format!(
+            "login: the server sent {bad}: {}",
             String::from_utf8_lossy(&reply[..reply.len().min(200)])
         ))),
     }
@@ -1261,161 +1212,120 @@ fn flush(c: &mut Conn) -> io::Result<()> {
 /// Longest single wait, so the stop rules are looked at regularly.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
-/// Readiness of a thread's sockets: epoll on Linux (the cost of a wake-up
-/// does not grow with the number of connections, unlike poll), poll(2)
-/// elsewhere. Level-triggered; each event is `(connection index, readable,
+/// Readiness of a thread's sockets, through mio (epoll on Linux, kqueue on
+/// the BSDs and macOS): the cost of a wake-up does not grow with the number
+/// of connections. mio is edge-triggered: a socket is read until a short
+/// read or `WouldBlock` (see `read_replies`), and writability is asked for
+/// only while output is stuck. Each event is `(connection index, readable,
 /// writable)`.
-#[cfg(target_os = "linux")]
+///
+/// mio waits in whole milliseconds (rounded up), which would send an open
+/// loop's calls up to 1 ms late, or, sleeping the rest, read their replies
+/// up to 1 ms late. On Linux a timerfd in the same poll ends a wait at the
+/// due time to the microsecond, as epoll_pwait2 did; elsewhere the wait is
+/// mio's.
 struct Poller {
-    epoll: std::os::fd::OwnedFd,
-    events: Vec<libc::epoll_event>,
-    /// epoll_pwait2 (timeouts in nanoseconds, Linux ≥ 5.11) is missing:
-    /// fall back to epoll_wait, whose timeouts are whole milliseconds.
-    no_pwait2: bool,
+    poll: mio::Poll,
+    events: mio::Events,
+    timer: Option<Timer>,
 }
 
-#[cfg(target_os = "linux")]
+/// The token of the wait's timer; connections are `0..n`.
+const TIMER: mio::Token = mio::Token(usize::MAX);
+
 impl Poller {
-    fn new(conns: &[Conn]) -> io::Result<Poller> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: epoll_create1 has no memory preconditions.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+    fn new(conns: &mut [Conn]) -> io::Result<Poller> {
+        let poll = mio::Poll::new()?;
+        for (i, c) in conns.iter_mut().enumerate() {
+            poll.registry()
+                .register(&mut c.stream, mio::Token(i), mio::Interest::READABLE)?;
         }
-        // SAFETY: fd is a new descriptor that nothing else owns.
-        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let poller = Poller {
-            epoll,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; conns.len().max(1)],
-            no_pwait2: false,
+        let timer = Timer::new(poll.registry());
+        Ok(Poller {
+            poll,
+            events: mio::Events::with_capacity(conns.len().max(1)),
+            timer,
+        })
+    }
+
+    fn want_write(&mut self, s: &mut TcpStream, i: usize, on: bool) -> io::Result<()> {
+        let interest = if on {
+            mio::Interest::READABLE | mio::Interest::WRITABLE
+        } else {
+            mio::Interest::READABLE
         };
-        for (i, c) in conns.iter().enumerate() {
-            poller.control(libc::EPOLL_CTL_ADD, &c.stream, i, false)?;
-        }
-        Ok(poller)
+        self.poll.registry().reregister(s, mio::Token(i), interest)
     }
 
-    fn control(&self, op: libc::c_int, s: &TcpStream, i: usize, write: bool) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32
-                | if write { libc::EPOLLOUT as u32 } else { 0 },
-            u64: i as u64,
-        };
-        // SAFETY: both descriptors are open; ev is a valid epoll_event.
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, s.as_raw_fd(), &mut ev) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+    fn remove(&mut self, s: &mut TcpStream) {
+        let _ = self.poll.registry().deregister(s);
     }
 
-    fn want_write(&mut self, s: &TcpStream, i: usize, on: bool) -> io::Result<()> {
-        self.control(libc::EPOLL_CTL_MOD, s, i, on)
-    }
-
-    fn remove(&mut self, s: &TcpStream) {
-        let _ = self.control(libc::EPOLL_CTL_DEL, s, 0, false);
-    }
-
+    /// Waits up to `timeout` for events.
     fn wait(&mut self, timeout: Duration, ready: &mut Vec<(usize, bool, bool)>) {
         ready.clear();
-        let epfd = self.epoll.as_raw_fd();
-        let max = self.events.len() as libc::c_int;
-        let mut n = -1;
-        if !self.no_pwait2 {
-            let ts = libc::timespec {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_nsec: timeout.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: the events buffer holds `max` entries; ts is valid; no sigmask.
-            n = unsafe {
-                libc::syscall(
-                    libc::SYS_epoll_pwait2,
-                    epfd,
-                    self.events.as_mut_ptr(),
-                    max,
-                    &ts as *const libc::timespec,
-                    std::ptr::null::<libc::sigset_t>(),
-                    0usize,
-                )
-            } as libc::c_int;
-            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
-                self.no_pwait2 = true;
-            }
+        let whole_ms = timeout.subsec_nanos().is_multiple_of(1_000_000);
+        let armed = !whole_ms && self.timer.as_ref().is_some_and(|t| t.arm(timeout));
+        let wait = if armed { None } else { Some(timeout) };
+        if self.poll.poll(&mut self.events, wait).is_err() {
+            return; // EINTR: the caller looks at the clock and comes back
         }
-        if self.no_pwait2 {
-            let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-            // SAFETY: the events buffer holds `max` entries.
-            n = unsafe { libc::epoll_wait(epfd, self.events.as_mut_ptr(), max, ms) };
-        }
-        for ev in &self.events[..usize::try_from(n).unwrap_or(0)] {
-            let bits = ev.events;
-            let readable = bits
-                & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
-                != 0;
-            let writable = bits & libc::EPOLLOUT as u32 != 0;
-            let index = ev.u64;
-            ready.push((index as usize, readable, writable));
+        for ev in self.events.iter().filter(|ev| ev.token() != TIMER) {
+            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+            ready.push((ev.token().0, readable, ev.is_writable()));
         }
     }
 }
 
-/// poll(2) fallback for systems without epoll.
-#[cfg(not(target_os = "linux"))]
-struct Poller {
-    fds: Vec<libc::pollfd>,
+/// A one-shot timer the poll can wait on (Linux: a timerfd). Arming it
+/// again replaces the time left and clears an expiry not yet seen.
+#[cfg(target_os = "linux")]
+struct Timer(nix::sys::timerfd::TimerFd);
+
+#[cfg(target_os = "linux")]
+impl Timer {
+    /// A timer registered in `registry`, or `None` where the kernel has none.
+    fn new(registry: &mio::Registry) -> Option<Timer> {
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        use std::os::fd::{AsFd, AsRawFd};
+        let flags = TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC;
+        let fd = TimerFd::new(ClockId::CLOCK_MONOTONIC, flags).ok()?;
+        let raw = fd.as_fd().as_raw_fd();
+        registry
+            .register(
+                &mut mio::unix::SourceFd(&raw),
+                TIMER,
+                mio::Interest::READABLE,
+            )
+            .ok()?;
+        Some(Timer(fd))
+    }
+
+    /// Expires `after` from now; false if it could not be set.
+    fn arm(&self, after: Duration) -> bool {
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        let at = Expiration::OneShot(after.into());
+        self.0.set(at, TimerSetTimeFlags::empty()).is_ok()
+    }
 }
 
+/// No timer the poll can wait on: waits are mio's whole milliseconds.
 #[cfg(not(target_os = "linux"))]
-impl Poller {
-    fn new(conns: &[Conn]) -> io::Result<Poller> {
-        let fds = conns
-            .iter()
-            .map(|c| libc::pollfd {
-                fd: c.stream.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        Ok(Poller { fds })
+struct Timer;
+
+#[cfg(not(target_os = "linux"))]
+impl Timer {
+    fn new(_registry: &mio::Registry) -> Option<Timer> {
+        None
     }
 
-    fn want_write(&mut self, _s: &TcpStream, i: usize, on: bool) -> io::Result<()> {
-        self.fds[i].events = libc::POLLIN | if on { libc::POLLOUT } else { 0 };
-        Ok(())
-    }
-
-    fn remove(&mut self, s: &TcpStream) {
-        for f in self.fds.iter_mut().filter(|f| f.fd == s.as_raw_fd()) {
-            f.fd = -1;
-        }
-    }
-
-    fn wait(&mut self, timeout: Duration, ready: &mut Vec<(usize, bool, bool)>) {
-        ready.clear();
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: fds is a valid, exclusively borrowed array of pollfd of the given length.
-        let n = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
-        if n <= 0 {
-            return;
-        }
-        for (i, f) in self.fds.iter().enumerate().filter(|(_, f)| f.revents != 0) {
-            let readable = f.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
-            ready.push((i, readable, f.revents & libc::POLLOUT != 0));
-        }
+    fn arm(&self, _after: Duration) -> bool {
+        false
     }
 }
 
 fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).clamp(1, MAX_LATENCY_US)
-}
-
-fn seed(index: usize) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ u64::from(std::process::id())
 }
 
 /// Clock ticks per second of `/proc/PID/stat` times.
@@ -1511,7 +1421,7 @@ mod tests {
     fn transfer_requests_draw_pgbench_ranges() {
         let opts = options("127.0.0.1:1");
         let t = RequestTemplate::new(&opts).unwrap();
-        let mut rng = Rng::new(7);
+        let mut rng = fastrand::Rng::with_seed(7);
         for id in 1..2000 {
             let mut out = Vec::new();
             t.render(id, &mut rng, &mut out);
@@ -1538,7 +1448,7 @@ mod tests {
         opts.timeout_ms = None;
         let t = RequestTemplate::new(&opts).unwrap();
         let mut out = Vec::new();
-        t.render(3, &mut Rng::new(1), &mut out);
+        t.render(3, &mut fastrand::Rng::with_seed(1), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"jsonrpc\":\"2.0\",\"method\":\"sys.ping\",\"params\":{},\"id\":3}\n"
