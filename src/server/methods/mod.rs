@@ -20,10 +20,13 @@ mod api;
 mod session;
 mod sys;
 
+pub use sys::ping_result;
+
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::admission::Job;
@@ -67,6 +70,8 @@ impl Call<'_> {
 pub enum Runs {
     /// Answered on the router thread, without the queue or the database.
     OnRouter(fn(&Context) -> Value),
+    /// Answered on the router thread from a result rendered once at start.
+    Template(fn(&Context) -> &RawValue),
     /// Admitted to the queue and run on a worker.
     Queued(fn(&Call) -> Result<Value, RpcError>),
 }
@@ -89,7 +94,7 @@ pub struct Method {
 pub static METHODS: &[Method] = &[
     Method {
         name: "sys.ping",
-        runs: Runs::OnRouter(sys::ping),
+        runs: Runs::Template(sys::ping),
         needs_session: false,
         summary: "Liveness check; answered without the queue or the database.",
         params: &[],
@@ -162,6 +167,7 @@ pub fn route(ctx: &Context, request: Request, mut responder: Responder) {
     let checked_here = !method.needs_session || (bound && request.session.is_none());
     match method.runs {
         Runs::OnRouter(answer) if checked_here => responder.reply(Ok(answer(ctx))),
+        Runs::Template(answer) if checked_here => responder.reply_raw(answer(ctx)),
         _ if ctx.shutdown.is_stopping() => {
             ctx.stats.count_refusal(Refusal::Draining);
             responder.reply(Err(RpcError::shutting_down()))
@@ -217,14 +223,17 @@ fn execute(call: &Call) -> Result<Value, RpcError> {
     let Some(method) = lookup(&call.request.method) else {
         return Err(RpcError::method_not_found(&call.request.method));
     };
+    if !matches!(method.runs, Runs::Queued(_)) && method.needs_session {
+        // A router method queued only to check the request's own session.
+        if let Some(key) = &call.request.session {
+            session::verify(call, key)?;
+        }
+    }
     match method.runs {
         Runs::Queued(run) => run(call),
-        Runs::OnRouter(answer) => {
-            if let (true, Some(key)) = (method.needs_session, &call.request.session) {
-                session::verify(call, key)?;
-            }
-            Ok(answer(call.ctx))
-        }
+        Runs::OnRouter(answer) => Ok(answer(call.ctx)),
+        Runs::Template(answer) => serde_json::from_str(answer(call.ctx).get())
+            .map_err(|e| RpcError::internal(format!("a result template is not JSON: {e}"))),
     }
 }
 
