@@ -183,6 +183,8 @@ def ms(v):
 def label(r):
     if r["kind"] == "pool-alt":
         return f"blitz, pool {r['pool']} (info)"
+    if r["kind"] == "curve-http":
+        return "blitz over HTTP (keep-alive)"
     return {"direct": "direct PostgreSQL", "pgbouncer": "PgBouncer (transaction)",
             "blitz": "blitz"}[r["system"]]
 
@@ -220,6 +222,7 @@ def build(rows, meta):
     b500 = by_id.get(f"blitz-c{big}")
     pgb = by_id.get(f"pgbouncer-c{big}")
     alt = next((r for r in rows if r["kind"] == "pool-alt"), None)
+    http = next((r for r in rows if r["kind"] == "curve-http"), None)
     sections = []
 
     # 1. throughput against concurrency
@@ -227,7 +230,7 @@ def build(rows, meta):
                "conn err", "PG CPU µs/tx", "middle CPU µs/tx", "client CPU µs/tx",
                "other load (cores)"]
     t1 = []
-    for r in direct + ([pgb] if pgb else []) + blitz_curve + ([alt] if alt else []):
+    for r in direct + ([pgb] if pgb else []) + blitz_curve + ([http] if http else []) + ([alt] if alt else []):
         t1.append([label(r) + (" (best)" if r is best else ""), r["clients"], fmt(r.get("tps")),
                    ms(r.get("p50_ms")), ms(r.get("p99_ms")), ms(r.get("max_ms")),
                    fmt(r.get("rejected")), fmt(r.get("connection_errors")),
@@ -243,6 +246,9 @@ def build(rows, meta):
                      "blitz-server or PgBouncer. client CPU: pgbench or blitz bench, whole "
                      "process. other load: CPU cores kept busy by programs outside the "
                      "benchmark meanwhile, or stolen by the hypervisor: the noise. "
+                     "blitz over HTTP: the same server and closed loop, each call a POST / "
+                     "on a keep-alive connection (blitz bench --http), beside the TCP row at "
+                     "the same concurrency. "
                      "blitz, pool N (info): a second server whose pool is direct's best "
                      "concurrency instead of the formula's, to show what the pool size "
                      "alone is worth."))

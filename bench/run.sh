@@ -194,11 +194,14 @@ auth=()
 if "$server_bin" --set auth.mode=trust --print-config >/dev/null 2>&1; then
   auth=(--set auth.mode=trust)
 fi
-# start_blitz SETTINGS…: a blitz-server on a free port; sets blitz_port and
-# blitz_pid, and waits until it answers.
+# start_blitz SETTINGS…: a blitz-server on a free port (and JSON-RPC over
+# HTTP on another); sets blitz_port, blitz_http_port and blitz_pid, and
+# waits until it answers.
 start_blitz() {
   blitz_port=$(free_port 23000)
+  blitz_http_port=$(free_port 25000)
   RUST_LOG=warn setsid "$server_bin" --listen "127.0.0.1:$blitz_port" --db-url "$db_url" \
+    --set "server.http_listen=127.0.0.1:$blitz_http_port" \
     --set "server.max_clients=2000" "${auth[@]}" "$@" >>"$tmp/blitz-server.log" 2>&1 &
   blitz_pid=$!
   # setsid forks (and $! is not the server) only for a process-group leader,
@@ -336,14 +339,29 @@ blitz_row() {
     --server-pid "$blitz_pid" --postgres-pid "$pg_pid" --json "$@"
 }
 
+# blitz_http_row ID CLIENTS BENCH_ARGS…: the same closed loop over HTTP/1.1
+# keep-alive connections (server.http_listen of the same server).
+blitz_http_row() {
+  local id=$1 c=$2
+  shift 2
+  measure "$id" blitz curve-http "$c" "blitz bench --http" "$blitz_pid" \
+    "$blitz_bin" --server "127.0.0.1:$blitz_http_port" bench --http -c "$c" --scale "$scale" "${user[@]}" \
+    --server-pid "$blitz_pid" --postgres-pid "$pg_pid" --json "$@"
+}
+
 n_curve=$(echo $clients | wc -w)
-say "rows: $((2 * n_curve + 4)) of ${duration} s and 4 short ones (about $(( (2 * n_curve + 4) * (duration + 3) / 60 + 1 )) min); the table comes at the end"
+n_long=$((2 * n_curve + 4))
+[[ " $clients " == *" $big "* ]] && n_long=$((n_long + 1)) # blitz over HTTP at $big
+say "rows: $n_long of ${duration} s and 4 short ones (about $(( n_long * (duration + 3) / 60 + 1 )) min); the table comes at the end"
 # The curve, direct and blitz interleaved at each concurrency so that a
 # burst of load from other programs hits both alike; PgBouncer right after
 # blitz at 500.
 for c in $clients; do
   pgbench_row "direct-c$c" direct "$pg_port" "$c" prepared curve -T "$duration" log
   blitz_row "blitz-c$c" curve "$c" --duration "$duration"
+  if [ "$c" = "$big" ]; then
+    blitz_http_row "blitz-http-c$big" "$big" --duration "$duration"
+  fi
   if [ "$c" = "$big" ] && [ -n "$bouncer" ]; then
     pgbench_row "pgbouncer-c$big" pgbouncer "$bouncer_port" "$big" simple curve -T "$duration" log
   fi

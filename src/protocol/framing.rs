@@ -2,10 +2,10 @@
 //!
 //! [`Framing`] is what the router's event loop holds per connection; the
 //! listener that accepted the connection decides its variant by its
-//! [`Wire`]. Today there is one wire, the TCP stream ([`StreamFramer`]);
-//! HTTP/1.1 (`server.http_listen`) adds a `Wire::Http` and a
-//! `Framing::Http` whose `next` yields the body of each `POST /` as a
-//! [`Frame::Text`], and the event loop stays as it is.
+//! [`Wire`]: the TCP stream ([`StreamFramer`]), or HTTP/1.1
+//! (`server.http_listen`, [`HttpFramer`]), whose frames are whole HTTP
+//! requests (or their rejections, [`Frame::Http`]); the event loop is the
+//! same for both.
 //!
 //! ## The TCP stream
 //!
@@ -30,11 +30,15 @@
 //! caller's input whenever a text lies whole inside it; only a text split
 //! across inputs is copied, into a buffer that exists while it is split.
 
+use super::http::{Event, HttpFramer};
+
 /// The transport a listener speaks; its connections get the matching [`Framing`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
     /// `server.listen`: a stream of JSON texts, replies `\n`-terminated.
     Stream,
+    /// `server.http_listen`: HTTP/1.1, `POST /` with a request or batch.
+    Http,
 }
 
 /// One connection's framing state.
@@ -42,6 +46,8 @@ pub enum Wire {
 pub enum Framing {
     /// The TCP stream of JSON texts.
     Stream(StreamFramer),
+    /// HTTP/1.1 requests.
+    Http(HttpFramer),
 }
 
 impl Framing {
@@ -50,6 +56,7 @@ impl Framing {
     pub fn new(wire: Wire, max: usize) -> Framing {
         match wire {
             Wire::Stream => Framing::Stream(StreamFramer::new(max)),
+            Wire::Http => Framing::Http(HttpFramer::new(max)),
         }
     }
 
@@ -57,6 +64,16 @@ impl Framing {
     pub fn next<'s, 'i: 's>(&'s mut self, input: &mut &'i [u8]) -> Option<Frame<'s>> {
         match self {
             Framing::Stream(framer) => framer.next(input),
+            Framing::Http(framer) => framer.next(input).map(Frame::Http),
+        }
+    }
+
+    /// What the end of the stream means: an HTTP request cut short is
+    /// answered (400); a stream's unfinished text is dropped, as before.
+    pub fn at_eof(&mut self) -> Option<Frame<'static>> {
+        match self {
+            Framing::Stream(_) => None,
+            Framing::Http(framer) => framer.at_eof().map(Frame::Http),
         }
     }
 
@@ -64,6 +81,7 @@ impl Framing {
     pub fn has_partial(&self) -> bool {
         match self {
             Framing::Stream(framer) => framer.has_partial(),
+            Framing::Http(framer) => framer.has_partial(),
         }
     }
 }
@@ -80,6 +98,8 @@ pub enum Frame<'a> {
     /// The current text (or stray line) passed the limit; the rest of it is
     /// skipped and nothing more is reported about it.
     TooLarge,
+    /// An HTTP request, a rejection, or a `100 Continue` to send.
+    Http(Event),
 }
 
 /// What the framer is in the middle of.
@@ -290,6 +310,7 @@ mod tests {
                     Frame::Text(t) => format!("T:{}", String::from_utf8_lossy(t)),
                     Frame::Stray(s) => format!("S:{}", String::from_utf8_lossy(s)),
                     Frame::TooLarge => "TooLarge".to_string(),
+                    Frame::Http(e) => panic!("the stream framer made an HTTP event: {e:?}"),
                 });
             }
             assert!(input.is_empty(), "input left over");

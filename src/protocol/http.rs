@@ -320,6 +320,80 @@ fn parse_bearer(value: &str) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
 }
 
+/// [`RequestReader`] over a connection's reads, for the router's event
+/// loop: it takes bytes off the front of each read only up to the end of
+/// the request it completes, so what follows stays with the caller (who
+/// keeps it while that request is answered); the bytes of an unfinished
+/// request are kept here.
+#[derive(Debug)]
+pub struct HttpFramer {
+    reader: RequestReader,
+    /// The start of an unfinished request (a head split across reads).
+    partial: Vec<u8>,
+}
+
+impl HttpFramer {
+    /// A framer for bodies of at most `max_body` bytes.
+    pub fn new(max_body: usize) -> HttpFramer {
+        HttpFramer {
+            reader: RequestReader::new(max_body),
+            partial: Vec::new(),
+        }
+    }
+
+    /// The next event; `None` once `input` is used up.
+    pub fn next(&mut self, input: &mut &[u8]) -> Option<Event> {
+        if self.partial.is_empty() {
+            let (used, event) = self.reader.next(input);
+            match event {
+                Some(event) => {
+                    *input = &input[used..];
+                    return Some(event);
+                }
+                None => {
+                    self.partial.extend_from_slice(&input[used..]);
+                    *input = &[];
+                    return None;
+                }
+            }
+        }
+        let before = self.partial.len();
+        self.partial.extend_from_slice(input);
+        let (used, event) = self.reader.next(&self.partial);
+        match event {
+            Some(event) => {
+                *input = &input[used.saturating_sub(before).min(input.len())..];
+                self.partial.clear();
+                Some(event)
+            }
+            None => {
+                self.partial.drain(..used);
+                *input = &[];
+                None
+            }
+        }
+    }
+
+    /// Whether a request has begun and not ended.
+    pub fn has_partial(&self) -> bool {
+        !self.partial.is_empty() || self.reader.in_request()
+    }
+
+    /// At the end of the stream: a 400 for a request cut short, if any.
+    pub fn at_eof(&mut self) -> Option<Event> {
+        if !self.has_partial() {
+            return None;
+        }
+        self.partial.clear();
+        self.reader = RequestReader::new(self.reader.max_body());
+        Some(Event::Reject(Rejection::new(
+            400,
+            "the connection ended before the request was complete (a head, or fewer body bytes than Content-Length)",
+            true,
+        )))
+    }
+}
+
 /// The reason phrase of the statuses blitz sends.
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -667,5 +741,36 @@ POST /b HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         let none =
             String::from_utf8(rpc_response(rpc_status(None), None, false).to_bytes()).unwrap();
         assert_eq!(none, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+    }
+
+    #[test]
+    fn the_framer_leaves_what_follows_a_request_to_the_caller() {
+        let mut framer = HttpFramer::new(100);
+        // A head split across reads is kept by the framer.
+        let mut first: &[u8] = b"POST / HTTP/1.1\r\nContent-Le";
+        assert_eq!(framer.next(&mut first), None);
+        assert!(first.is_empty() && framer.has_partial());
+        let mut rest: &[u8] = b"ngth: 2\r\n\r\n{}GET /next HTTP/1.1\r\n\r\n";
+        let Some(Event::Request(r)) = framer.next(&mut rest) else {
+            panic!("a request");
+        };
+        assert_eq!(r.body, b"{}");
+        assert_eq!(
+            rest, b"GET /next HTTP/1.1\r\n\r\n",
+            "the next request stays with the caller"
+        );
+        let Some(Event::Request(next)) = framer.next(&mut rest) else {
+            panic!("the next request");
+        };
+        assert_eq!(next.path(), "/next");
+        assert!(rest.is_empty() && !framer.has_partial());
+        // A body cut short by the end of the stream is answered 400.
+        let mut cut: &[u8] = b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n{}";
+        assert_eq!(framer.next(&mut cut), None);
+        let Some(Event::Reject(r)) = framer.at_eof() else {
+            panic!("a rejection");
+        };
+        assert_eq!((r.status, r.close), (400, true));
+        assert_eq!(framer.at_eof(), None);
     }
 }

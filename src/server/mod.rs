@@ -64,7 +64,8 @@ fn bind_listener(addr: &SocketAddr) -> io::Result<TcpListener> {
 /// A bound, not yet running server.
 pub struct Server {
     ctx: Arc<Context>,
-    listeners: Vec<TcpListener>,
+    /// Each listener and the wire its connections speak.
+    listeners: Vec<(TcpListener, Wire)>,
     metrics_listener: Option<TcpListener>,
     queue: Receiver<Job>,
     /// Set after the drain: idle workers and the session writer stop.
@@ -79,12 +80,18 @@ impl Server {
             .listen_addrs
             .iter()
             .map(|addr| bind_listener(addr).map_err(|e| named("server.listen", addr, e)))
+            .map(|l| l.map(|l| (l, Wire::Stream)))
+            .chain(config.http_listen_addrs.iter().map(|addr| {
+                bind_listener(addr)
+                    .map(|l| (l, Wire::Http))
+                    .map_err(|e| named("server.http_listen", addr, e))
+            }))
             .collect::<io::Result<Vec<_>>>()?;
         let metrics_listener = match config.metrics.listen.as_str() {
             "" => None,
             addr => Some(TcpListener::bind(addr).map_err(|e| named("metrics.listen", addr, e))?),
         };
-        let port = listeners[0].local_addr()?.port();
+        let port = listeners[0].0.local_addr()?.port();
         let instance = format!("{}:{port}", hostname());
         let stats = Arc::new(Stats::new());
         let limits = Limits {
@@ -125,12 +132,18 @@ impl Server {
         })
     }
 
-    /// The addresses actually bound (port 0 resolved).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+    /// The addresses of `wire` actually bound (port 0 resolved).
+    fn addrs_of(&self, wire: Wire) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter(|(_, w)| *w == wire)
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The TCP (`server.listen`) addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs_of(Wire::Stream)
     }
 
     /// The shared context.
@@ -148,13 +161,13 @@ impl Server {
             self.housekeeping_stop.clone(),
         );
         let addrs = self.local_addrs();
+        let http_note = match self.addrs_of(Wire::Http).as_slice() {
+            [] => String::new(),
+            http => format!("; JSON-RPC over HTTP on {}", join(http)),
+        };
         let metrics = self.spawn_metrics();
         let router = Arc::new(self.router());
-        let listeners = self
-            .listeners
-            .into_iter()
-            .map(|l| (l, Wire::Stream))
-            .collect();
+        let listeners = self.listeners;
         let threads = ctx.config.server.router_threads as usize;
         let router = match router::start(router, listeners, threads) {
             Ok(router) => router,
@@ -168,17 +181,13 @@ impl Server {
             None => String::new(),
         };
         log::info!(
-            "blitz-server {} started: pool_size={}, workers={}, router_threads={}, queue_capacity={}, listening on {}{metrics_note}",
+            "blitz-server {} started: pool_size={}, workers={}, router_threads={}, queue_capacity={}, listening on {}{http_note}{metrics_note}",
             env!("CARGO_PKG_VERSION"),
             ctx.config.pool_size_explained(),
             ctx.config.invocation.workers,
             threads,
             ctx.config.invocation.queue_capacity,
-            addrs
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            join(&addrs)
         );
         let _ = stop.recv();
         let stages = Stages {
@@ -237,6 +246,15 @@ impl Server {
             dispatch: Box::new(move |request, responder| methods::route(&ctx, request, responder)),
         }
     }
+}
+
+/// `a, b, c`.
+fn join(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An error binding `addr` of config key `key`, naming both.

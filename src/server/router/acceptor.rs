@@ -28,7 +28,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::connection::{Connection, Home, Responder};
+use super::connection::{Connection, Exchange, Home, Responder};
 use super::Router;
 use crate::logging::LogThrottle;
 use crate::protocol::framing::{Framing, Wire};
@@ -198,18 +198,27 @@ impl Acceptor {
         ));
         let max = self.router.config.max_clients;
         if !self.router.connections.try_add(&conn, max as usize) {
-            return self.refuse(conn, max);
+            return self.refuse(conn, max, wire);
         }
         self.next_home = self.next_home.wrapping_add(1);
+        if wire == Wire::Http {
+            conn.set_stateless();
+        }
         let framing = Framing::new(wire, self.router.config.max_message_bytes as usize);
         home.adopt(conn, framing);
     }
 
-    /// One -32005 line, FIN, then drain (see the module doc).
-    fn refuse(&mut self, conn: Arc<Connection>, max: u64) {
+    /// One -32005 reply (a line, or an HTTP 503), FIN, then drain (see the module doc).
+    fn refuse(&mut self, conn: Arc<Connection>, max: u64, wire: Wire) {
         self.router.stats.count_refusal(Refusal::MaxClients);
-        Responder::new(&conn, None, Some(null_id()))
-            .reply(Err(RpcError::too_many_connections(max)));
+        let responder = match wire {
+            Wire::Stream => Responder::new(&conn, None, Some(null_id())),
+            // An HTTP client gets a 503 response (Connection: close) with it.
+            Wire::Http => {
+                Responder::for_exchange(&Exchange::new(&conn, 1, false, false), Some(null_id()))
+            }
+        };
+        responder.reply(Err(RpcError::too_many_connections(max)));
         let _ = conn.stream().shutdown(SocketShutdown::Write);
         if self.refused.len() >= MAX_DRAINING {
             return;

@@ -31,6 +31,7 @@ use serde_json::Value;
 use super::outbox::{Flushed, Outbox, Pushed};
 use crate::auth::sessions::Session;
 use crate::protocol::framing::Framing;
+use crate::protocol::http;
 use crate::protocol::{write_error, write_raw_result, write_result, Id, RpcError};
 use crate::server::metrics::MethodKind;
 use crate::server::shutdown::Shutdown;
@@ -137,8 +138,14 @@ pub struct Connection {
     broken: AtomicBool,
     /// The client sent end of file: close once every reply is written.
     read_closed: AtomicBool,
-    /// The loop stopped reading because the outbox is full.
+    /// The loop stopped reading because the outbox is full, or while an
+    /// HTTP response is awaited.
     paused: AtomicBool,
+    /// An HTTP request is being answered: the next is not read before its
+    /// response is queued (HTTP/1.1 responses go out in request order).
+    awaiting: AtomicBool,
+    /// HTTP: no session is bound to the connection.
+    stateless: AtomicBool,
     /// The loop's token for this connection.
     token: AtomicUsize,
     session: Mutex<Option<Arc<Session>>>,
@@ -164,6 +171,8 @@ impl Connection {
             broken: AtomicBool::new(false),
             read_closed: AtomicBool::new(false),
             paused: AtomicBool::new(false),
+            awaiting: AtomicBool::new(false),
+            stateless: AtomicBool::new(false),
             token: AtomicUsize::new(usize::MAX),
             session: Mutex::new(None),
         }
@@ -179,9 +188,18 @@ impl Connection {
         self.session.lock().clone()
     }
 
-    /// Binds `session` to this connection (replacing any other).
+    /// Binds `session` to this connection (replacing any other); not on
+    /// an HTTP connection, where each request is authenticated alone (a
+    /// proxy may carry many clients' requests on one connection).
     pub fn bind_session(&self, session: Arc<Session>) {
-        *self.session.lock() = Some(session);
+        if !self.stateless.load(Ordering::Acquire) {
+            *self.session.lock() = Some(session);
+        }
+    }
+
+    /// Makes this an HTTP connection: sessions are never bound to it.
+    pub fn set_stateless(&self) {
+        self.stateless.store(true, Ordering::Release);
     }
 
     /// Unbinds the session if its key is `key` (after a logout).
@@ -279,6 +297,39 @@ impl Connection {
     /// Whether the loop paused reading (outbox full).
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
+    }
+
+    /// Notes that an HTTP request is being answered (see `awaiting`).
+    pub fn begin_exchange(&self) {
+        self.awaiting.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether an HTTP response is awaited.
+    pub fn awaits_response(&self) -> bool {
+        self.awaiting.load(Ordering::SeqCst)
+    }
+
+    /// Pauses reading while an HTTP response is awaited; false (and not
+    /// paused) when none is. The flag is checked again after pausing, so a
+    /// response queued meanwhile by a worker cannot leave the loop paused:
+    /// that worker either sees the pause and hands the connection back, or
+    /// cleared the flag before the second check.
+    pub fn pause_for_response(&self) -> bool {
+        if !self.awaits_response() {
+            return false;
+        }
+        self.paused.store(true, Ordering::SeqCst);
+        self.awaits_response()
+    }
+
+    /// Queues an HTTP response and lets the next request be read; with
+    /// `close`, the connection closes once its replies are written.
+    pub fn deliver_response(self: &Arc<Self>, response: &[u8], close: bool) {
+        if close {
+            self.set_read_closed();
+        }
+        self.awaiting.store(false, Ordering::SeqCst);
+        self.deliver(response);
     }
 
     /// Marks that the client sent end of file.
@@ -395,10 +446,81 @@ impl Batch {
     }
 }
 
+/// Collects the replies to one HTTP request (one request or a batch) and
+/// sends them as one HTTP response, with the status the wire contract
+/// gives them (see [`http::rpc_status`]).
+pub struct Exchange {
+    conn: Arc<Connection>,
+    batch: bool,
+    keep_alive: bool,
+    remaining: AtomicUsize,
+    replies: Mutex<Collected>,
+}
+
+/// The replies of an [`Exchange`] so far.
+#[derive(Default)]
+struct Collected {
+    /// `[r1,r2` (batch) or the one reply.
+    body: Vec<u8>,
+    /// Replies written (notifications have none).
+    count: usize,
+    /// The error of a single request, for its status.
+    error: Option<RpcError>,
+}
+
+impl Exchange {
+    /// An exchange for `len` requests read from one HTTP request on `conn`
+    /// (`batch`: the body was an array); the connection reads no further
+    /// request until its response is queued.
+    pub fn new(conn: &Arc<Connection>, len: usize, batch: bool, keep_alive: bool) -> Arc<Exchange> {
+        conn.begin_exchange();
+        Arc::new(Exchange {
+            conn: conn.clone(),
+            batch,
+            keep_alive,
+            remaining: AtomicUsize::new(len),
+            replies: Mutex::new(Collected::default()),
+        })
+    }
+
+    fn complete(&self, reply: Option<&[u8]>, error: Option<&RpcError>) {
+        {
+            let mut collected = self.replies.lock();
+            if let Some(r) = reply {
+                if self.batch {
+                    let separator = if collected.count == 0 { b'[' } else { b',' };
+                    collected.body.push(separator);
+                }
+                collected.body.extend_from_slice(r);
+                collected.count += 1;
+                if !self.batch {
+                    collected.error = error.cloned();
+                }
+            }
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let collected = std::mem::take(&mut *self.replies.lock());
+            let status = match self.batch {
+                true => http::rpc_status(None),
+                false => http::rpc_status(collected.error.as_ref()),
+            };
+            let mut body = collected.body;
+            if self.batch && collected.count > 0 {
+                body.push(b']');
+            }
+            let body = (collected.count > 0).then(|| String::from_utf8_lossy(&body).into_owned());
+            let response = http::rpc_response(status, body, self.keep_alive);
+            self.conn
+                .deliver_response(&response.to_bytes(), !self.keep_alive);
+        }
+    }
+}
+
 /// Where a reply goes.
 enum Target {
     Connection(Arc<Connection>),
     Batch(Arc<Batch>),
+    Exchange(Arc<Exchange>),
 }
 
 /// A reply's body: a result to render, a result rendered already (the
@@ -445,11 +567,23 @@ impl Responder {
         self.kind = kind;
     }
 
+    /// A responder for a request read from an HTTP request (`exchange`).
+    pub fn for_exchange(exchange: &Arc<Exchange>, id: Option<Id>) -> Responder {
+        Responder {
+            target: Target::Exchange(exchange.clone()),
+            id,
+            counted: false,
+            kind: MethodKind::Other,
+            answered: false,
+        }
+    }
+
     /// The connection the request came from.
     pub fn connection(&self) -> &Arc<Connection> {
         match &self.target {
             Target::Connection(c) => c,
             Target::Batch(b) => &b.conn,
+            Target::Exchange(x) => &x.conn,
         }
     }
 
@@ -500,6 +634,13 @@ impl Responder {
                 }
             }
             Target::Batch(b) => b.complete(text.as_deref()),
+            Target::Exchange(x) => {
+                let error = match &outcome {
+                    Outcome::Error(e) => Some(*e),
+                    _ => None,
+                };
+                x.complete(text.as_deref(), error)
+            }
         }
         if was_last {
             conn.done_if_read_closed();

@@ -176,12 +176,15 @@ impl EventLoop {
         if conn.is_broken() {
             return self.remove(t);
         }
-        if self.stopping.is_some() || entry.eof {
+        if self.stopping.is_some() || entry.eof || conn.is_read_closed() {
             return self.flush(t);
         }
         if conn.outbox().is_full() {
             conn.set_paused(true);
             return self.flush(t);
+        }
+        if conn.pause_for_response() {
+            return self.flush(t); // HTTP: the next request waits for this response
         }
         conn.set_paused(false);
         let mut budget = TEXTS_PER_TURN;
@@ -200,6 +203,9 @@ impl EventLoop {
             match conn.stream().read(&mut self.buf) {
                 Ok(0) => {
                     entry.eof = true;
+                    if let Some(frame) = entry.framing.at_eof() {
+                        handle_frame(&self.router, &conn, frame);
+                    }
                     conn.set_read_closed();
                 }
                 Ok(n) => {
@@ -243,12 +249,12 @@ impl EventLoop {
             Flushed::Done | Flushed::Blocked | Flushed::Busy => {}
         }
         let done = conn.is_broken()
-            || ((entry.eof || self.stopping.is_some())
+            || ((entry.eof || conn.is_read_closed() || self.stopping.is_some())
                 && conn.in_flight() == 0
                 && conn.outbox().is_empty());
         if done {
             self.remove(t);
-        } else if conn.is_paused() && !conn.outbox().is_full() {
+        } else if conn.is_paused() && !conn.outbox().is_full() && !conn.awaits_response() {
             self.again.push(Token(t)); // reading was paused for a full outbox: resume
         }
     }
@@ -366,7 +372,7 @@ fn handle_input(
     budget: &mut usize,
 ) -> usize {
     let mut rest = input;
-    while *budget > 0 {
+    while *budget > 0 && !conn.awaits_response() {
         let Some(frame) = framing.next(&mut rest) else {
             break;
         };

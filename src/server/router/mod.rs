@@ -20,6 +20,7 @@
 pub mod acceptor;
 pub mod connection;
 pub mod event_loop;
+pub mod http;
 pub mod outbox;
 
 use std::io;
@@ -118,6 +119,7 @@ fn handle_frame(router: &Router, conn: &Arc<Connection>, frame: Frame) {
         Frame::TooLarge => Responder::new(conn, None, Some(null_id())).reply(Err(
             RpcError::message_too_large(router.config.max_message_bytes),
         )),
+        Frame::Http(event) => http::handle(router, conn, event),
     }
 }
 
