@@ -355,10 +355,13 @@ fn json_rpc_over_http_login_bearer_calls_batches_and_notifications() {
 fn an_overloaded_server_answers_503_with_retry_after_over_http() {
     let db = TestDb::new();
     add_function(&db);
+    // A call that runs until the test releases its advisory lock.
     db.execute(
-        "CREATE FUNCTION blitz_api.nap(ms int) RETURNS int LANGUAGE plpgsql \
-         AS 'BEGIN PERFORM pg_sleep(ms / 1000.0); RETURN ms; END'",
+        "CREATE FUNCTION blitz_api.hold() RETURNS int LANGUAGE plpgsql \
+         AS 'BEGIN PERFORM pg_advisory_xact_lock(42); RETURN 1; END'",
     );
+    let mut locker = db.connect();
+    locker.execute("SELECT pg_advisory_lock(42)", &[]).unwrap();
     let (server, addr) = http_server(
         &db,
         &[("db.pool_size", "1"), ("invocation.queue_capacity", "1")],
@@ -366,31 +369,28 @@ fn an_overloaded_server_answers_503_with_retry_after_over_http() {
     let mut http = Http::connect(&addr);
     let key = login(&mut http, "ivy");
     let bearer = format!("Authorization: Bearer {key}");
-    // One nap runs, one waits: the queue of one is full.
+    // One call holds the worker, one waits: the queue of one is full.
     let mut watcher = Rpc::session(&server.addr);
     let mut tcp = Rpc::connect(&server.addr);
     let own = json!({ "session": key });
-    tcp.send_with("api.nap", json!({"ms": 4000}), own.clone());
+    tcp.send_with("api.hold", json!({}), own.clone());
     let start = Instant::now();
     while result(&watcher.call("sys.status", json!({})))["workers"]["busy"] != 1 {
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "the nap never ran"
+            "the call never ran"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    tcp.send_with("api.nap", json!({"ms": 1}), own);
+    tcp.send_with("api.hold", json!({}), own);
     while result(&watcher.call("sys.status", json!({})))["queue"]["depth"] != 1 {
+        let early = tcp.poll_reply(Duration::from_millis(10));
         assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the queue never filled"
+            start.elapsed() < Duration::from_secs(20),
+            "the queue never filled (a reply came: {early:?})"
         );
-        std::thread::sleep(Duration::from_millis(10));
     }
-    let refused = http.post(
-        &rpc("api.nap", json!({"ms": 1}), Some(9)).to_string(),
-        &[&bearer],
-    );
+    let refused = http.post(&rpc("api.hold", json!({}), Some(9)).to_string(), &[&bearer]);
     assert_eq!(refused.status, 503, "{}", refused.text());
     let error = &refused.json()["error"];
     assert_eq!(error["code"], -32001, "{error}");
@@ -401,8 +401,12 @@ fn an_overloaded_server_answers_503_with_retry_after_over_http() {
         .parse()
         .unwrap();
     assert_eq!(retry_after, retry_after_ms.div_ceil(1000).max(1));
+    locker
+        .execute("SELECT pg_advisory_unlock(42)", &[])
+        .unwrap();
     for _ in 0..2 {
-        tcp.read_reply().expect("the TCP calls are answered too");
+        let reply = tcp.read_reply().expect("the TCP calls are answered too");
+        assert_eq!(result(&reply), 1);
     }
 }
 

@@ -111,8 +111,8 @@ fn start(db: &TestDb, extra: &[(&str, &str)]) -> (Server, String) {
     db.execute(
         "CREATE SCHEMA blitz_api; \
          CREATE FUNCTION blitz_api.add(a int, b int) RETURNS int LANGUAGE sql AS 'SELECT a + b'; \
-         CREATE FUNCTION blitz_api.nap(ms int) RETURNS int LANGUAGE plpgsql \
-           AS 'BEGIN PERFORM pg_sleep(ms / 1000.0); RETURN ms; END'",
+         CREATE FUNCTION blitz_api.hold() RETURNS int LANGUAGE plpgsql \
+           AS 'BEGIN PERFORM pg_advisory_xact_lock(42); RETURN 1; END'",
     );
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut settings = vec![("metrics.listen", metrics.as_str())];
@@ -161,30 +161,34 @@ fn metrics_move_with_the_calls() {
     let mut stranger = Rpc::connect(&server.addr);
     assert_eq!(error_code(&stranger.call("api.add", json!([1, 2]))), -32006);
     assert_eq!(error_code(&rpc.call("nope", json!({}))), -32601);
-    // One nap runs, one waits in the queue of one, the third is refused.
+    // One call holds the worker (until the lock is released), one waits in
+    // the queue of one, the third is refused.
+    let mut locker = db.connect();
+    locker.execute("SELECT pg_advisory_lock(42)", &[]).unwrap();
     let mut watcher = Rpc::session(&server.addr);
-    rpc.send("api.nap", json!({"ms": 500}));
+    rpc.send("api.hold", json!({}));
     let start = Instant::now();
     while result(&watcher.call("sys.status", json!({})))["workers"]["busy"] != 1 {
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "the nap never ran"
+            "the call never ran"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    rpc.send("api.nap", json!({"ms": 1}));
-    rpc.send("api.nap", json!({"ms": 1}));
-    let codes: Vec<i64> = (0..3)
+    rpc.send("api.hold", json!({}));
+    rpc.send("api.hold", json!({}));
+    let refused = rpc.read_reply().expect("the refusal, at once");
+    assert_eq!(error_code(&refused), -32001, "{refused}");
+    locker
+        .execute("SELECT pg_advisory_unlock(42)", &[])
+        .unwrap();
+    let codes: Vec<i64> = (0..2)
         .map(|_| {
             let reply = rpc.read_reply().expect("a reply");
             reply["error"]["code"].as_i64().unwrap_or(0)
         })
         .collect();
-    assert_eq!(
-        codes.iter().filter(|c| **c == -32001).count(),
-        1,
-        "{codes:?}"
-    );
+    assert_eq!(codes, vec![0, 0]);
 
     let after = scrape(&metrics);
     assert_eq!(counter(&after, "blitz_requests", &ok_api), 7.0);
@@ -198,7 +202,7 @@ fn metrics_move_with_the_calls() {
     assert_eq!(counter(&after, "blitz_refusals", &queue_full), 1.0);
     assert_eq!(counter(&after, "blitz_sessions_created", &[]), 2.0);
     let (executed, _) = histogram(&after, "blitz_execution_seconds");
-    assert_eq!(executed - executed_before, 9, "2 logins, 5 adds, 2 naps");
+    assert_eq!(executed - executed_before, 9, "2 logins, 5 adds, 2 holds");
     let (waited, _) = histogram(&after, "blitz_queue_wait_seconds");
     let (end_to_end, _) = histogram(&after, "blitz_request_duration_seconds");
     assert_eq!((waited, end_to_end), (executed, executed));
