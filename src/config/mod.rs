@@ -22,6 +22,8 @@ use toml::{Table, Value};
 pub struct ServerConfig {
     /// Address(es) to listen on, `host:port`, comma-separated for several.
     pub listen: String,
+    /// Event-loop threads of the router; 0 = the number of cores (resolved, never 0).
+    pub router_threads: u64,
     /// Connections beyond this get one -32005 line and are closed.
     pub max_clients: u64,
     /// Longest accepted request line in bytes; longer lines get -32009.
@@ -150,6 +152,7 @@ impl Default for RawConfig {
         RawConfig {
             server: ServerConfig {
                 listen: Config::DEFAULT_LISTEN.into(),
+                router_threads: 0,
                 max_clients: 10_000,
                 max_message_bytes: 1 << 20,
                 idle_timeout_s: 300,
@@ -227,7 +230,7 @@ pub enum PoolSizeOrigin {
 /// The effective, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `[server]`.
+    /// `[server]`, with `router_threads` resolved (never 0).
     pub server: ServerConfig,
     /// `[invocation]`, with `workers` resolved (never 0).
     pub invocation: InvocationConfig,
@@ -368,6 +371,9 @@ impl Config {
                 }
                 if full == "invocation.workers" && self.source(&full) == Source::Default {
                     note.push_str(", = pool size");
+                }
+                if full == "server.router_threads" && self.source(&full) == Source::Default {
+                    note.push_str(", = cores");
                 }
                 out.push_str(&format!("{key} = {value}  # {note}\n"));
             }
@@ -600,6 +606,13 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
         auth,
         metrics,
     } = raw;
+    check_range(
+        "server.router_threads",
+        server.router_threads,
+        0,
+        1024,
+        " (0 = the number of cores)",
+    )?;
     check_range("server.max_clients", server.max_clients, 1, 1_000_000, "")?;
     check_range(
         "server.max_message_bytes",
@@ -716,6 +729,10 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
         }
     }
     let pool_size_origin = resolve_pool_size(&mut db);
+    let mut server = server;
+    if server.router_threads == 0 {
+        server.router_threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    }
     let mut invocation = invocation;
     if invocation.workers == 0 {
         invocation.workers = db.pool_size;

@@ -19,7 +19,7 @@ pub mod stats;
 pub mod workers;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -33,18 +33,20 @@ use crate::auth::LoginLimiter;
 use crate::config::Config;
 use crate::db::catalog::CatalogCache;
 use crate::db::{self, CancelReason, Database, Health};
+use crate::protocol::framing::Wire;
 use crate::protocol::RpcError;
 use admission::{Dispatcher, Job, Limits};
 use context::Context;
-use router::Router;
+use router::{Router, RouterThreads};
 use stats::Stats;
 use workers::Crew;
 
-/// Binds `addr` with an accept backlog sized for a burst of `max_clients`
-/// connections (the kernel caps it at `net.core.somaxconn`). std's fixed
-/// backlog of 128 overflows when hundreds of clients connect at once, and an
-/// overflowing accept queue can answer a client's first request with a reset.
-fn bind_listener(addr: &SocketAddr, max_clients: u64) -> io::Result<TcpListener> {
+/// Binds `addr` with the largest accept backlog the kernel allows (it caps
+/// it at `net.core.somaxconn`). std's fixed backlog of 128 overflows when
+/// hundreds of clients connect at once, also clients beyond `max_clients`
+/// that are to get their -32005 line, and an overflowing accept queue can
+/// answer a client's first request with a reset.
+fn bind_listener(addr: &SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(*addr),
         Type::STREAM,
@@ -52,7 +54,7 @@ fn bind_listener(addr: &SocketAddr, max_clients: u64) -> io::Result<TcpListener>
     )?;
     socket.set_reuse_address(true)?;
     socket.bind(&(*addr).into())?;
-    socket.listen(max_clients.clamp(128, 65_535) as i32)?;
+    socket.listen(65_535)?;
     Ok(socket.into())
 }
 
@@ -72,7 +74,7 @@ impl Server {
         let listeners = config
             .listen_addrs
             .iter()
-            .map(|addr| bind_listener(addr, config.server.max_clients))
+            .map(bind_listener)
             .collect::<io::Result<Vec<_>>>()?;
         let port = listeners[0].local_addr()?.port();
         let instance = format!("{}:{port}", hostname());
@@ -92,7 +94,9 @@ impl Server {
             health,
             acquire_timeout,
         );
+        let ping_result = methods::ping_result(&instance, &config.auth.mode.to_string());
         let ctx = Arc::new(Context {
+            ping_result,
             instance,
             db,
             catalog: CatalogCache::new(&config.db.api_schema),
@@ -136,16 +140,25 @@ impl Server {
         );
         let addrs = self.local_addrs();
         let router = Arc::new(self.router());
-        let acceptors: Vec<JoinHandle<()>> = self
+        let listeners = self
             .listeners
             .into_iter()
-            .map(|l| router::spawn_acceptor(router.clone(), l))
+            .map(|l| (l, Wire::Stream))
             .collect();
+        let threads = ctx.config.server.router_threads as usize;
+        let router = match router::start(router, listeners, threads) {
+            Ok(router) => router,
+            Err(e) => {
+                log::error!("cannot start the router threads: {e}");
+                return;
+            }
+        };
         log::info!(
-            "blitz-server {} started: pool_size={}, workers={}, queue_capacity={}, listening on {}",
+            "blitz-server {} started: pool_size={}, workers={}, router_threads={}, queue_capacity={}, listening on {}",
             env!("CARGO_PKG_VERSION"),
             ctx.config.pool_size_explained(),
             ctx.config.invocation.workers,
+            threads,
             ctx.config.invocation.queue_capacity,
             addrs
                 .iter()
@@ -157,8 +170,7 @@ impl Server {
         let stages = Stages {
             queue: &self.queue,
             workers,
-            acceptors,
-            addrs: &addrs,
+            router,
             housekeeping_stop: &self.housekeeping_stop,
         };
         drain_and_close(ctx, stages);
@@ -195,14 +207,13 @@ impl Server {
 struct Stages<'a> {
     queue: &'a Receiver<Job>,
     workers: Vec<JoinHandle<()>>,
-    acceptors: Vec<JoinHandle<()>>,
-    addrs: &'a [SocketAddr],
+    router: RouterThreads,
     housekeeping_stop: &'a AtomicBool,
 }
 
 /// The shutdown sequence: refuse new work, let queued and running work
 /// finish until the drain deadline, answer what is left -32003, close.
-fn drain_and_close(ctx: &Arc<Context>, stages: Stages) {
+fn drain_and_close(ctx: &Arc<Context>, mut stages: Stages) {
     let drain = Duration::from_secs(ctx.config.server.drain_timeout_s);
     log::info!(
         "shutting down: draining {} queued and {} running requests (at most {} s)",
@@ -211,12 +222,7 @@ fn drain_and_close(ctx: &Arc<Context>, stages: Stages) {
         drain.as_secs()
     );
     ctx.shutdown.begin(drain);
-    for addr in stages.addrs {
-        let _ = TcpStream::connect_timeout(addr, Duration::from_millis(200)); // wakes accept()
-    }
-    for a in stages.acceptors {
-        let _ = a.join();
-    }
+    stages.router.stop_accepting();
     let deadline = Instant::now() + drain;
     while (ctx.dispatcher.depth() > 0 || ctx.dispatcher.busy_workers() > 0)
         && Instant::now() < deadline
@@ -236,7 +242,7 @@ fn drain_and_close(ctx: &Arc<Context>, stages: Stages) {
     for job in stages.queue.try_iter() {
         job.responder.reply(Err(RpcError::shutting_down()));
     }
-    ctx.connections.close_all();
+    stages.router.finish(); // replies written (within WRITE_TIMEOUT), connections closed
     ctx.db.watchdog.stop();
     log::info!(
         "stopped: {} requests completed",

@@ -15,10 +15,13 @@ mod api;
 mod session;
 mod sys;
 
+pub use sys::ping_result;
+
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::admission::Job;
@@ -51,6 +54,8 @@ impl Call<'_> {
 pub enum Runs {
     /// Answered on the router thread, without the queue or the database.
     OnRouter(fn(&Context) -> Value),
+    /// Answered on the router thread from a result rendered once at start.
+    Template(fn(&Context) -> &RawValue),
     /// Admitted to the queue and run on a worker.
     Queued(fn(&Call) -> Result<Value, RpcError>),
 }
@@ -73,7 +78,7 @@ pub struct Method {
 pub static METHODS: &[Method] = &[
     Method {
         name: "sys.ping",
-        runs: Runs::OnRouter(sys::ping),
+        runs: Runs::Template(sys::ping),
         needs_session: false,
         summary: "Liveness check; answered without the queue or the database.",
         params: &[],
@@ -141,6 +146,7 @@ pub fn route(ctx: &Context, request: Request, responder: Responder) {
     }
     match method.runs {
         Runs::OnRouter(answer) => responder.reply(Ok(answer(ctx))),
+        Runs::Template(answer) => responder.reply_raw(answer(ctx)),
         Runs::Queued(_) if ctx.shutdown.is_stopping() => {
             responder.reply(Err(RpcError::shutting_down()))
         }
@@ -193,6 +199,8 @@ fn execute(call: &Call) -> Result<Value, RpcError> {
     match lookup(&call.request.method).map(|m| m.runs) {
         Some(Runs::Queued(run)) => run(call),
         Some(Runs::OnRouter(answer)) => Ok(answer(call.ctx)),
+        Some(Runs::Template(answer)) => serde_json::from_str(answer(call.ctx).get())
+            .map_err(|e| RpcError::internal(format!("a result template is not JSON: {e}"))),
         None => Err(RpcError::method_not_found(&call.request.method)),
     }
 }
