@@ -344,7 +344,7 @@ fn the_thread_count_does_not_grow_with_the_clients() {
     assert_eq!(last.call("sys.ping", json!({}))["result"]["pong"], true);
     let with_clients = threads_of(&server);
     assert!(
-        with_clients <= before + 1,
+        with_clients <= before + 2, // a housekeeper may start late; never one per client
         "{before} threads before, {with_clients} with 1,001 clients"
     );
     // R (2) + W (2) + a few housekeepers.
