@@ -390,7 +390,10 @@ def refusal_cpu_us(r, served_us):
     successes at the closed-loop CPU per call, over its refusals."""
     if not r or served_us is None or not r.get("rejected") or r.get("mid_cpu_seconds") is None:
         return None
-    return max(0.0, r["mid_cpu_seconds"] * 1e6 - r["ok"] * served_us) / r["rejected"]
+    left = r["mid_cpu_seconds"] * 1e6 - r["ok"] * served_us
+    # Where the successes cost less here than in the closed loop, the
+    # estimate says nothing: none is shown.
+    return left / r["rejected"] if left > 0 else None
 
 
 def notes(rows):

@@ -29,7 +29,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::connection::{Connection, Exchange, Home, Responder};
-use super::Router;
+use super::requests::Router;
 use crate::logging::LogThrottle;
 use crate::protocol::framing::{Framing, Wire};
 use crate::protocol::{null_id, RpcError};

@@ -31,7 +31,7 @@ use slab::Slab;
 
 use super::connection::{mark_event_loop_thread, Connection, Home};
 use super::outbox::{Flushed, WRITE_TIMEOUT};
-use super::{handle_frame, Router};
+use super::requests::{handle_frame, Router};
 use crate::protocol::framing::Framing;
 
 /// The waker's token (connections use their slab index).

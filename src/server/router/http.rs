@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use super::connection::{Connection, Exchange, Responder};
-use super::Router;
+use super::requests::Router;
 use crate::protocol::http::{Event, HttpRequest, Rejection, Response, CONTINUE};
 use crate::protocol::{null_id, parse_line, render_error, Line, RpcError};
 use crate::server::metrics::MethodKind;
