@@ -211,11 +211,12 @@ pub fn run_job(ctx: &Context, job: Job) -> bool {
                 "the server failed while running this request; see its log",
             ))
         });
-    let executed = started.elapsed();
-    responder.reply(outcome);
+    // Recorded before the reply goes out, so that a client that has read
+    // its reply finds the call counted (end to end: until the reply is handed over).
     let queued = started - deadline.arrived;
     ctx.stats
-        .record_completion(queued, executed, deadline.arrived.elapsed());
+        .record_completion(queued, started.elapsed(), deadline.arrived.elapsed());
+    responder.reply(outcome);
     true
 }
 
