@@ -111,6 +111,7 @@ def from_blitz(meta, outdir):
         "errors_by_code": " ".join(f"{c}:{n}" for c, n in j["errors_by_code"].items()),
         "pg_cpu_us": (j.get("postgres_cpu") or {}).get("us_per_call"),
         "mid_cpu_us": (j.get("server_cpu") or {}).get("us_per_call"),
+        "mid_cpu_seconds": (j.get("server_cpu") or {}).get("seconds"),
         "send_lag_p99_ms": (j.get("send_lag") or {}).get("p99_ms"),
     })
     client_and_other(r, meta, j["sent"])
@@ -140,7 +141,19 @@ def base(meta):
             "wall_s": meta["wall_s"]}
 
 
+def from_idle(meta, outdir):
+    r = base(meta)
+    try:
+        r.update(json.loads(read(outdir, meta["id"] + ".out")))
+    except ValueError:
+        tail = read(outdir, meta["id"] + ".err").strip().splitlines()[-1:]
+        r["note"] = "idle_rss failed: " + (tail[0][:160] if tail else "no output")
+    return r
+
+
 def load(meta, outdir):
+    if meta["tool"] == "idle_rss":
+        return from_idle(meta, outdir)
     return from_pgbench(meta, outdir) if meta["tool"] == "pgbench" else from_blitz(meta, outdir)
 
 
@@ -172,6 +185,8 @@ def label(r):
         return f"blitz, pool {r['pool']} (info)"
     if r["kind"] == "keys":
         return "blitz, idempotency keys"
+    if r["kind"] == "curve-http":
+        return "blitz over HTTP (keep-alive)"
     return {"direct": "direct PostgreSQL", "pgbouncer": "PgBouncer (transaction)",
             "blitz": "blitz"}[r["system"]]
 
@@ -210,6 +225,7 @@ def build(rows, meta):
     pgb = by_id.get(f"pgbouncer-c{big}")
     alt = next((r for r in rows if r["kind"] == "pool-alt"), None)
     keys = next((r for r in rows if r["kind"] == "keys"), None)
+    http = next((r for r in rows if r["kind"] == "curve-http"), None)
     sections = []
 
     # 1. throughput against concurrency
@@ -217,7 +233,7 @@ def build(rows, meta):
                "conn err", "PG CPU µs/tx", "middle CPU µs/tx", "client CPU µs/tx",
                "other load (cores)"]
     t1 = []
-    for r in direct + ([pgb] if pgb else []) + blitz_curve + ([keys] if keys else []) + ([alt] if alt else []):
+    for r in direct + ([pgb] if pgb else []) + blitz_curve + ([http] if http else []) + ([keys] if keys else []) + ([alt] if alt else []):
         t1.append([label(r) + (" (best)" if r is best else ""), r["clients"], fmt(r.get("tps")),
                    ms(r.get("p50_ms")), ms(r.get("p99_ms")), ms(r.get("max_ms")),
                    fmt(r.get("rejected")), fmt(r.get("connection_errors")),
@@ -233,6 +249,9 @@ def build(rows, meta):
                      "blitz-server or PgBouncer. client CPU: pgbench or blitz bench, whole "
                      "process. other load: CPU cores kept busy by programs outside the "
                      "benchmark meanwhile, or stolen by the hypervisor: the noise. "
+                     "blitz over HTTP: the same server and closed loop, each call a POST / "
+                     "on a keep-alive connection (blitz bench --http), beside the TCP row at "
+                     "the same concurrency. "
                      "blitz, pool N (info): a second server whose pool is direct's best "
                      "concurrency instead of the formula's, to show what the pool size "
                      "alone is worth. blitz, idempotency keys: the same as blitz at 500 "
@@ -261,9 +280,11 @@ def build(rows, meta):
     # 3. overload
     headers = ["load", "offered/s", "ok/s", "goodput/s", "goodput / peak", "rejected/s",
                "rej p50 ms", "rej p99 ms", "rej max ms", "ok p99 ms", "conn err",
-               "server CPU µs/call", "client CPU µs/call", "other load (cores)"]
+               "server CPU µs/call", "server CPU µs/refusal (est.)", "client CPU µs/call",
+               "other load (cores)"]
     t3 = []
     peak = b500["tps"] if b500 else None
+    served_us = b500.get("mid_cpu_us") if b500 else None
     for x in (2, 10):
         r = by_id.get(f"overload-{x}x")
         if not r or r.get("tps") is None:
@@ -275,12 +296,38 @@ def build(rows, meta):
                    fmt(r["rejected"] / el if el else None), ms(r.get("rej_p50_ms")),
                    ms(r.get("rej_p99_ms")), ms(r.get("rej_max_ms")), ms(r.get("p99_ms")),
                    fmt(r.get("connection_errors")), fmt(r.get("mid_cpu_us")),
+                   fmt(refusal_cpu_us(r, served_us), 1),
                    fmt(r.get("client_cpu_us")), fmt(r.get("other_cores"), 2)])
     sections.append((f"blitz under overload (open loop, 500 connections, timeout_ms "
                      f"{meta['timeout_ms']})", headers, t3,
                      "Offered: calls sent per second on a fixed schedule; latency counts "
                      "from the scheduled send time. goodput: successes within timeout_ms. "
-                     "peak: blitz closed loop at 500 clients."))
+                     "peak: blitz closed loop at 500 clients. server CPU µs/refusal (est.): "
+                     "the row's blitz-server CPU less its successes at the closed-loop "
+                     "500 row's CPU per call, over the refusals."))
+
+    # 3b. idle connections
+    headers = ["connections", "threads", "threads target (R + W + 8)", "RSS MiB",
+               "idle server RSS MiB", "KiB / connection", "connect s",
+               "fresh sys.ping p50 ms", "fresh sys.ping p99 ms", "max ms"]
+    idle = sorted([r for r in rows if r["kind"] == "idle" and r.get("threads")],
+                  key=lambda r: r["clients"])
+    limit_threads = (meta.get("router_threads") or 0) + (meta.get("workers") or 0) + 8
+    t3b = [[fmt(r["connections"]) + (f" (of {fmt(r['requested'])} asked: {r['limited_by']})"
+                                     if r.get("limited_by") else ""),
+            fmt(r["threads"]), fmt(limit_threads),
+            fmt(r["rss_with_connections_mib"], 1), fmt(r["rss_idle_server_mib"], 1),
+            fmt(r["kib_per_connection"], 2), fmt(r["connect_s"], 1),
+            ms(r["fresh_ping_p50_ms"]), ms(r["fresh_ping_p99_ms"]), ms(r["fresh_ping_max_ms"])]
+           for r in idle]
+    if t3b:
+        sections.append(("Idle connections (a fresh server holding N idle connections)",
+                         headers, t3b,
+                         "threads: of blitz-server with the N connections open (R router "
+                         f"threads = {meta.get('router_threads')}, W workers = "
+                         f"{meta.get('workers')}). fresh sys.ping: connect, one sys.ping, "
+                         "its reply, on a new connection, 200 times while the N are open. "
+                         "Client side spread over 127.0.0.1-16."))
 
     # 4. ratios and targets
     def ratio(a, b):
@@ -289,6 +336,11 @@ def build(rows, meta):
     tx_best = next((r for r in rows if r["kind"] == "tx10k" and r["system"] == "direct"
                     and best and r["clients"] == best["clients"]), None)
     over10 = by_id.get("overload-10x")
+    over2 = by_id.get("overload-2x")
+    idle10k = by_id.get("idle-10000")
+    idle100k = by_id.get("idle-100000")
+    big_idle = (f"{idle100k['connections']:,} (100,000 asked)" if idle100k and
+                idle100k.get("limited_by") else "100,000")
     blitz_rows = [r for r in rows if r["system"] == "blitz"]
     conn_err = sum(r.get("connection_errors") or 0 for r in blitz_rows)
     targets = [
@@ -310,10 +362,26 @@ def build(rows, meta):
          "≥ 0.90", lambda v: v >= 0.9),
         ("10× overload rejection p99 (ms)", over10 and over10.get("rej_p99_ms"), "≤ 1.00",
          lambda v: v <= 1.0),
+        ("10× overload: server CPU µs per refused call (est.)",
+         refusal_cpu_us(over10, b500 and b500.get("mid_cpu_us")), "≤ 3.00", lambda v: v <= 3.0),
+        ("2× overload goodput / blitz peak", ratio(over2 and over2.get("goodput"), peak),
+         "≥ 0.95", lambda v: v >= 0.95),
         ("connection errors, all blitz rows", conn_err, "= 0", lambda v: v == 0),
         ("blitz-server CPU µs/call at 500 (PostgreSQL: "
          f"{fmt(b500 and b500.get('pg_cpu_us'))} µs/tx)", b500 and b500.get("mid_cpu_us"),
          "report", None),
+    ]
+    targets += [
+        ("threads with 10,000 idle connections", idle10k and idle10k.get("threads"),
+         f"≤ {limit_threads}", lambda v: v <= limit_threads),
+        ("RSS MiB with 10,000 idle connections", idle10k and idle10k.get("rss_with_connections_mib"),
+         "≤ 60.00", lambda v: v <= 60),
+        (f"threads with {big_idle} idle connections", idle100k and idle100k.get("threads"),
+         f"≤ {limit_threads}", lambda v: v <= limit_threads),
+        (f"RSS MiB with {big_idle} idle connections",
+         idle100k and idle100k.get("rss_with_connections_mib"), "≤ 1024.00", lambda v: v <= 1024),
+        (f"fresh sys.ping p99 ms with {big_idle} idle connections",
+         idle100k and idle100k.get("fresh_ping_p99_ms"), "≤ 5.00", lambda v: v <= 5),
     ]
     t4 = []
     for name, v, goal, ok in targets:
@@ -322,6 +390,17 @@ def build(rows, meta):
         t4.append([name, shown, goal, verdict])
     sections.append(("Ratios and targets", ["measure", "value", "target", ""], t4, ""))
     return sections, direct, blitz_curve, pgb
+
+
+def refusal_cpu_us(r, served_us):
+    """blitz-server CPU per refused call in an overload row: its CPU less its
+    successes at the closed-loop CPU per call, over its refusals."""
+    if not r or served_us is None or not r.get("rejected") or r.get("mid_cpu_seconds") is None:
+        return None
+    left = r["mid_cpu_seconds"] * 1e6 - r["ok"] * served_us
+    # Where the successes cost less here than in the closed loop, the
+    # estimate says nothing: none is shown.
+    return left / r["rejected"] if left > 0 else None
 
 
 def notes(rows):
@@ -345,7 +424,8 @@ def write_csv(rows, path):
               "p99_ms", "p999_ms", "max_ms", "rej_p50_ms", "rej_p99_ms", "rej_p999_ms",
               "rej_max_ms", "goodput", "offered", "target_rate", "throughput",
               "send_lag_p99_ms", "pg_cpu_us", "mid_cpu_us", "client_cpu_us",
-              "other_cores", "errors_by_code", "note"]
+              "other_cores", "errors_by_code", "mid_cpu_seconds", "threads",
+              "rss_with_connections_mib", "kib_per_connection", "fresh_ping_p99_ms", "note"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -456,6 +536,11 @@ def report(rows_path, outdir, meta_path, results):
 def row_line(meta_json, outdir):
     meta = json.loads(meta_json)
     r = load(meta, outdir)
+    if r["kind"] == "idle":
+        print(f"bench: {r['id']:<22} " + (r.get("note") or
+              f"threads {r['threads']}, RSS {r['rss_with_connections_mib']} MiB, "
+              f"fresh sys.ping p99 {r['fresh_ping_p99_ms']} ms"))
+        return
     parts = [f"{r['id']:<22}", f"{fmt(r.get('tps')):>7} tps"]
     if r["kind"] == "tx10k":
         parts.append(f"wall {r['wall_s']:.2f} s")

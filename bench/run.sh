@@ -10,6 +10,7 @@
 #   BENCH_SCALE     pgbench scale of the data set (default 10)
 #   BENCH_CLIENTS   concurrencies of the curve (default "1 2 4 8 16 32 500")
 #   BENCH_TIMEOUT_MS  deadline of the overload rows' calls (default 1000)
+#   BENCH_IDLE      idle-connection counts of the idle rows (default "10000 100000")
 #   BENCH_OUT       where the results go (default bench/results)
 #
 # What it does, all in a temporary directory it deletes at the end:
@@ -33,6 +34,8 @@
 #        for information, blitz at 500 on a second server whose pool is
 #        direct's best concurrency (when that differs from the default);
 #        blitz open loop at 2× and 10× its closed-loop peak;
+#        idle connections (BENCH_IDLE, default 10,000 and 100,000) on a fresh
+#        server: threads, RSS, sys.ping p99 on a fresh connection meanwhile;
 #   4. bench/report.py prints the table and writes BENCH_OUT/latest.md,
 #      latest.csv and tps.svg.
 # Every process it starts is stopped on exit, however it exits (trap EXIT).
@@ -45,6 +48,7 @@ duration=${BENCH_DURATION:-15}
 scale=${BENCH_SCALE:-10}
 clients=${BENCH_CLIENTS:-"1 2 4 8 16 32 500"}
 timeout_ms=${BENCH_TIMEOUT_MS:-1000}
+idle_counts=${BENCH_IDLE:-"10000 100000"}
 out=${BENCH_OUT:-bench/results}
 big=500          # "500 clients": the overload concurrency
 txns=10000       # the seed's experiment: 10,000 transactions from 500 clients
@@ -111,7 +115,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-ulimit -n 16384 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# The soft limit only: the idle rows raise it again up to the hard limit.
+ulimit -Sn 16384 2>/dev/null || ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 
 # A port nothing is bound to, below the ephemeral range (where 500 client
 # connections take their local ports), tested by binding it.
@@ -190,11 +195,14 @@ auth=()
 if "$server_bin" --set auth.mode=trust --print-config >/dev/null 2>&1; then
   auth=(--set auth.mode=trust)
 fi
-# start_blitz SETTINGS…: a blitz-server on a free port; sets blitz_port and
-# blitz_pid, and waits until it answers.
+# start_blitz SETTINGS…: a blitz-server on a free port (and JSON-RPC over
+# HTTP on another); sets blitz_port, blitz_http_port and blitz_pid, and
+# waits until it answers.
 start_blitz() {
   blitz_port=$(free_port 23000)
+  blitz_http_port=$(free_port 25000)
   RUST_LOG=warn setsid "$server_bin" --listen "127.0.0.1:$blitz_port" --db-url "$db_url" \
+    --set "server.http_listen=127.0.0.1:$blitz_http_port" \
     --set "server.max_clients=2000" "${auth[@]}" "$@" >>"$tmp/blitz-server.log" 2>&1 &
   blitz_pid=$!
   # setsid forks (and $! is not the server) only for a process-group leader,
@@ -217,6 +225,8 @@ stop_blitz() {
 start_blitz
 status=$("$blitz_bin" --server "127.0.0.1:$blitz_port" status)
 pool=$(printf '%s' "$status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pool"]["size"])')
+workers=$(printf '%s' "$status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["workers"]["total"])')
+router_threads=$(printf '%s' "$status" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("router_threads", 0))')
 say "blitz-server: pid $blitz_pid, default configuration, pool_size $pool"
 
 # Sessions: when this server has session.login, every bench connection logs
@@ -330,14 +340,29 @@ blitz_row() {
     --server-pid "$blitz_pid" --postgres-pid "$pg_pid" --json "$@"
 }
 
+# blitz_http_row ID CLIENTS BENCH_ARGS…: the same closed loop over HTTP/1.1
+# keep-alive connections (server.http_listen of the same server).
+blitz_http_row() {
+  local id=$1 c=$2
+  shift 2
+  measure "$id" blitz curve-http "$c" "blitz bench --http" "$blitz_pid" \
+    "$blitz_bin" --server "127.0.0.1:$blitz_http_port" bench --http -c "$c" --scale "$scale" "${user[@]}" \
+    --server-pid "$blitz_pid" --postgres-pid "$pg_pid" --json "$@"
+}
+
 n_curve=$(echo $clients | wc -w)
-say "rows: $((2 * n_curve + 5)) of ${duration} s and 4 short ones (about $(( (2 * n_curve + 5) * (duration + 3) / 60 + 1 )) min); the table comes at the end"
+n_long=$((2 * n_curve + 5)) # with blitz with idempotency keys at $big
+[[ " $clients " == *" $big "* ]] && n_long=$((n_long + 1)) # blitz over HTTP at $big
+say "rows: $n_long of ${duration} s and 4 short ones (about $(( n_long * (duration + 3) / 60 + 1 )) min); the table comes at the end"
 # The curve, direct and blitz interleaved at each concurrency so that a
 # burst of load from other programs hits both alike; PgBouncer right after
 # blitz at 500.
 for c in $clients; do
   pgbench_row "direct-c$c" direct "$pg_port" "$c" prepared curve -T "$duration" log
   blitz_row "blitz-c$c" curve "$c" --duration "$duration"
+  if [ "$c" = "$big" ]; then
+    blitz_http_row "blitz-http-c$big" "$big" --duration "$duration"
+  fi
   if [ "$c" = "$big" ] && [ -n "$bouncer" ]; then
     pgbench_row "pgbouncer-c$big" pgbouncer "$bouncer_port" "$big" simple curve -T "$duration" log
   fi
@@ -376,6 +401,22 @@ for x in 2 10; do
   blitz_row "overload-${x}x" "overload-${x}x" "$big" --rate "$rate" --duration "$duration" --timeout-ms "$timeout_ms"
 done
 
+# Idle connections: a fresh server (default configuration) holding N idle
+# client connections spread over 127.0.0.x source addresses: its threads,
+# RSS, and sys.ping p99 on a fresh connection while they are open. The
+# open-file limit is raised for this step only (as root, the hard limit too).
+for n in $idle_counts; do
+  id="idle-$n"
+  lim=$(( n + 4000 > 16384 ? n + 4000 : 16384 ))
+  if ( ulimit -Hn "$lim" 2>/dev/null; ulimit -Sn "$lim" 2>/dev/null; \
+       IDLE_RSS_LOG="$tmp/idle-$n.log" python3 bench/idle_rss.py "$server_bin" "$db_url" "$n" --json \
+       >"$tmp/out/$id.out" 2>"$tmp/out/$id.err" ); then
+    row "{\"id\":\"$id\",\"system\":\"blitz\",\"kind\":\"idle\",\"clients\":$n,\"pool\":$pool,\"tool\":\"idle_rss\",\"wall_s\":0}"
+  else
+    say "$id: skipped: $(tail -1 "$tmp/out/$id.err")"
+  fi
+done
+
 # ---------------------------------------------------------------- report
 meta=$tmp/meta.json
 python3 - "$meta" <<PY
@@ -392,6 +433,7 @@ json.dump({
   "postgres": sh("'$bindir/postgres' --version"), "pgbouncer": "$bouncer", "pgbouncer_note": "$bouncer_note",
   "duration_s": $duration, "scale": $scale, "pool": $pool, "timeout_ms": $timeout_ms,
   "sessions": ${#user[@]} > 0, "clk_tck": $clk_tck,
+  "router_threads": $router_threads, "workers": $workers,
 }, open(sys.argv[1], "w"))
 PY
 mkdir -p "$out"

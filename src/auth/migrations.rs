@@ -211,11 +211,15 @@ $$;
 -- After the claimed call failed (and rolled back): records the error, if
 -- given, and releases the key, when this session holds it. The
 -- transaction-level lock keeps a repeat waiting until the record is committed.
-CREATE FUNCTION blitz.idem_fail(who text, k text, m text, h bytea, outcome json) RETURNS json
+CREATE FUNCTION blitz.idem_fail(session_key text, k text, m text, h bytea, outcome json) RETURNS json
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    who text := (SELECT s.user_name FROM blitz.sessions s WHERE s.key = session_key);
     lock_id integer := blitz.idem_lock_id(who, k);
 BEGIN
+    IF who IS NULL THEN                        -- ended meanwhile: the caller drops the connection
+        RAISE EXCEPTION 'the session ended during the call' USING ERRCODE = 'BZ006';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
                       AND l.classid = 6450281 AND l.objid::int8 = lock_id AND l.objsubid = 2 AND l.granted) THEN
         RETURN NULL;                           -- failed before it claimed the key

@@ -176,15 +176,15 @@ impl Sessions {
 
     /// Notes that `session` was used. Its `last_used` is written by the
     /// background flush, at most once per [`Sessions::touch_interval`].
-    pub fn touch(&self, session: &Session) {
+    pub fn touch(&self, key: &str) {
         let every = self.touch_interval();
         let mut touches = self.touches.lock();
         let due = touches
             .written
-            .get(&session.key)
+            .get(key)
             .is_none_or(|t| t.elapsed() >= every);
-        if due && !touches.pending.contains(&session.key) {
-            touches.pending.insert(session.key.clone());
+        if due && !touches.pending.contains(key) {
+            touches.pending.insert(key.to_string());
         }
     }
 
@@ -317,11 +317,11 @@ pub struct EnterArgs {
 const ENTER: &str = "SELECT blitz.enter($1, $2, $3, $4, $5)::text::json";
 
 impl EnterArgs {
-    /// The arguments that admit `session` to a call of function `callee`.
-    pub fn new(sessions: &Sessions, session: &Session, callee: Oid) -> EnterArgs {
+    /// The arguments that admit the session `key` to a call of function `callee`.
+    pub fn new(sessions: &Sessions, key: &str, callee: Oid) -> EnterArgs {
         let (idle_s, max_life_s) = sessions.limits();
         EnterArgs {
-            key: session.key.clone(),
+            key: key.to_string(),
             idle_s,
             max_life_s,
             set_role: sessions.auth.set_role,

@@ -218,7 +218,6 @@ fn serve(config: Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     blitz::raise_fd_limit(&config);
-    let listen = config.server.listen.clone();
     match Server::bind(config).and_then(|mut server| {
         if let Err(refusal) = server.join() {
             return Ok(Err(refusal));
@@ -231,9 +230,7 @@ fn serve(config: Config) -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!(
-                "blitz-server: cannot listen on {listen}: {e} (is another server using the port?)"
-            );
+            eprintln!("blitz-server: cannot listen on {e} (is another server using the port?)");
             ExitCode::FAILURE
         }
     }

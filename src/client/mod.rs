@@ -226,6 +226,8 @@ struct Call<'a> {
     joins_session: bool,
     /// The `idempotency_key` sent with every attempt, if any.
     key: Option<String>,
+    /// A session key sent with the request itself (no join).
+    session: Option<&'a str>,
 }
 
 impl<'a> Call<'a> {
@@ -236,6 +238,7 @@ impl<'a> Call<'a> {
             timeout: timeout.map(|t| (t, Instant::now() + t)),
             joins_session: true,
             key: None,
+            session: None,
         }
     }
 
@@ -360,6 +363,26 @@ impl Client {
         Call { key, ..call }
     }
 
+    /// Like [`call`](Self::call) (with `timeout`, like
+    /// [`call_with_timeout`](Self::call_with_timeout)), but authenticated
+    /// by `session` sent in the request itself (its `"session"` member)
+    /// rather than a session joined to the connection: for one call in a
+    /// session without binding it, and for clients that connect per call.
+    pub fn call_in_session(
+        &mut self,
+        session: &str,
+        method: &str,
+        params: Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value, CallError> {
+        let call = self.keyed(Call {
+            joins_session: false,
+            session: Some(session),
+            ..Call::new(method, &params, timeout)
+        });
+        self.invoke(&call)
+    }
+
     /// Logs in as `user` (`session.login`; `password` `None` for a server
     /// in trust mode), binds the new session to this connection and
     /// remembers its key in place of any earlier one. A refused login is a
@@ -472,7 +495,8 @@ impl Client {
         let id = self.last_id;
         let time_left = call.deadline().map(remaining_or_tick);
         let key = call.key.as_deref().filter(|_| method == call.method);
-        let line = request_line(id, method, params, time_left, key);
+        // A call with its own session never re-joins, so this is its request.
+        let line = request_line(id, method, params, time_left, key, call.session);
         let limit = call.timeout.map(|(timeout, at)| ReplyLimit {
             at: at + TIMEOUT_MARGIN,
             timeout,

@@ -17,13 +17,15 @@ use super::{CONNECT_TIMEOUT, TIMEOUT_MARGIN};
 const EXCERPT_CHARS: usize = 200;
 
 /// The request as one `\n`-terminated JSON line; `timeout` becomes its
-/// `timeout_ms`, `key` its `idempotency_key`.
+/// `timeout_ms`, `key` its `idempotency_key`, `session` its `session`
+/// member (a key that authenticates this request alone).
 pub(super) fn request_line(
     id: u64,
     method: &str,
     params: Value,
     timeout: Option<Duration>,
     key: Option<&str>,
+    session: Option<&str>,
 ) -> Vec<u8> {
     let mut request = Map::new();
     request.insert("jsonrpc".into(), "2.0".into());
@@ -37,6 +39,9 @@ pub(super) fn request_line(
     }
     if let Some(key) = key {
         request.insert("idempotency_key".into(), key.into());
+    }
+    if let Some(key) = session {
+        request.insert("session".into(), key.into());
     }
     let mut line = Value::Object(request).to_string().into_bytes();
     line.push(b'\n');
@@ -314,15 +319,17 @@ mod tests {
             json!({"a": 1}),
             Some(Duration::from_micros(1500)),
             Some("k-1"),
+            Some("k"),
         );
         assert_eq!(line.last(), Some(&b'\n'));
         let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(
             v,
-            json!({"jsonrpc": "2.0", "id": 7, "method": "api.x", "params": {"a": 1}, "timeout_ms": 2, "idempotency_key": "k-1"})
+            json!({"jsonrpc": "2.0", "id": 7, "method": "api.x", "params": {"a": 1}, "timeout_ms": 2, "idempotency_key": "k-1", "session": "k"})
         );
         let bare: Value =
-            serde_json::from_slice(&request_line(1, "sys.ping", Value::Null, None, None)).unwrap();
+            serde_json::from_slice(&request_line(1, "sys.ping", Value::Null, None, None, None))
+                .unwrap();
         assert_eq!(
             bare,
             json!({"jsonrpc": "2.0", "id": 1, "method": "sys.ping"})

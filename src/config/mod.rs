@@ -22,6 +22,10 @@ use toml::{Table, Value};
 pub struct ServerConfig {
     /// Address(es) to listen on, `host:port`, comma-separated for several.
     pub listen: String,
+    /// Address(es) for JSON-RPC over HTTP/1.1 (`POST /`); empty disables it.
+    pub http_listen: String,
+    /// Event-loop threads of the router; 0 = the number of cores (resolved, never 0).
+    pub router_threads: u64,
     /// Connections beyond this get one -32005 line and are closed.
     pub max_clients: u64,
     /// Longest accepted request line in bytes; longer lines get -32009.
@@ -156,6 +160,8 @@ impl Default for RawConfig {
         RawConfig {
             server: ServerConfig {
                 listen: Config::DEFAULT_LISTEN.into(),
+                http_listen: String::new(),
+                router_threads: 0,
                 max_clients: 10_000,
                 max_message_bytes: 1 << 20,
                 idle_timeout_s: 300,
@@ -236,7 +242,7 @@ pub enum PoolSizeOrigin {
 /// The effective, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `[server]`.
+    /// `[server]`, with `router_threads` resolved (never 0).
     pub server: ServerConfig,
     /// `[invocation]`, with `workers` resolved (never 0).
     pub invocation: InvocationConfig,
@@ -250,6 +256,8 @@ pub struct Config {
     pub pool_size_origin: PoolSizeOrigin,
     /// The listen addresses `server.listen` resolved to.
     pub listen_addrs: Vec<SocketAddr>,
+    /// The addresses `server.http_listen` resolved to (none when empty).
+    pub http_listen_addrs: Vec<SocketAddr>,
     sources: BTreeMap<String, Source>,
 }
 
@@ -377,6 +385,9 @@ impl Config {
                 }
                 if full == "invocation.workers" && self.source(&full) == Source::Default {
                     note.push_str(", = pool size");
+                }
+                if full == "server.router_threads" && self.source(&full) == Source::Default {
+                    note.push_str(", = cores");
                 }
                 out.push_str(&format!("{key} = {value}  # {note}\n"));
             }
@@ -609,6 +620,13 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
         auth,
         metrics,
     } = raw;
+    check_range(
+        "server.router_threads",
+        server.router_threads,
+        0,
+        1024,
+        " (0 = the number of cores)",
+    )?;
     check_range("server.max_clients", server.max_clients, 1, 1_000_000, "")?;
     check_range(
         "server.max_message_bytes",
@@ -725,6 +743,10 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
         " (0 = no limit)",
     )?;
     let listen_addrs = parse_listen("server.listen", &server.listen)?;
+    let http_listen_addrs = match server.http_listen.as_str() {
+        "" => Vec::new(),
+        text => parse_listen("server.http_listen", text)?,
+    };
     if !metrics.listen.is_empty() {
         parse_listen("metrics.listen", &metrics.listen)?;
     }
@@ -737,15 +759,22 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
     })?;
     check_identifier("db.api_schema", &db.api_schema)?;
     if auth.mode == AuthMode::Trust {
-        if let Some(open) = listen_addrs.iter().find(|a| !a.ip().is_loopback()) {
+        let open = (listen_addrs.iter().map(|a| ("server.listen", a)))
+            .chain(http_listen_addrs.iter().map(|a| ("server.http_listen", a)))
+            .find(|(_, a)| !a.ip().is_loopback());
+        if let Some((key, open)) = open {
             return Err(ConfigError(format!(
                 "config key auth.mode = \"trust\" lets anyone log in as anyone without a password, \
-                 so it is allowed only when every listen address is loopback; server.listen has {open}. \
+                 so it is allowed only when every listen address is loopback; {key} has {open}. \
                  Use auth.mode = \"password\", or listen on 127.0.0.1 / [::1]"
             )));
         }
     }
     let pool_size_origin = resolve_pool_size(&mut db);
+    let mut server = server;
+    if server.router_threads == 0 {
+        server.router_threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    }
     let mut invocation = invocation;
     if invocation.workers == 0 {
         invocation.workers = db.pool_size;
@@ -758,6 +787,7 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
         metrics,
         pool_size_origin,
         listen_addrs,
+        http_listen_addrs,
         sources,
     })
 }

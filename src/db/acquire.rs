@@ -40,6 +40,9 @@ impl DerefMut for Lease {
     }
 }
 
+/// How long [`Database::probe`] waits for a connection and for its answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+
 /// The database connections and what watches over them.
 pub struct Database {
     /// The connections.
@@ -117,6 +120,41 @@ impl Database {
                 });
             }
             conn.mark_broken();
+        }
+    }
+
+    /// Checks that the database answers (`SELECT 1` on an idle pooled
+    /// connection, within [`PROBE_TIMEOUT`]) and reports it to
+    /// [`Health`], so that health follows an outage when no call runs.
+    /// With every connection lent to a worker it does nothing: the
+    /// workers' own outcomes report the health then.
+    pub fn probe(&self) {
+        let conn = match self.pool.try_get() {
+            Some(conn) => Some(conn),
+            // At the share's cap: the pool is busy, and a probe must not wait.
+            None if self.pool.state().connections as usize >= self.cluster.share().limit() => {
+                return
+            }
+            None => self.pool.get_timeout(PROBE_TIMEOUT).ok(),
+        };
+        let Some(mut conn) = conn else {
+            return self
+                .health
+                .report_down("no connection to the database could be opened");
+        };
+        if conn.predates_outage(&self.health) {
+            return conn.mark_broken(); // the next probe takes a fresh one
+        }
+        let deadline = Deadline::starting_now(PROBE_TIMEOUT);
+        let (result, _) = self.guarded(&mut conn, &deadline, None, |db| {
+            db.client().simple_query("SELECT 1")
+        });
+        match result {
+            Ok(_) => self.health.report_up(),
+            Err(e) => {
+                conn.mark_broken();
+                self.health.report_down(&e.to_string());
+            }
         }
     }
 

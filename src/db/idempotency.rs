@@ -116,10 +116,11 @@ pub fn is_recorded(error: &RpcError) -> bool {
 
 /// After the keyed statement failed on `client`: records `error` when it is
 /// one that [`is_recorded`] (returning the outcome as recorded), and lets
-/// the (user, key) lock go. `Ok(None)`: nothing was recorded.
+/// the (user, key) lock go; the user is that of session `session`.
+/// `Ok(None)`: nothing was recorded.
 pub fn after_failure(
     client: &mut Client,
-    user: &str,
+    session: &str,
     call: &KeyedCall,
     error: Option<&RpcError>,
 ) -> Result<Option<Value>, postgres::Error> {
@@ -128,7 +129,13 @@ pub fn after_failure(
         .map(|e| json!({"error": e.to_json()}));
     let row = client.query_one(
         "SELECT blitz.idem_fail($1, $2, $3, $4, $5)",
-        &[&user, &call.key, &call.method, &call.params_hash, &outcome],
+        &[
+            &session,
+            &call.key,
+            &call.method,
+            &call.params_hash,
+            &outcome,
+        ],
     )?;
     Ok(row.get(0))
 }

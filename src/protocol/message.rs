@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::RpcError;
 
@@ -35,6 +35,9 @@ pub struct Request {
     pub timeout_ms: Option<u64>,
     /// The `idempotency_key` extension member.
     pub idempotency_key: Option<String>,
+    /// The `session` extension member: a session key that authenticates
+    /// this request alone.
+    pub session: Option<String>,
 }
 
 impl Request {
@@ -79,6 +82,8 @@ struct WireRequest<'a> {
     timeout_ms: Option<&'a RawValue>,
     #[serde(borrow)]
     idempotency_key: Option<&'a RawValue>,
+    #[serde(borrow)]
+    session: Option<&'a RawValue>,
 }
 
 /// Present-or-absent id; serde's `Option` would fold `null` into absent.
@@ -134,6 +139,7 @@ fn parse_request(raw: &RawValue) -> Parsed {
         raw_params: wire.params.map(RawValue::to_owned),
         timeout_ms: from_raw(non_null(wire.timeout_ms)),
         idempotency_key: from_raw(non_null(wire.idempotency_key)),
+        session: from_raw(non_null(wire.session)),
     })
 }
 
@@ -183,26 +189,71 @@ fn validate(wire: &WireRequest, id: &Option<Id>) -> Result<(), RpcError> {
             ));
         }
     }
+    if let Some(k) = non_null(wire.session) {
+        if !matches!(from_raw::<String>(Some(k)), Some(key) if !key.is_empty() && key.len() <= 256)
+        {
+            return Err(RpcError::invalid_request(
+                "\"session\" must be a session key (a string of 1 to 256 bytes)",
+            ));
+        }
+    }
     Ok(())
 }
 
 /// `{"jsonrpc":"2.0","id":…,"result":…}` as one line without the `\n`.
 pub fn render_result(id: &RawValue, result: &Value) -> String {
-    format!(
-        r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#,
-        id.get(),
-        result
-    )
+    let mut out = Vec::new();
+    write_result(&mut out, id, result);
+    String::from_utf8(out).expect("rendered JSON is UTF-8")
 }
 
 /// `{"jsonrpc":"2.0","id":…,"error":{…}}` as one line without the `\n`.
 pub fn render_error(id: &RawValue, error: &RpcError) -> String {
-    let body = json!({"code": error.code, "message": error.message, "data": error.data});
-    format!(r#"{{"jsonrpc":"2.0","id":{},"error":{}}}"#, id.get(), body)
+    let mut out = Vec::new();
+    write_error(&mut out, id, error);
+    String::from_utf8(out).expect("rendered JSON is UTF-8")
+}
+
+/// Appends `{"jsonrpc":"2.0","id":…,"result":…}` to `out` (no `\n`),
+/// rendered straight into the buffer.
+pub fn write_result(out: &mut Vec<u8>, id: &RawValue, result: &Value) {
+    write_head(out, id, b"result");
+    serde_json::to_writer(&mut *out, result).expect("a JSON value always renders");
+    out.push(b'}');
+}
+
+/// Appends a result that is JSON text already (a template rendered once).
+pub fn write_raw_result(out: &mut Vec<u8>, id: &RawValue, result: &RawValue) {
+    write_head(out, id, b"result");
+    out.extend_from_slice(result.get().as_bytes());
+    out.push(b'}');
+}
+
+/// Appends `{"jsonrpc":"2.0","id":…,"error":{…}}` to `out` (no `\n`),
+/// rendered straight into the buffer (no intermediate JSON value).
+pub fn write_error(out: &mut Vec<u8>, id: &RawValue, error: &RpcError) {
+    write_head(out, id, b"error");
+    out.extend_from_slice(b"{\"code\":");
+    out.extend_from_slice(error.code.to_string().as_bytes());
+    out.extend_from_slice(b",\"message\":");
+    serde_json::to_writer(&mut *out, &error.message).expect("a string always renders");
+    out.extend_from_slice(b",\"data\":");
+    serde_json::to_writer(&mut *out, &error.data).expect("a JSON map always renders");
+    out.extend_from_slice(b"}}");
+}
+
+fn write_head(out: &mut Vec<u8>, id: &RawValue, member: &[u8]) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.get().as_bytes());
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(member);
+    out.extend_from_slice(b"\":");
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::protocol::code;
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::RwLock;
 
+use super::metrics::Refusal;
 use super::router::connection::Responder;
 use super::stats::Stats;
 use crate::db::Deadline;
@@ -113,7 +114,8 @@ impl Dispatcher {
         Some(Duration::from_secs_f64(depth as f64 / rate))
     }
 
-    fn overloaded(&self) -> RpcError {
+    fn overloaded(&self, reason: Refusal) -> RpcError {
+        self.stats.count_refusal(reason);
         self.log_refusal_burst();
         RpcError::overloaded(
             self.retry_after_ms(),
@@ -138,7 +140,7 @@ impl Dispatcher {
     pub fn admit(&self, request: Request, mut responder: Responder) {
         if !responder.count_in_flight(self.limits.max_in_flight) {
             return responder.reply(Err(self
-                .overloaded()
+                .overloaded(Refusal::InFlightLimit)
                 .with("reason", "in-flight limit of this connection")));
         }
         let timeout = request
@@ -147,7 +149,7 @@ impl Dispatcher {
         let deadline = Deadline::starting_now(timeout);
         if self.estimated_wait().is_some_and(|wait| wait > timeout) {
             return responder.reply(Err(self
-                .overloaded()
+                .overloaded(Refusal::Deadline)
                 .with("reason", "deadline shorter than the queue wait")));
         }
         let job = Job {
@@ -157,16 +159,19 @@ impl Dispatcher {
         };
         let sender = self.sender.read();
         let Some(tx) = sender.as_ref() else {
+            self.stats.count_refusal(Refusal::Draining);
             return job.responder.reply(Err(RpcError::shutting_down()));
         };
         match tx.try_send(job) {
             Ok(()) => self.stats.bump_accepted(),
             Err(TrySendError::Full(job)) => {
                 drop(sender);
-                job.responder
-                    .reply(Err(self.overloaded().with("reason", "queue full")))
+                job.responder.reply(Err(self
+                    .overloaded(Refusal::QueueFull)
+                    .with("reason", "queue full")))
             }
             Err(TrySendError::Disconnected(job)) => {
+                self.stats.count_refusal(Refusal::Draining);
                 job.responder.reply(Err(RpcError::shutting_down()))
             }
         }

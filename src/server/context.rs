@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
+
 use super::admission::Dispatcher;
 use super::router::connection::Registry;
 use super::shutdown::Shutdown;
@@ -38,6 +40,8 @@ pub struct Context {
     pub sessions: Arc<Sessions>,
     /// Failed logins per user and peer address.
     pub login_limiter: LoginLimiter,
+    /// The `sys.ping` result, rendered once (the router answers from it).
+    pub ping_result: Box<RawValue>,
 }
 
 impl Context {

@@ -10,18 +10,21 @@
 //! - [`admission`]: the bounded FIFO queue and who may enter it;
 //! - [`workers`]: the fixed pool of threads that run queued jobs;
 //! - [`context`]: what the methods share;
-//! - [`stats`], [`shutdown`]: counters and the lifecycle state.
+//! - [`stats`], [`shutdown`]: counters and the lifecycle state;
+//! - [`metrics`]: the Prometheus metrics and the `metrics.listen`
+//!   listener (`/metrics`, `/health/live`, `/health/ready`).
 
 pub mod admission;
 pub mod context;
 pub mod methods;
+pub mod metrics;
 pub mod router;
 pub mod shutdown;
 pub mod stats;
 pub mod workers;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,10 +40,11 @@ use crate::config::Config;
 use crate::db::catalog::CatalogCache;
 use crate::db::idempotency::Sweep;
 use crate::db::{self, CancelReason, Database, Health};
+use crate::protocol::framing::Wire;
 use crate::protocol::RpcError;
 use admission::{Dispatcher, Job, Limits};
 use context::Context;
-use router::Router;
+use router::{Router, RouterThreads};
 use stats::Stats;
 use workers::Crew;
 
@@ -57,19 +61,21 @@ fn bind_listener(addr: &SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Starts accepting on a bound listener, with an accept backlog sized for
-/// a burst of `max_clients` connections (the kernel caps it at
-/// `net.core.somaxconn`). std's fixed backlog of 128 overflows when
-/// hundreds of clients connect at once, and an overflowing accept queue can
-/// answer a client's first request with a reset.
-fn listen(listener: &TcpListener, max_clients: u64) -> io::Result<()> {
-    socket2::SockRef::from(listener).listen(max_clients.clamp(128, 65_535) as i32)
+/// Starts accepting on a bound listener, with the largest accept backlog
+/// the kernel allows (it caps it at `net.core.somaxconn`). std's fixed
+/// backlog of 128 overflows when hundreds of clients connect at once, also
+/// clients beyond `max_clients` that are to get their -32005 line, and an
+/// overflowing accept queue can answer a client's first request with a reset.
+fn listen(listener: &TcpListener) -> io::Result<()> {
+    socket2::SockRef::from(listener).listen(65_535)
 }
 
 /// A bound, not yet running server.
 pub struct Server {
     ctx: Arc<Context>,
-    listeners: Vec<TcpListener>,
+    /// Each listener and the wire its connections speak.
+    listeners: Vec<(TcpListener, Wire)>,
+    metrics_listener: Option<TcpListener>,
     queue: Receiver<Job>,
     /// Set after the drain: idle workers and the housekeeper stop.
     housekeeping_stop: Arc<AtomicBool>,
@@ -86,9 +92,19 @@ impl Server {
         let listeners = config
             .listen_addrs
             .iter()
-            .map(bind_listener)
+            .map(|addr| bind_listener(addr).map_err(|e| named("server.listen", addr, e)))
+            .map(|l| l.map(|l| (l, Wire::Stream)))
+            .chain(config.http_listen_addrs.iter().map(|addr| {
+                bind_listener(addr)
+                    .map(|l| (l, Wire::Http))
+                    .map_err(|e| named("server.http_listen", addr, e))
+            }))
             .collect::<io::Result<Vec<_>>>()?;
-        let port = listeners[0].local_addr()?.port();
+        let metrics_listener = match config.metrics.listen.as_str() {
+            "" => None,
+            addr => Some(TcpListener::bind(addr).map_err(|e| named("metrics.listen", addr, e))?),
+        };
+        let port = listeners[0].0.local_addr()?.port();
         let instance = format!("{}:{port}", hostname());
         let cluster = new_cluster(&config, &listeners, port)?;
         let stats = Arc::new(Stats::new());
@@ -108,7 +124,9 @@ impl Server {
             acquire_timeout,
             cluster,
         );
+        let ping_result = methods::ping_result(&instance, &config.auth.mode.to_string());
         let ctx = Arc::new(Context {
+            ping_result,
             instance,
             db,
             catalog: CatalogCache::new(&config.db.api_schema),
@@ -125,6 +143,7 @@ impl Server {
         Ok(Server {
             ctx,
             listeners,
+            metrics_listener,
             queue,
             housekeeping_stop,
             housekeeper,
@@ -145,12 +164,18 @@ impl Server {
         }
     }
 
-    /// The addresses actually bound (port 0 resolved).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+    /// The addresses of `wire` actually bound (port 0 resolved).
+    fn addrs_of(&self, wire: Wire) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter(|(_, w)| *w == wire)
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The TCP (`server.listen`) addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs_of(Wire::Stream)
     }
 
     /// The shared context.
@@ -160,42 +185,73 @@ impl Server {
 
     /// Serves until `stop` receives (or disconnects), then drains and closes.
     pub fn run(mut self, stop: &Receiver<()>) -> io::Result<()> {
-        for listener in &self.listeners {
-            listen(listener, self.ctx.config.server.max_clients)?;
+        for (listener, _) in &self.listeners {
+            listen(listener)?;
         }
         let ctx = &self.ctx;
         let workers = self.spawn_workers();
         let housekeeper = self.housekeeper.take().expect("run once").spawn();
         let addrs = self.local_addrs();
+        let http_note = match self.addrs_of(Wire::Http).as_slice() {
+            [] => String::new(),
+            http => format!("; JSON-RPC over HTTP on {}", join(http)),
+        };
+        let metrics = self.spawn_metrics();
         let router = Arc::new(self.router());
-        let acceptors: Vec<JoinHandle<()>> = self
-            .listeners
-            .into_iter()
-            .map(|l| router::spawn_acceptor(router.clone(), l))
-            .collect();
+        let listeners = self.listeners;
+        let threads = ctx.config.server.router_threads as usize;
+        let router = match router::start(router, listeners, threads) {
+            Ok(router) => router,
+            Err(e) => {
+                log::error!("cannot start the router threads: {e}");
+                return Ok(());
+            }
+        };
+        let metrics_note = match &metrics {
+            Some(m) => format!("; metrics and health on http://{}/metrics", m.addr()),
+            None => String::new(),
+        };
         log::info!(
-            "blitz-server {} started: pool_size={}, workers={}, queue_capacity={}, listening on {}",
+            "blitz-server {} started: pool_size={}, workers={}, router_threads={}, queue_capacity={}, listening on {}{http_note}{metrics_note}",
             env!("CARGO_PKG_VERSION"),
             ctx.config.pool_size_explained(),
             ctx.config.invocation.workers,
+            threads,
             ctx.config.invocation.queue_capacity,
-            addrs
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            join(&addrs)
         );
         let _ = stop.recv();
         let stages = Stages {
             queue: &self.queue,
             workers,
-            acceptors,
-            addrs: &addrs,
+            router,
             housekeeping_stop: &self.housekeeping_stop,
         };
         drain_and_close(ctx, stages);
         let _ = housekeeper.join(); // it closes the pool and leaves the registry
+        if let Some(m) = metrics {
+            m.stop();
+        }
         Ok(())
+    }
+
+    /// The metrics/health listener, if `metrics.listen` is set; a failure
+    /// to start its thread is logged and the server serves without it.
+    fn spawn_metrics(&self) -> Option<metrics::MetricsListener> {
+        let listener = self.metrics_listener.as_ref()?.try_clone().ok()?;
+        let (gauges, ready, probe) = (self.ctx.clone(), self.ctx.clone(), self.ctx.clone());
+        let endpoints = metrics::Endpoints {
+            metrics: Box::new(move || gauges.stats.metrics.render(&gauge_values(&gauges))),
+            ready: Box::new(move || readiness(&ready)),
+            tick: Box::new(move || probe.db.probe()),
+        };
+        match metrics::spawn_listener(listener, endpoints) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::error!("cannot start the metrics listener ({e}); serving without it");
+                None
+            }
+        }
     }
 
     /// The workers, each given the method table's `run_job`.
@@ -226,10 +282,15 @@ impl Server {
 
 /// This instance's membership, not joined yet: id `host:port-xxxx`, its
 /// listen addresses, its configured pool.
-fn new_cluster(config: &Config, listeners: &[TcpListener], port: u16) -> io::Result<Arc<Cluster>> {
+fn new_cluster(
+    config: &Config,
+    listeners: &[(TcpListener, Wire)],
+    port: u16,
+) -> io::Result<Arc<Cluster>> {
     let addresses = listeners
         .iter()
-        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .filter(|(_, wire)| *wire == Wire::Stream)
+        .map(|(l, _)| l.local_addr().map(|a| a.to_string()))
         .collect::<io::Result<Vec<_>>>()?
         .join(",");
     let me = Identity {
@@ -269,18 +330,60 @@ fn housekeeper(ctx: &Arc<Context>, stop: &Arc<AtomicBool>) -> Housekeeper {
     housekeeper
 }
 
+/// `a, b, c`.
+fn join(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An error binding `addr` of config key `key`, naming both.
+fn named(key: &str, addr: impl std::fmt::Display, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{addr} ({key}): {e}"))
+}
+
+/// The gauges of `/metrics`, read now.
+fn gauge_values(ctx: &Context) -> metrics::Gauges {
+    let pool = ctx.db.pool.state();
+    metrics::Gauges {
+        queue_depth: ctx.dispatcher.depth() as u64,
+        queue_capacity: ctx.dispatcher.capacity() as u64,
+        workers: ctx.config.invocation.workers,
+        workers_busy: ctx.dispatcher.busy_workers() as u64,
+        pool_size: ctx.config.db.pool_size,
+        pool_share: ctx.db.cluster().share().limit() as u64,
+        pool_idle: u64::from(pool.idle_connections),
+        pool_in_use: u64::from(pool.connections - pool.idle_connections),
+        connections_open: ctx.connections.len() as u64,
+        database_up: u64::from(!ctx.db.health.is_down()),
+        draining: u64::from(ctx.shutdown.is_stopping()),
+    }
+}
+
+/// `/health/ready`: the database answers and the server is not draining.
+fn readiness(ctx: &Context) -> Result<(), String> {
+    if ctx.shutdown.is_stopping() {
+        return Err("draining: the server is shutting down".into());
+    }
+    if ctx.db.health.is_down() {
+        return Err("database unavailable: the last attempt to reach it failed".into());
+    }
+    Ok(())
+}
+
 /// The running stages `drain_and_close` stops.
 struct Stages<'a> {
     queue: &'a Receiver<Job>,
     workers: Vec<JoinHandle<()>>,
-    acceptors: Vec<JoinHandle<()>>,
-    addrs: &'a [SocketAddr],
+    router: RouterThreads,
     housekeeping_stop: &'a AtomicBool,
 }
 
 /// The shutdown sequence: refuse new work, let queued and running work
 /// finish until the drain deadline, answer what is left -32003, close.
-fn drain_and_close(ctx: &Arc<Context>, stages: Stages) {
+fn drain_and_close(ctx: &Arc<Context>, mut stages: Stages) {
     let drain = Duration::from_secs(ctx.config.server.drain_timeout_s);
     log::info!(
         "shutting down: draining {} queued and {} running requests (at most {} s)",
@@ -289,12 +392,7 @@ fn drain_and_close(ctx: &Arc<Context>, stages: Stages) {
         drain.as_secs()
     );
     ctx.shutdown.begin(drain);
-    for addr in stages.addrs {
-        let _ = TcpStream::connect_timeout(addr, Duration::from_millis(200)); // wakes accept()
-    }
-    for a in stages.acceptors {
-        let _ = a.join();
-    }
+    stages.router.stop_accepting();
     let deadline = Instant::now() + drain;
     while (ctx.dispatcher.depth() > 0 || ctx.dispatcher.busy_workers() > 0)
         && Instant::now() < deadline
@@ -314,11 +412,11 @@ fn drain_and_close(ctx: &Arc<Context>, stages: Stages) {
     for job in stages.queue.try_iter() {
         job.responder.reply(Err(RpcError::shutting_down()));
     }
-    ctx.connections.close_all();
+    stages.router.finish(); // replies written (within WRITE_TIMEOUT), connections closed
     ctx.db.watchdog.stop();
     log::info!(
         "stopped: {} requests completed",
-        ctx.stats.counters.completed.load(Ordering::Relaxed)
+        ctx.stats.metrics.completed()
     );
 }
 

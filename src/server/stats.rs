@@ -1,10 +1,11 @@
 //! What the server counts: request counters, errors by code, how fast the
 //! queue drains (for `retry_after_ms` and deadline admission), and queue
-//! wait / execution latency percentiles over the last minute.
+//! wait / execution latency percentiles over the last minute (HdrHistogram).
 //!
-//! The router's threads touch only atomics here, so a storm of refusals
-//! does not queue 500 threads on one lock: counters and errors by code are
-//! atomics, and the pace of the workers is published to an atomic by the
+//! The counters are those of [`Metrics`] (the `/metrics` exposition):
+//! `sys.status` reads them, so there is one counting mechanism. The
+//! router's threads touch only atomics here, so a storm of refusals does
+//! not queue 500 threads on one lock: each counter is one atomic, and the pace of the workers is published to an atomic by the
 //! workers, which alone take the one short lock around the latency windows.
 //!
 //! That pace is measured as a worker's *cycle*: the time from taking one
@@ -14,79 +15,14 @@
 //! the execution time alone misses; that judges only until a worker has
 //! been saturated.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::protocol;
-
-/// Monotonic counters reported by `sys.status`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Requests admitted to the queue.
-    pub accepted: AtomicU64,
-    /// Requests that finished on a worker (any outcome).
-    pub completed: AtomicU64,
-    /// Requests refused with -32001.
-    pub rejected_overload: AtomicU64,
-    /// Requests answered -32002.
-    pub deadline_exceeded: AtomicU64,
-    /// Requests answered -32004.
-    pub db_unavailable: AtomicU64,
-    /// Transaction retries after 40001/40P01.
-    pub retries: AtomicU64,
-}
-
-/// The error codes of the contract, counted without a lock.
-const KNOWN_CODES: [i64; 15] = [
-    protocol::code::PARSE_ERROR,
-    protocol::code::INVALID_REQUEST,
-    protocol::code::METHOD_NOT_FOUND,
-    protocol::code::INVALID_PARAMS,
-    protocol::code::INTERNAL_ERROR,
-    protocol::code::OVERLOADED,
-    protocol::code::DEADLINE_EXCEEDED,
-    protocol::code::SHUTTING_DOWN,
-    protocol::code::DB_UNAVAILABLE,
-    protocol::code::TOO_MANY_CONNECTIONS,
-    protocol::code::UNAUTHENTICATED,
-    protocol::code::PERMISSION_DENIED,
-    protocol::code::TRANSACTION_CONFLICT,
-    protocol::code::MESSAGE_TOO_LARGE,
-    protocol::code::DATABASE_ERROR,
-];
-
-/// Error replies by code: an atomic per contract code, a map for others.
-#[derive(Debug, Default)]
-struct ErrorCounts {
-    known: [AtomicU64; KNOWN_CODES.len()],
-    other: Mutex<BTreeMap<i64, u64>>,
-}
-
-impl ErrorCounts {
-    fn add(&self, code: i64) {
-        match KNOWN_CODES.iter().position(|&c| c == code) {
-            Some(i) => Stats::bump(&self.known[i]),
-            None => *self.other.lock().entry(code).or_insert(0) += 1,
-        }
-    }
-
-    fn to_json(&self) -> serde_json::Map<String, Value> {
-        let mut all = self.other.lock().clone();
-        for (code, n) in KNOWN_CODES.iter().zip(&self.known) {
-            let n = n.load(Ordering::Relaxed);
-            if n > 0 {
-                all.insert(*code, n);
-            }
-        }
-        all.iter()
-            .map(|(code, n)| (code.to_string(), json!(n)))
-            .collect()
-    }
-}
+use super::metrics::{MethodKind, Metrics, Refusal};
+use crate::protocol::code;
 
 /// What the workers record about each completion.
 #[derive(Debug)]
@@ -97,11 +33,10 @@ struct Recent {
 }
 
 /// All statistics of one server instance.
-#[derive(Debug)]
 pub struct Stats {
-    /// The counters.
-    pub counters: Counters,
-    errors: ErrorCounts,
+    /// The counters, gauges and histograms, also exposed on `/metrics`:
+    /// the counters of `sys.status` are read from them.
+    pub metrics: Metrics,
     recent: Mutex<Recent>,
     /// Jobs per second one worker completes (f64 bits; 0 = unknown), and
     /// when that was last measured (µs since `started`).
@@ -124,8 +59,7 @@ impl Stats {
     pub fn new() -> Stats {
         let now = Instant::now();
         Stats {
-            counters: Counters::default(),
-            errors: ErrorCounts::default(),
+            metrics: Metrics::new(),
             recent: Mutex::new(Recent {
                 queue_wait: Window::new(now),
                 execution: Window::new(now),
@@ -137,34 +71,28 @@ impl Stats {
         }
     }
 
-    /// Adds one to a counter.
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Counts one request admitted to the queue.
     pub fn bump_accepted(&self) {
-        Stats::bump(&self.counters.accepted);
+        self.metrics.count_admitted();
     }
 
-    /// Counts one error reply with `code` (and the counter it belongs to).
-    pub fn count_error(&self, code: i64) {
-        let counter = match code {
-            protocol::code::OVERLOADED => Some(&self.counters.rejected_overload),
-            protocol::code::DEADLINE_EXCEEDED => Some(&self.counters.deadline_exceeded),
-            protocol::code::DB_UNAVAILABLE => Some(&self.counters.db_unavailable),
-            _ => None,
-        };
-        if let Some(c) = counter {
-            Stats::bump(c);
-        }
-        self.errors.add(code);
+    /// Counts one reply to a request of `kind` (`error`: its code, `None`
+    /// for a result). Lock-free: one atomic add.
+    pub fn count_reply(&self, kind: MethodKind, error: Option<i64>) {
+        self.metrics.count_reply(kind, error);
     }
 
-    /// Records a request a worker finished: how long it queued and ran.
-    pub fn record_completion(&self, queued: Duration, executed: Duration) {
+    /// Counts one refusal before the queue. Lock-free: one atomic add.
+    pub fn count_refusal(&self, reason: Refusal) {
+        self.metrics.count_refusal(reason);
+    }
+
+    /// Records a request a worker finished: how long it queued, how long
+    /// it ran, and how long from arrival until its reply was handed over.
+    pub fn record_completion(&self, queued: Duration, executed: Duration, end_to_end: Duration) {
+        self.metrics
+            .observe_completion(queued, executed, end_to_end);
         let now = Instant::now();
-        Stats::bump(&self.counters.completed);
         let mut recent = self.recent.lock();
         recent.queue_wait.record(now, queued);
         recent.execution.record(now, executed);
@@ -213,23 +141,28 @@ impl Stats {
 
     /// Counters, errors by code and latency percentiles as JSON.
     pub fn to_json(&self) -> Value {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let m = &self.metrics;
         let now = Instant::now();
         let mut recent = self.recent.lock();
         let queue_wait = recent.queue_wait.percentiles(now);
         let execution = recent.execution.percentiles(now);
         let completion_rate = recent.rate.per_second(now);
         drop(recent);
+        let errors: serde_json::Map<String, Value> = m
+            .errors_by_code()
+            .into_iter()
+            .map(|(code, n)| (code, json!(n)))
+            .collect();
         json!({
             "counters": {
-                "accepted": get(&c.accepted),
-                "completed": get(&c.completed),
-                "rejected_overload": get(&c.rejected_overload),
-                "deadline_exceeded": get(&c.deadline_exceeded),
-                "db_unavailable": get(&c.db_unavailable),
-                "retries": get(&c.retries),
-                "errors_by_code": self.errors.to_json(),
+                "accepted": m.admitted(),
+                "completed": m.completed(),
+                "rejected_overload": m.replies_with(code::OVERLOADED),
+                "deadline_exceeded": m.replies_with(code::DEADLINE_EXCEEDED),
+                "db_unavailable": m.replies_with(code::DB_UNAVAILABLE),
+                "retries": m.retries(),
+                "sessions_created": m.sessions_created(),
+                "errors_by_code": errors,
             },
             "completion_rate_per_s": (completion_rate * 10.0).round() / 10.0,
             "latency_ms_last_minute": {
@@ -332,6 +265,14 @@ struct Window {
 
 const WINDOW_SECONDS: u64 = 60;
 
+/// Microseconds, 1 µs to 100 s, 2 significant digits (≤ 1 % error; about
+/// 10 KiB per histogram, so the 60 of a window stay small).
+type Histogram = hdrhistogram::Histogram<u32>;
+
+fn new_histogram() -> Histogram {
+    Histogram::new_with_bounds(1, 100_000_000, 2).expect("valid HdrHistogram bounds")
+}
+
 impl Window {
     fn new(origin: Instant) -> Window {
         Window {
@@ -343,11 +284,12 @@ impl Window {
     fn record(&mut self, now: Instant, value: Duration) {
         let second = now.duration_since(self.origin).as_secs();
         self.seconds.retain(|(s, _)| s + WINDOW_SECONDS > second);
+        let micros = (value.as_micros() as u64).max(1);
         match self.seconds.last_mut() {
-            Some((s, h)) if *s == second => h.record(value),
+            Some((s, h)) if *s == second => h.saturating_record(micros),
             _ => {
-                let mut h = Histogram::default();
-                h.record(value);
+                let mut h = new_histogram();
+                h.saturating_record(micros);
                 self.seconds.push((second, h));
             }
         }
@@ -355,87 +297,24 @@ impl Window {
 
     fn percentiles(&self, now: Instant) -> Value {
         let second = now.duration_since(self.origin).as_secs();
-        let mut merged = Histogram::default();
+        let mut merged = new_histogram();
         for (_, h) in self
             .seconds
             .iter()
             .filter(|(s, _)| s + WINDOW_SECONDS > second)
         {
-            merged.merge(h);
+            // Same bounds on both sides: adding cannot fail.
+            let _ = merged.add(h);
         }
+        let quantile_ms = |q: f64| {
+            (!merged.is_empty())
+                .then(|| (merged.value_at_quantile(q) as f64 / 10.0).round() / 100.0)
+        };
         json!({
-            "count": merged.count,
-            "p50": merged.quantile_ms(0.50),
-            "p99": merged.quantile_ms(0.99),
+            "count": merged.len(),
+            "p50": quantile_ms(0.50),
+            "p99": quantile_ms(0.99),
         })
-    }
-}
-
-/// Log-scale buckets of microseconds, 8 per power of two (≤ 9 % error).
-#[derive(Debug, Clone)]
-struct Histogram {
-    buckets: Vec<u64>,
-    count: u64,
-}
-
-const SUB_BUCKETS: u32 = 8;
-const BUCKETS: usize = 40 * SUB_BUCKETS as usize;
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            buckets: vec![0; BUCKETS],
-            count: 0,
-        }
-    }
-}
-
-impl Histogram {
-    fn bucket_of(micros: u64) -> usize {
-        if micros < SUB_BUCKETS as u64 {
-            return micros as usize;
-        }
-        let exp = 63 - micros.leading_zeros();
-        let shift = exp - SUB_BUCKETS.trailing_zeros();
-        let sub = (micros >> shift) as u32 - SUB_BUCKETS;
-        (((exp - 2) * SUB_BUCKETS + sub) as usize).min(BUCKETS - 1)
-    }
-
-    /// The upper bound of bucket `i`, in microseconds.
-    fn upper_bound(i: usize) -> u64 {
-        if i < SUB_BUCKETS as usize {
-            return i as u64;
-        }
-        let exp = i as u32 / SUB_BUCKETS + 2;
-        let sub = i as u64 % SUB_BUCKETS as u64 + SUB_BUCKETS as u64;
-        ((sub + 1) << (exp - SUB_BUCKETS.trailing_zeros())) - 1
-    }
-
-    fn record(&mut self, value: Duration) {
-        self.buckets[Histogram::bucket_of(value.as_micros() as u64)] += 1;
-        self.count += 1;
-    }
-
-    fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            *a += b;
-        }
-        self.count += other.count;
-    }
-
-    fn quantile_ms(&self, q: f64) -> Option<f64> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = ((self.count as f64 * q).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some((Histogram::upper_bound(i) as f64 / 10.0).round() / 100.0);
-            }
-        }
-        None
     }
 }
 
@@ -444,29 +323,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_bound_their_values() {
-        for micros in [
-            0, 1, 7, 8, 9, 15, 16, 100, 1000, 12_345, 1_000_000, 60_000_000,
-        ] {
-            let b = Histogram::bucket_of(micros);
-            assert!(Histogram::upper_bound(b) >= micros, "{micros}");
-            assert!(
-                Histogram::upper_bound(b) as f64 <= micros as f64 * 1.13 + 1.0,
-                "{micros}"
-            );
-        }
-    }
-
-    #[test]
-    fn quantiles_come_from_the_recorded_values() {
-        let mut h = Histogram::default();
+    fn percentiles_come_from_the_recorded_values() {
+        let t0 = Instant::now();
+        let mut w = Window::new(t0);
         for ms in 1..=100 {
-            h.record(Duration::from_millis(ms));
+            w.record(t0, Duration::from_millis(ms));
         }
-        let p50 = h.quantile_ms(0.5).unwrap();
-        let p99 = h.quantile_ms(0.99).unwrap();
-        assert!((50.0..=55.0).contains(&p50), "{p50}");
-        assert!((99.0..=108.0).contains(&p99), "{p99}");
+        let p = w.percentiles(t0);
+        assert_eq!(p["count"], 100);
+        let (p50, p99) = (p["p50"].as_f64().unwrap(), p["p99"].as_f64().unwrap());
+        assert!((50.0..=50.5).contains(&p50), "{p50}");
+        assert!((99.0..=100.0).contains(&p99), "{p99}");
+        let later = w.percentiles(t0 + Duration::from_secs(WINDOW_SECONDS + 1));
+        assert_eq!(later, json!({"count": 0, "p50": null, "p99": null}));
     }
 
     #[test]
@@ -515,11 +384,11 @@ mod tests {
     #[test]
     fn error_codes_are_counted_by_code() {
         let stats = Stats::new();
-        stats.count_error(protocol::code::OVERLOADED);
-        stats.count_error(protocol::code::OVERLOADED);
-        stats.count_error(-1);
-        let errors = stats.to_json()["counters"]["errors_by_code"].clone();
-        assert_eq!(errors, json!({"-32001": 2, "-1": 1}));
-        assert_eq!(stats.counters.rejected_overload.load(Ordering::Relaxed), 2);
+        stats.count_reply(MethodKind::Api, Some(code::OVERLOADED));
+        stats.count_reply(MethodKind::Session, Some(code::OVERLOADED));
+        stats.count_reply(MethodKind::Api, None);
+        let counters = stats.to_json()["counters"].clone();
+        assert_eq!(counters["errors_by_code"], json!({"-32001": 2}));
+        assert_eq!(counters["rejected_overload"], 2);
     }
 }

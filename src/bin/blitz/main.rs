@@ -109,6 +109,10 @@ enum Command {
         /// KEY=VALUE …, KEY:=JSON …, or one JSON object or array.
         #[arg(value_name = "PARAMS")]
         params: Vec<String>,
+        /// Authenticate this call alone with session KEY, sent in the
+        /// request (its "session" member) instead of the stored session.
+        #[arg(long, value_name = "KEY")]
+        session: Option<String>,
     },
     /// Check that the server answers (sys.ping, no database work).
     Ping,
@@ -146,7 +150,7 @@ impl Command {
     fn request(&self) -> Result<(String, Value), String> {
         let empty = || Value::Object(Map::new());
         match self {
-            Command::Call { method, params } => Ok((method.clone(), parse_params(params)?)),
+            Command::Call { method, params, .. } => Ok((method.clone(), parse_params(params)?)),
             Command::Ping => Ok(("sys.ping".into(), empty())),
             Command::Status => Ok(("sys.status".into(), empty())),
             Command::Instances => Ok(("sys.instances".into(), empty())),
@@ -319,12 +323,18 @@ fn connect(args: &Args, servers: &[String]) -> Result<Client, CallError> {
 fn run_call(args: &Args, servers: &[String], command: &Command) -> Result<(), Failure> {
     let (method, params) = command.request().map_err(Failure::Usage)?;
     let mut client = connect(args, servers)?;
-    if command.uses_session() {
+    let own_session = match command {
+        Command::Call { session, .. } => session.as_deref(),
+        _ => None,
+    };
+    if command.uses_session() && own_session.is_none() {
         join_stored(&mut client, servers)?;
     }
-    let result = match args.timeout_ms {
-        Some(ms) => client.call_with_timeout(&method, params, Duration::from_millis(ms)),
-        None => client.call(&method, params),
+    let timeout = args.timeout_ms.map(Duration::from_millis);
+    let result = match (own_session, timeout) {
+        (Some(key), _) => client.call_in_session(key, &method, params, timeout),
+        (None, Some(t)) => client.call_with_timeout(&method, params, t),
+        (None, None) => client.call(&method, params),
     }
     .map_err(|error| Failure::Call {
         hint: (error.code() == Some(UNAUTHENTICATED))

@@ -7,22 +7,18 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Call;
-use crate::auth::sessions::{run_in_session, EnterArgs, Session};
+use crate::auth::sessions::{run_in_session, EnterArgs};
 use crate::db::catalog::PreparedCall;
 use crate::db::idempotency::{self, KeyedCall};
 use crate::db::{Deadline, Failure, PooledConn};
 use crate::protocol::{code, RpcError};
 use crate::server::context::Context;
-use crate::server::stats::Stats;
 
 /// Calls `<api_schema>.<name>` with `params` (object, array or null) as
 /// `session`'s user.
 pub fn call(call: &Call) -> Result<Value, RpcError> {
     let (ctx, deadline) = (call.ctx, call.deadline);
-    let session = call
-        .conn
-        .session()
-        .ok_or_else(|| RpcError::unauthenticated(super::session::NO_SESSION))?;
+    let session = call.session_key()?;
     let name = &call.request.method["api.".len()..];
     let params = &call.request.params()?;
     let mut conn = ctx.acquire(deadline)?;
@@ -54,16 +50,17 @@ pub fn call(call: &Call) -> Result<Value, RpcError> {
 }
 
 /// Runs one prepared call of function `name` as one transaction inside
-/// `session` (see [`run_in_session`]), retrying 40001/40P01. With a key,
-/// the statement is the keyed one of [`idempotency`] (still one round
-/// trip); after it failed, a second statement records the error or
-/// releases the key.
+/// the session `session` (a key, checked by `blitz.enter` in the same
+/// statement; see [`run_in_session`]), retrying 40001/40P01. With an
+/// idempotency key, the statement is the keyed one of [`idempotency`]
+/// (still one round trip); after it failed, a second statement records the
+/// error or releases the key.
 fn run(
     ctx: &Context,
     conn: &mut PooledConn,
     name: &str,
     call: &PreparedCall,
-    session: &Session,
+    session: &str,
     keyed: Option<&KeyedCall>,
     deadline: &Deadline,
 ) -> Result<Value, RpcError> {
@@ -104,7 +101,7 @@ fn run(
             Failure::Conflict(_)
                 if attempt <= max_retries && sleep_before_retry(attempt, deadline) =>
             {
-                Stats::bump(&ctx.stats.counters.retries);
+                ctx.stats.metrics.count_retry();
                 attempt += 1;
                 None
             }
@@ -134,11 +131,11 @@ fn run(
 /// After a keyed statement failed: records `reply` if it is an outcome to
 /// keep, and releases the key. A connection that cannot do that is dropped,
 /// which ends its session and so releases the key all the same.
-fn settle_key(conn: &mut PooledConn, session: &Session, k: &KeyedCall, reply: Option<&RpcError>) {
+fn settle_key(conn: &mut PooledConn, session: &str, k: &KeyedCall, reply: Option<&RpcError>) {
     if conn.client().is_closed() {
         return; // the session is gone, and with it the lock
     }
-    if let Err(e) = idempotency::after_failure(conn.client(), &session.user, k, reply) {
+    if let Err(e) = idempotency::after_failure(conn.client(), session, k, reply) {
         log::warn!(
             "cannot settle idempotency key after a failed call ({e}); dropping the connection"
         );

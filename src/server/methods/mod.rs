@@ -4,8 +4,13 @@
 //! which function runs it. Routing ([`route`]), execution ([`run_job`]) and
 //! `rpc.discover` all read this table and nothing else.
 //!
-//! A session is checked when the request is read (for `api.*` again in the
-//! call's own transaction by `blitz.enter`).
+//! A method that needs a session runs in the request's own `"session"`
+//! member when it has one (that request alone is authenticated: for
+//! clients that open a connection per request), else in the session bound
+//! to the connection. A bound session is checked when the request is read;
+//! a request's own key is checked as `session.join` checks one: for
+//! `api.*` by `blitz.enter` in the call's own statement (no extra round
+//! trip), for `sys.status` by a lookup on a worker.
 //!
 //! - [`api`]: `api.<name>` calls of PostgreSQL functions.
 //! - [`session`]: `session.login`, `session.join`, `session.logout`.
@@ -15,14 +20,18 @@ mod api;
 mod session;
 mod sys;
 
+pub use sys::ping_result;
+
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::admission::Job;
 use super::context::Context;
+use super::metrics::{MethodKind, Refusal};
 use super::router::connection::{Connection, Responder};
 use crate::db::Deadline;
 use crate::protocol::{Request, RpcError};
@@ -44,6 +53,16 @@ impl Call<'_> {
     pub fn param_names(&self) -> &'static [&'static str] {
         lookup(&self.request.method).map_or(&[], |m| m.params)
     }
+
+    /// The key of the session this request runs in: its own `session`
+    /// member, else the session bound to the connection; -32006 without either.
+    pub fn session_key(&self) -> Result<String, RpcError> {
+        match (&self.request.session, self.conn.session()) {
+            (Some(key), _) => Ok(key.clone()),
+            (None, Some(bound)) => Ok(bound.key.clone()),
+            (None, None) => Err(RpcError::unauthenticated(session::NO_SESSION)),
+        }
+    }
 }
 
 /// Where a method runs, and the function that runs it.
@@ -51,6 +70,8 @@ impl Call<'_> {
 pub enum Runs {
     /// Answered on the router thread, without the queue or the database.
     OnRouter(fn(&Context) -> Value),
+    /// Answered on the router thread from a result rendered once at start.
+    Template(fn(&Context) -> &RawValue),
     /// Admitted to the queue and run on a worker.
     Queued(fn(&Call) -> Result<Value, RpcError>),
 }
@@ -73,7 +94,7 @@ pub struct Method {
 pub static METHODS: &[Method] = &[
     Method {
         name: "sys.ping",
-        runs: Runs::OnRouter(sys::ping),
+        runs: Runs::Template(sys::ping),
         needs_session: false,
         summary: "Liveness check; answered without the queue or the database.",
         params: &[],
@@ -137,21 +158,28 @@ pub fn lookup(name: &str) -> Option<&'static Method> {
     })
 }
 
-/// Sends `request` where the table says (router thread).
-pub fn route(ctx: &Context, request: Request, responder: Responder) {
+/// Sends `request` where the table says (router thread). A method that
+/// runs on the router but needs a session, sent with only its own
+/// `session` key, goes through the queue: the key is checked on a worker.
+pub fn route(ctx: &Context, request: Request, mut responder: Responder) {
+    responder.set_kind(MethodKind::of(&request.method));
     let Some(method) = lookup(&request.method) else {
         let error = RpcError::method_not_found(&request.method);
         return responder.reply(Err(error));
     };
-    if method.needs_session && responder.connection().session().is_none() {
+    let bound = responder.connection().session().is_some();
+    if method.needs_session && !bound && request.session.is_none() {
         return responder.reply(Err(RpcError::unauthenticated(session::NO_SESSION)));
     }
+    let checked_here = !method.needs_session || (bound && request.session.is_none());
     match method.runs {
-        Runs::OnRouter(answer) => responder.reply(Ok(answer(ctx))),
-        Runs::Queued(_) if ctx.shutdown.is_stopping() => {
+        Runs::OnRouter(answer) if checked_here => responder.reply(Ok(answer(ctx))),
+        Runs::Template(answer) if checked_here => responder.reply_raw(answer(ctx)),
+        _ if ctx.shutdown.is_stopping() => {
+            ctx.stats.count_refusal(Refusal::Draining);
             responder.reply(Err(RpcError::shutting_down()))
         }
-        Runs::Queued(_) => ctx.dispatcher.admit(request, responder),
+        _ => ctx.dispatcher.admit(request, responder),
     }
 }
 
@@ -190,17 +218,30 @@ pub fn run_job(ctx: &Context, job: Job) -> bool {
                 "the server failed while running this request; see its log",
             ))
         });
+    // Recorded before the reply goes out, so that a client that has read
+    // its reply finds the call counted (end to end: until the reply is handed over).
+    let queued = started - deadline.arrived;
     ctx.stats
-        .record_completion(started - deadline.arrived, started.elapsed());
+        .record_completion(queued, started.elapsed(), deadline.arrived.elapsed());
     responder.reply(outcome);
     true
 }
 
 fn execute(call: &Call) -> Result<Value, RpcError> {
-    match lookup(&call.request.method).map(|m| m.runs) {
-        Some(Runs::Queued(run)) => run(call),
-        Some(Runs::OnRouter(answer)) => Ok(answer(call.ctx)),
-        None => Err(RpcError::method_not_found(&call.request.method)),
+    let Some(method) = lookup(&call.request.method) else {
+        return Err(RpcError::method_not_found(&call.request.method));
+    };
+    if !matches!(method.runs, Runs::Queued(_)) && method.needs_session {
+        // A router method queued only to check the request's own session.
+        if let Some(key) = &call.request.session {
+            session::verify(call, key)?;
+        }
+    }
+    match method.runs {
+        Runs::Queued(run) => run(call),
+        Runs::OnRouter(answer) => Ok(answer(call.ctx)),
+        Runs::Template(answer) => serde_json::from_str(answer(call.ctx).get())
+            .map_err(|e| RpcError::internal(format!("a result template is not JSON: {e}"))),
     }
 }
 

@@ -25,9 +25,10 @@ const BAD_LOGIN: &str = "login failed: unknown user or wrong password";
 /// The message for a key that no longer names a live session.
 pub const DEAD_SESSION: &str = "the session has expired or was ended; log in again";
 
-/// The message for a call that needs a session on a connection without one.
-pub const NO_SESSION: &str =
-    "no session on this connection: call session.login or session.join first";
+/// The message for a call that needs a session and has none (neither its
+/// own `session` member nor a session bound to the connection).
+pub const NO_SESSION: &str = "no session: send the session key in the request's \"session\" member \
+     (over HTTP: Authorization: Bearer <key>), or call session.login or session.join on this connection first";
 
 /// `session.login {user, password}` (`{user}` in trust mode).
 pub fn login(call: &Call) -> Result<Value, RpcError> {
@@ -59,6 +60,7 @@ pub fn login(call: &Call) -> Result<Value, RpcError> {
     let (session, expires_at) = ctx.with_db(&mut db, deadline, |client| {
         ctx.sessions.create(client, &user, key)
     })?;
+    ctx.stats.metrics.count_session_created();
     log::debug!(
         "connection {} ({}): {} logged in",
         conn.number,
@@ -79,7 +81,7 @@ pub fn join(call: &Call) -> Result<Value, RpcError> {
     let mut db = ctx.acquire(deadline)?;
     let found = ctx.with_db(&mut db, deadline, |client| ctx.sessions.find(client, &key))?;
     let (session, expires_at) = found.ok_or_else(|| RpcError::unauthenticated(DEAD_SESSION))?;
-    ctx.sessions.touch(&session);
+    ctx.sessions.touch(&session.key);
     log::debug!(
         "connection {} ({}): {} joined a session",
         conn.number,
@@ -89,30 +91,34 @@ pub fn join(call: &Call) -> Result<Value, RpcError> {
     Ok(bind(conn, session, expires_at))
 }
 
-/// `session.logout {}`: ends the connection's session on every instance.
+/// `session.logout {}`: ends the request's session (its `session` member,
+/// else the connection's) on every instance.
 pub fn logout(call: &Call) -> Result<Value, RpcError> {
     let (ctx, conn, deadline) = (call.ctx, call.conn, call.deadline);
     let params = &call.request.params()?;
     Fields::of(params, call.param_names())?;
-    let session = conn
-        .session()
-        .ok_or_else(|| RpcError::unauthenticated(NO_SESSION))?;
+    let key = call.session_key()?;
     let mut db = ctx.acquire(deadline)?;
-    let ended = ctx.with_db(&mut db, deadline, |client| {
-        ctx.sessions.end(client, &session.key)
-    })?;
-    ctx.connections.unbind_session(&session.key);
-    conn.unbind_session(&session.key);
+    let ended = ctx.with_db(&mut db, deadline, |client| ctx.sessions.end(client, &key))?;
+    ctx.connections.unbind_session(&key);
+    conn.unbind_session(&key);
     if !ended {
         return Err(RpcError::unauthenticated(DEAD_SESSION));
     }
-    log::debug!(
-        "connection {} ({}): {} logged out",
-        conn.number,
-        conn.peer,
-        session.user
-    );
+    log::debug!("connection {} ({}): logged out", conn.number, conn.peer);
     Ok(Value::Null)
+}
+
+/// Checks the session key a request carries (its `session` member) the
+/// way `session.join` does, without binding it to the connection: for a
+/// method answered without a statement of its own (`sys.status`).
+pub fn verify(call: &Call, key: &str) -> Result<(), RpcError> {
+    let (ctx, deadline) = (call.ctx, call.deadline);
+    let mut db = ctx.acquire(deadline)?;
+    let found = ctx.with_db(&mut db, deadline, |client| ctx.sessions.find(client, key))?;
+    let (session, _) = found.ok_or_else(|| RpcError::unauthenticated(DEAD_SESSION))?;
+    ctx.sessions.touch(&session.key);
+    Ok(())
 }
 
 fn bind(conn: &Connection, session: Session, expires_at: Value) -> Value {

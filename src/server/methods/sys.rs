@@ -3,6 +3,7 @@
 //! (the live instances sharing the database) and `rpc.discover` (an
 //! OpenRPC document built from the same catalogue the calls use).
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::Call;
@@ -11,8 +12,14 @@ use crate::server::context::Context;
 
 /// `sys.ping`: answered by the router thread. `auth` tells a client whether
 /// `session.login` needs a password ("password") or not ("trust").
-pub fn ping(ctx: &Context) -> Value {
-    json!({"pong": true, "instance": ctx.instance, "auth": ctx.config.auth.mode})
+pub fn ping(ctx: &Context) -> &RawValue {
+    &ctx.ping_result
+}
+
+/// The result of `sys.ping`, rendered once at start (it never changes).
+pub fn ping_result(instance: &str, auth_mode: &str) -> Box<RawValue> {
+    let text = json!({"pong": true, "instance": instance, "auth": auth_mode}).to_string();
+    RawValue::from_string(text).expect("rendered JSON is JSON")
 }
 
 /// `sys.status`: a snapshot of this instance.
@@ -32,7 +39,12 @@ pub fn status(ctx: &Context) -> Value {
             "idle": pool.idle_connections,
             "in_use": pool.connections - pool.idle_connections,
         },
-        "connections": {"open": ctx.connections.len(), "max": ctx.config.server.max_clients},
+        "connections": {
+            "open": ctx.connections.len(),
+            "max": ctx.config.server.max_clients,
+            "outbox_bytes": ctx.connections.outbox_bytes(),
+        },
+        "router_threads": ctx.config.server.router_threads,
         "database": {"available": !ctx.db.health.is_down()},
         "functions": ctx.catalog.len(),
         "cluster": ctx.db.cluster().status(),

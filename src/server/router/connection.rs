@@ -1,101 +1,184 @@
-//! One client connection's write side, and the guarantee that every request
-//! read gets exactly one reply.
+//! One client connection as its event loop and the workers share it, and
+//! [`Responder`], the one path by which every reply is rendered, counted
+//! and written.
 //!
-//! [`Connection`] owns the socket's write half and the count of requests in
-//! flight. Replies go through its outbox: the thread that finds nobody
-//! writing becomes the writer and sends everything queued, in order, in as
-//! few writes as it can; a thread that finds a writer at work leaves its
-//! line to it and goes back to work. No thread waits for another to get a
-//! CPU, and only a client that does not read (a write blocked for
-//! [`WRITE_TIMEOUT`]) closes a connection.
+//! [`Connection`] owns the nonblocking socket, its [`Outbox`], the count of
+//! requests in flight and the bound session. It holds the handles it needs
+//! (counters, lifecycle, its loop's [`Home`]), never the server context.
 //!
-//! [`Responder`] is the single place a reply is written: it is created for
-//! each request the router reads, travels with the request through the
-//! queue, and answers exactly once; if it is dropped unanswered (a bug, or
-//! shutdown), its `Drop` answers for it.
+//! Who writes: a worker that replies appends to the outbox and writes it at
+//! once if the socket takes it without blocking; whatever is left (a full
+//! socket, or replies added during its write) it hands to the connection's
+//! event loop through [`Home`], which wakes the loop. On an event-loop
+//! thread replies are only appended: the loop writes each socket once,
+//! after it has read everything that socket had ready in this wake-up.
+//!
+//! [`Responder`] is created for each request the router reads, travels
+//! with the request through the queue, and answers exactly once; if it is
+//! dropped unanswered (a bug, or shutdown), its `Drop` answers for it.
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::io::{self, Write};
-use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown as SocketShutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use mio::net::TcpStream;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::outbox::{Flushed, Outbox, Pushed};
 use crate::auth::sessions::Session;
-use crate::protocol::{render_error, render_result, Id, RpcError};
+use crate::protocol::framing::Framing;
+use crate::protocol::http;
+use crate::protocol::{write_error, write_raw_result, write_result, Id, RpcError};
+use crate::server::metrics::MethodKind;
 use crate::server::shutdown::Shutdown;
 use crate::server::stats::Stats;
 
-/// How long the replies queued for a client may take to be delivered once
-/// written; after that the connection is closed (the client does not read).
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How far the socket's send timeout may differ from the time a write has
-/// left before it is set again (a system call per write otherwise).
-const WRITE_TIMEOUT_SLACK: Duration = Duration::from_millis(50);
-
-/// How many bytes of replies may wait in a connection's outbox; a thread
-/// with more to add waits until the writer at work has taken them (so a
-/// client that does not read cannot make the server buffer without end).
-/// One reply larger than this still goes in alone.
-const OUTBOX_LIMIT: usize = 1 << 20;
-
-/// Replies waiting to be written, and whether a thread is writing.
-#[derive(Default)]
-struct Outbox {
-    /// Lines (each ending in `\n`) not yet handed to the socket.
-    pending: Vec<u8>,
-    /// A thread is writing; it will also send what is pending.
-    writing: bool,
-    /// The send timeout last set on the socket.
-    send_timeout: Option<Duration>,
+thread_local! {
+    /// Set on event-loop threads: replies made there are appended only, and
+    /// the loop writes the socket once at the end of its turn.
+    static ON_EVENT_LOOP: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The shared, write side of one client connection.
+/// Marks the calling thread as an event loop (see the module doc).
+pub fn mark_event_loop_thread() {
+    ON_EVENT_LOOP.with(|on| on.set(true));
+}
+
+fn on_event_loop() -> bool {
+    ON_EVENT_LOOP.with(Cell::get)
+}
+
+/// What an event loop is asked to do by other threads.
+#[derive(Default)]
+pub struct Inbox {
+    /// New connections to serve (from the acceptor).
+    pub adopt: Vec<(Arc<Connection>, Framing)>,
+    /// Connections with replies left to write, or that may be done.
+    pub flush: Vec<Arc<Connection>>,
+    /// Finish: write what is queued, close, exit.
+    pub stop: bool,
+}
+
+/// An event loop as other threads see it: a [`mio::Waker`] and an inbox.
+pub struct Home {
+    waker: mio::Waker,
+    inbox: Mutex<Inbox>,
+    /// A wake-up is on its way (saves a system call per hand-over).
+    woken: AtomicBool,
+}
+
+impl Home {
+    /// The home of a loop woken through `waker`.
+    pub fn new(waker: mio::Waker) -> Home {
+        Home {
+            waker,
+            inbox: Mutex::new(Inbox::default()),
+            woken: AtomicBool::new(false),
+        }
+    }
+
+    /// Gives the loop a new connection.
+    pub fn adopt(&self, conn: Arc<Connection>, framing: Framing) {
+        self.inbox.lock().adopt.push((conn, framing));
+        self.wake();
+    }
+
+    /// Asks the loop to write what `conn` has left, or to see whether it is done.
+    pub fn hand_over(&self, conn: Arc<Connection>) {
+        self.inbox.lock().flush.push(conn);
+        self.wake();
+    }
+
+    /// Asks the loop to finish.
+    pub fn stop(&self) {
+        self.inbox.lock().stop = true;
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake an event loop: {e}");
+            }
+        }
+    }
+
+    /// The loop takes what it was asked (clearing `woken` first, so that a
+    /// request added meanwhile wakes it again).
+    pub fn take(&self) -> Inbox {
+        self.woken.store(false, Ordering::Release);
+        std::mem::take(&mut *self.inbox.lock())
+    }
+}
+
+/// What a connection needs from the server: counters and the lifecycle.
+#[derive(Clone)]
+pub struct Handles {
+    /// Counters (every error reply is counted).
+    pub stats: Arc<Stats>,
+    /// Lifecycle state (a reply dropped while stopping is -32003).
+    pub shutdown: Arc<Shutdown>,
+}
+
+/// The shared state of one client connection.
 pub struct Connection {
     /// Sequence number of the connection (for logs and the registry).
     pub number: u64,
     /// The client's address.
     pub peer: SocketAddr,
-    stats: Arc<Stats>,
-    shutdown: Arc<Shutdown>,
     stream: TcpStream,
-    outbox: Mutex<Outbox>,
-    /// Signalled whenever the writer takes what is pending.
-    outbox_taken: Condvar,
+    outbox: Outbox,
+    home: Arc<Home>,
+    handles: Handles,
     in_flight: AtomicUsize,
     broken: AtomicBool,
+    /// The client sent end of file: close once every reply is written.
+    read_closed: AtomicBool,
+    /// The loop stopped reading because the outbox is full, or while an
+    /// HTTP response is awaited.
+    paused: AtomicBool,
+    /// An HTTP request is being answered: the next is not read before its
+    /// response is queued (HTTP/1.1 responses go out in request order).
+    awaiting: AtomicBool,
+    /// HTTP: no session is bound to the connection.
+    stateless: AtomicBool,
+    /// The loop's token for this connection.
+    token: AtomicUsize,
     session: Mutex<Option<Arc<Session>>>,
 }
 
 impl Connection {
-    /// Wraps an accepted connection (one file descriptor for both
-    /// directions: the reader thread reads through [`Connection::stream`]).
+    /// Wraps an accepted nonblocking socket served by the loop at `home`.
     pub fn new(
         number: u64,
         stream: TcpStream,
         peer: SocketAddr,
-        stats: Arc<Stats>,
-        shutdown: Arc<Shutdown>,
+        home: Arc<Home>,
+        handles: Handles,
     ) -> Connection {
         Connection {
             number,
             peer,
-            stats,
-            shutdown,
             stream,
-            outbox: Mutex::new(Outbox::default()),
-            outbox_taken: Condvar::new(),
+            outbox: Outbox::new(),
+            home,
+            handles,
             in_flight: AtomicUsize::new(0),
             broken: AtomicBool::new(false),
+            read_closed: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            awaiting: AtomicBool::new(false),
+            stateless: AtomicBool::new(false),
+            token: AtomicUsize::new(usize::MAX),
             session: Mutex::new(None),
         }
     }
 
-    /// The socket, for the reader thread (writes go through [`Connection::write_line`]).
+    /// The socket (the event loop reads it; writes go through the outbox).
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
@@ -105,9 +188,18 @@ impl Connection {
         self.session.lock().clone()
     }
 
-    /// Binds `session` to this connection (replacing any other).
+    /// Binds `session` to this connection (replacing any other); not on
+    /// an HTTP connection, where each request is authenticated alone (a
+    /// proxy may carry many clients' requests on one connection).
     pub fn bind_session(&self, session: Arc<Session>) {
-        *self.session.lock() = Some(session);
+        if !self.stateless.load(Ordering::Acquire) {
+            *self.session.lock() = Some(session);
+        }
+    }
+
+    /// Makes this an HTTP connection: sessions are never bound to it.
+    pub fn set_stateless(&self) {
+        self.stateless.store(true, Ordering::Release);
     }
 
     /// Unbinds the session if its key is `key` (after a logout).
@@ -132,106 +224,137 @@ impl Connection {
             .is_ok()
     }
 
-    fn end(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    /// Frees one request's in-flight slot; true when it was the last.
+    fn end(&self) -> bool {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
-    /// Queues one line (a `\n` is added) and, unless another thread is
-    /// writing to this client already, writes it and whatever else is
-    /// queued meanwhile. Lines go out in the order they were queued. With
-    /// [`OUTBOX_LIMIT`] bytes queued already, it first waits for the writer
-    /// at work to take them (at most until that writer gives up).
-    pub fn write_line(&self, line: &str) {
-        let mut outbox = self.outbox.lock();
-        while !outbox.pending.is_empty()
-            && outbox.pending.len() + line.len() >= OUTBOX_LIMIT
-            && !self.is_broken()
-        {
-            self.outbox_taken.wait(&mut outbox);
+    /// After the last reply of a client that sent end of file: its loop
+    /// may close it now (once the reply is written).
+    fn done_if_read_closed(self: &Arc<Self>) {
+        if self.is_read_closed() && !on_event_loop() {
+            self.home.hand_over(self.clone());
         }
+    }
+
+    /// The loop's token (set once, when the loop adopts the connection).
+    pub fn token(&self) -> usize {
+        self.token.load(Ordering::Acquire)
+    }
+
+    /// Records the loop's token.
+    pub fn set_token(&self, token: usize) {
+        self.token.store(token, Ordering::Release);
+    }
+
+    /// The outbox (the loop checks whether it is full, empty, stalled).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Queues one whole message (ending in `\n`) and, off the event loop,
+    /// writes it at once if the socket takes it (see the module doc).
+    pub fn deliver(self: &Arc<Self>, message: &[u8]) {
         if self.is_broken() {
             return;
         }
-        outbox.pending.extend_from_slice(line.as_bytes());
-        outbox.pending.push(b'\n');
-        if outbox.writing {
-            return; // the writer at work sends it
+        let on_loop = on_event_loop();
+        match self.outbox.push(message, !on_loop) {
+            Pushed::Queued => {}
+            Pushed::Closed => return,
+            Pushed::GaveUp => return self.give_up("the client reads too slowly"),
         }
-        outbox.writing = true;
-        loop {
-            let batch = std::mem::take(&mut outbox.pending);
-            self.outbox_taken.notify_all();
-            if batch.is_empty() || self.is_broken() {
-                outbox.writing = false;
-                return;
+        if !on_loop {
+            self.write_or_hand_over();
+        }
+    }
+
+    fn write_or_hand_over(self: &Arc<Self>) {
+        match self.outbox.flush(&self.stream) {
+            Flushed::Done if self.paused.load(Ordering::Acquire) => {
+                self.home.hand_over(self.clone()); // the loop reads again
             }
-            let mut send_timeout = outbox.send_timeout;
-            drop(outbox);
-            self.write_all(&batch, &mut send_timeout);
-            outbox = self.outbox.lock();
-            outbox.send_timeout = send_timeout;
+            Flushed::Done | Flushed::Busy => {}
+            Flushed::Blocked | Flushed::More => self.home.hand_over(self.clone()),
+            Flushed::Failed => self.give_up("the client closed the connection"),
         }
     }
 
-    /// Writes `bytes` within [`WRITE_TIMEOUT`], or gives the client up.
-    fn write_all(&self, bytes: &[u8], send_timeout: &mut Option<Duration>) {
-        let deadline = Instant::now() + WRITE_TIMEOUT;
-        let mut rest = bytes;
-        while !rest.is_empty() && !self.is_broken() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.bound_send_time(send_timeout, left).is_err() {
-                return self.give_up("the client reads too slowly");
-            }
-            match (&self.stream).write(rest) {
-                Ok(0) => return self.give_up("the client closed the connection"),
-                Ok(n) => rest = &rest[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.give_up(&e.to_string()),
-            }
+    /// One write of what is queued, by the event loop.
+    pub fn flush_from_loop(&self) -> Flushed {
+        let flushed = self.outbox.flush(&self.stream);
+        if flushed == Flushed::Failed {
+            self.give_up("the client closed the connection");
         }
+        flushed
     }
 
-    /// Waits until no thread is writing to this client (at most until
-    /// `until`), so that replies queued before a shutdown go out before
-    /// the socket is closed.
-    pub fn wait_written(&self, until: Instant) {
-        while self.outbox.lock().writing && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+    /// Whether the loop paused reading (outbox full).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
     }
 
-    /// Makes the socket's send timeout `left`, give or take
-    /// [`WRITE_TIMEOUT_SLACK`]; `current` is what it was last set to.
-    fn bound_send_time(&self, current: &mut Option<Duration>, left: Duration) -> io::Result<()> {
-        let close_enough = current.is_some_and(|c| c.abs_diff(left) <= WRITE_TIMEOUT_SLACK);
-        if !close_enough {
-            self.stream.set_write_timeout(Some(left))?;
-            *current = Some(left);
-        }
-        Ok(())
+    /// Whether the loop paused reading (outbox full).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
     }
 
-    fn give_up(&self, why: &str) {
+    /// Notes that an HTTP request is being answered (see `awaiting`).
+    pub fn begin_exchange(&self) {
+        self.awaiting.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether an HTTP response is awaited.
+    pub fn awaits_response(&self) -> bool {
+        self.awaiting.load(Ordering::SeqCst)
+    }
+
+    /// Pauses reading while an HTTP response is awaited; false (and not
+    /// paused) when none is. The flag is checked again after pausing, so a
+    /// response queued meanwhile by a worker cannot leave the loop paused:
+    /// that worker either sees the pause and hands the connection back, or
+    /// cleared the flag before the second check.
+    pub fn pause_for_response(&self) -> bool {
+        if !self.awaits_response() {
+            return false;
+        }
+        self.paused.store(true, Ordering::SeqCst);
+        self.awaits_response()
+    }
+
+    /// Queues an HTTP response and lets the next request be read; with
+    /// `close`, the connection closes once its replies are written.
+    pub fn deliver_response(self: &Arc<Self>, response: &[u8], close: bool) {
+        if close {
+            self.set_read_closed();
+        }
+        self.awaiting.store(false, Ordering::SeqCst);
+        self.deliver(response);
+    }
+
+    /// Marks that the client sent end of file.
+    pub fn set_read_closed(&self) {
+        self.read_closed.store(true, Ordering::Release);
+    }
+
+    /// Whether the client sent end of file.
+    pub fn is_read_closed(&self) -> bool {
+        self.read_closed.load(Ordering::Acquire)
+    }
+
+    /// Gives the client up: nothing more is written, the socket is shut.
+    pub fn give_up(&self, why: &str) {
         if !self.broken.swap(true, Ordering::AcqRel) {
-            log::debug!(
-                "connection {} ({}): reply not delivered, closing: {why}",
-                self.number,
-                self.peer
-            );
+            log::debug!("connection {} ({}): closing: {why}", self.number, self.peer);
         }
+        self.outbox.close();
         let _ = self.stream.shutdown(SocketShutdown::Both);
     }
 
-    /// Writes an error reply that belongs to no admitted request (parse
-    /// errors, oversized lines, refusals at admission).
-    pub fn write_error(&self, id: &Id, error: &RpcError) {
-        self.stats.count_error(error.code);
-        self.write_line(&render_error(id, error));
-    }
-
-    /// Closes both directions; the reader thread then sees end of file.
+    /// Closes both directions (idle timeout, shutdown, end of the connection).
     pub fn close(&self) {
         self.broken.store(true, Ordering::Release);
+        self.outbox.close();
         let _ = self.stream.shutdown(SocketShutdown::Both);
     }
 
@@ -242,7 +365,7 @@ impl Connection {
 }
 
 /// The open client connections, for `max_clients`, for `sys.status` and
-/// for closing them all at shutdown.
+/// for unbinding a session everywhere at logout.
 #[derive(Default)]
 pub struct Registry {
     open: Mutex<HashMap<u64, Arc<Connection>>>,
@@ -259,7 +382,7 @@ impl Registry {
         true
     }
 
-    /// Forgets a connection whose reader has finished.
+    /// Forgets a connection its loop has closed.
     pub fn remove(&self, number: u64) {
         self.open.lock().remove(&number);
     }
@@ -274,24 +397,17 @@ impl Registry {
         self.len() == 0
     }
 
+    /// Reply bytes queued in the outboxes of all open connections.
+    pub fn outbox_bytes(&self) -> usize {
+        let open: Vec<_> = self.open.lock().values().cloned().collect();
+        open.iter().map(|conn| conn.outbox.queued()).sum()
+    }
+
     /// Unbinds session `key` from every open connection (after a logout).
     pub fn unbind_session(&self, key: &str) {
-        for conn in self.all() {
+        let open: Vec<_> = self.open.lock().values().cloned().collect();
+        for conn in open {
             conn.unbind_session(key);
-        }
-    }
-
-    /// Every open connection.
-    fn all(&self) -> Vec<Arc<Connection>> {
-        self.open.lock().values().cloned().collect()
-    }
-
-    /// Closes every connection once its writer at work (if any) is done.
-    pub fn close_all(&self) {
-        for conn in self.all() {
-            // Each writer at work is bounded by its own write timeout.
-            conn.wait_written(Instant::now() + WRITE_TIMEOUT);
-            conn.close();
         }
     }
 }
@@ -300,7 +416,7 @@ impl Registry {
 pub struct Batch {
     conn: Arc<Connection>,
     remaining: AtomicUsize,
-    replies: Mutex<Vec<String>>,
+    replies: Mutex<Vec<u8>>,
 }
 
 impl Batch {
@@ -309,19 +425,93 @@ impl Batch {
         Arc::new(Batch {
             conn,
             remaining: AtomicUsize::new(len),
-            replies: Mutex::new(Vec::with_capacity(len)),
+            replies: Mutex::new(Vec::new()),
         })
     }
 
-    fn complete(&self, reply: Option<String>) {
+    fn complete(&self, reply: Option<&[u8]>) {
         if let Some(r) = reply {
-            self.replies.lock().push(r);
+            let mut replies = self.replies.lock();
+            let separator = if replies.is_empty() { b'[' } else { b',' };
+            replies.push(separator);
+            replies.extend_from_slice(r);
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let replies = std::mem::take(&mut *self.replies.lock());
+            let mut replies = std::mem::take(&mut *self.replies.lock());
             if !replies.is_empty() {
-                self.conn.write_line(&format!("[{}]", replies.join(",")));
+                replies.extend_from_slice(b"]\n");
+                self.conn.deliver(&replies);
             }
+        }
+    }
+}
+
+/// Collects the replies to one HTTP request (one request or a batch) and
+/// sends them as one HTTP response, with the status the wire contract
+/// gives them (see [`http::rpc_status`]).
+pub struct Exchange {
+    conn: Arc<Connection>,
+    batch: bool,
+    keep_alive: bool,
+    remaining: AtomicUsize,
+    replies: Mutex<Collected>,
+}
+
+/// The replies of an [`Exchange`] so far.
+#[derive(Default)]
+struct Collected {
+    /// `[r1,r2` (batch) or the one reply.
+    body: Vec<u8>,
+    /// Replies written (notifications have none).
+    count: usize,
+    /// The error of a single request, for its status.
+    error: Option<RpcError>,
+}
+
+impl Exchange {
+    /// An exchange for `len` requests read from one HTTP request on `conn`
+    /// (`batch`: the body was an array); the connection reads no further
+    /// request until its response is queued.
+    pub fn new(conn: &Arc<Connection>, len: usize, batch: bool, keep_alive: bool) -> Arc<Exchange> {
+        conn.begin_exchange();
+        Arc::new(Exchange {
+            conn: conn.clone(),
+            batch,
+            keep_alive,
+            remaining: AtomicUsize::new(len),
+            replies: Mutex::new(Collected::default()),
+        })
+    }
+
+    fn complete(&self, reply: Option<&[u8]>, error: Option<&RpcError>) {
+        {
+            let mut collected = self.replies.lock();
+            if let Some(r) = reply {
+                if self.batch {
+                    let separator = if collected.count == 0 { b'[' } else { b',' };
+                    collected.body.push(separator);
+                }
+                collected.body.extend_from_slice(r);
+                collected.count += 1;
+                if !self.batch {
+                    collected.error = error.cloned();
+                }
+            }
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let collected = std::mem::take(&mut *self.replies.lock());
+            let status = match self.batch {
+                true => http::rpc_status(None),
+                false => http::rpc_status(collected.error.as_ref()),
+            };
+            let mut body = collected.body;
+            if self.batch && collected.count > 0 {
+                body.push(b']');
+            }
+            let body = (collected.count > 0).then(|| String::from_utf8_lossy(&body).into_owned());
+            let response = http::rpc_response(status, body, self.keep_alive);
+            self.conn
+                .deliver_response(&response.to_bytes(), !self.keep_alive);
         }
     }
 }
@@ -330,6 +520,18 @@ impl Batch {
 enum Target {
     Connection(Arc<Connection>),
     Batch(Arc<Batch>),
+    Exchange(Arc<Exchange>),
+}
+
+/// A reply's body: a result to render, a result rendered already (the
+/// router's templates), or an error.
+pub enum Outcome<'a> {
+    /// A result value.
+    Result(&'a Value),
+    /// A result as JSON text.
+    Raw(&'a RawValue),
+    /// An error.
+    Error(&'a RpcError),
 }
 
 /// The obligation to answer one request exactly once.
@@ -339,6 +541,8 @@ pub struct Responder {
     id: Option<Id>,
     /// Whether this request counts in its connection's in-flight total.
     counted: bool,
+    /// What the request asked for, for the request counters.
+    kind: MethodKind,
     answered: bool,
 }
 
@@ -353,6 +557,23 @@ impl Responder {
             target,
             id,
             counted: false,
+            kind: MethodKind::Other,
+            answered: false,
+        }
+    }
+
+    /// Says what the request asked for (its reply is counted under it).
+    pub fn set_kind(&mut self, kind: MethodKind) {
+        self.kind = kind;
+    }
+
+    /// A responder for a request read from an HTTP request (`exchange`).
+    pub fn for_exchange(exchange: &Arc<Exchange>, id: Option<Id>) -> Responder {
+        Responder {
+            target: Target::Exchange(exchange.clone()),
+            id,
+            counted: false,
+            kind: MethodKind::Other,
             answered: false,
         }
     }
@@ -362,6 +583,7 @@ impl Responder {
         match &self.target {
             Target::Connection(c) => c,
             Target::Batch(b) => &b.conn,
+            Target::Exchange(x) => &x.conn,
         }
     }
 
@@ -379,34 +601,63 @@ impl Responder {
 
     /// Sends the one reply.
     pub fn reply(mut self, outcome: Result<Value, RpcError>) {
-        self.send(outcome);
+        match &outcome {
+            Ok(v) => self.send(Outcome::Result(v)),
+            Err(e) => self.send(Outcome::Error(e)),
+        }
     }
 
-    fn send(&mut self, outcome: Result<Value, RpcError>) {
+    /// Sends the one reply, a result already rendered as JSON.
+    pub fn reply_raw(mut self, result: &RawValue) {
+        self.send(Outcome::Raw(result));
+    }
+
+    /// The one reply path: count, render, deliver.
+    fn send(&mut self, outcome: Outcome) {
         self.answered = true;
         let conn = self.connection().clone();
-        if let Err(e) = &outcome {
-            conn.stats.count_error(e.code);
-        }
-        let line = self.id.as_deref().map(|id| match &outcome {
-            Ok(v) => render_result(id, v),
-            Err(e) => render_error(id, e),
-        });
+        let error = match &outcome {
+            Outcome::Error(e) => Some(e.code),
+            _ => None,
+        };
+        conn.handles.stats.count_reply(self.kind, error);
+        let text = self.id.as_deref().map(|id| render(id, &outcome));
         // The request is done: free its in-flight slot before the client
         // can see the reply, or a client that sends its next request on
         // reading it may be refused for a slot this one still held.
-        if std::mem::take(&mut self.counted) {
-            conn.end();
-        }
+        let was_last = std::mem::take(&mut self.counted) && conn.end();
         match &self.target {
             Target::Connection(c) => {
-                if let Some(line) = line {
-                    c.write_line(&line);
+                if let Some(mut text) = text {
+                    text.push(b'\n');
+                    c.deliver(&text);
                 }
             }
-            Target::Batch(b) => b.complete(line),
+            Target::Batch(b) => b.complete(text.as_deref()),
+            Target::Exchange(x) => {
+                let error = match &outcome {
+                    Outcome::Error(e) => Some(*e),
+                    _ => None,
+                };
+                x.complete(text.as_deref(), error)
+            }
+        }
+        if was_last {
+            conn.done_if_read_closed();
         }
     }
+}
+
+/// A reply as one JSON text, rendered into one buffer with room for the
+/// `\n` that ends it on the stream.
+fn render(id: &RawValue, outcome: &Outcome) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    match outcome {
+        Outcome::Result(v) => write_result(&mut out, id, v),
+        Outcome::Raw(raw) => write_raw_result(&mut out, id, raw),
+        Outcome::Error(e) => write_error(&mut out, id, e),
+    }
+    out
 }
 
 impl Drop for Responder {
@@ -414,7 +665,7 @@ impl Drop for Responder {
         if self.answered {
             return;
         }
-        let error = if self.connection().shutdown.is_stopping() {
+        let error = if self.connection().handles.shutdown.is_stopping() {
             RpcError::shutting_down()
         } else {
             log::error!(
@@ -423,7 +674,7 @@ impl Drop for Responder {
             );
             RpcError::internal("the request was dropped without a reply")
         };
-        self.send(Err(error));
+        self.send(Outcome::Error(&error));
     }
 }
 
@@ -431,23 +682,51 @@ impl Drop for Responder {
 mod tests {
     use std::collections::HashMap;
     use std::io::{BufRead, BufReader};
-    use std::net::TcpListener;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
 
     use super::*;
 
-    /// A connection on a loopback socket pair.
-    fn loopback() -> (Arc<Connection>, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// A connection on a loopback socket pair, and a thread standing in for
+    /// its event loop: it takes what workers hand over and writes it again
+    /// until the socket takes it (the real loop waits for writability).
+    fn loopback() -> (Arc<Connection>, std::net::TcpStream, Arc<AtomicBool>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, peer) = listener.accept().unwrap();
-        let (stats, shutdown) = (Arc::new(Stats::new()), Arc::new(Shutdown::default()));
-        let conn = Connection::new(1, server_side, peer, stats, shutdown);
-        (Arc::new(conn), client)
+        server_side.set_nonblocking(true).unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let home = Arc::new(Home::new(
+            mio::Waker::new(poll.registry(), mio::Token(0)).unwrap(),
+        ));
+        let handles = Handles {
+            stats: Arc::new(Stats::new()),
+            shutdown: Arc::new(Shutdown::default()),
+        };
+        let stream = TcpStream::from_std(server_side);
+        let conn = Arc::new(Connection::new(1, stream, peer, home.clone(), handles));
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = stop.clone();
+        std::thread::spawn(move || {
+            let _poll = poll; // keeps the waker's poll alive
+            let mut pending: Vec<Arc<Connection>> = Vec::new();
+            while !done.load(Ordering::Acquire) {
+                pending.extend(home.take().flush);
+                pending.retain(|c| {
+                    matches!(
+                        c.flush_from_loop(),
+                        Flushed::Blocked | Flushed::More | Flushed::Busy
+                    )
+                });
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        (conn, client, stop)
     }
 
     #[test]
     fn concurrent_replies_arrive_whole_once_and_in_each_writers_order() {
-        let (conn, client) = loopback();
+        let (conn, client, stop) = loopback();
         const WRITERS: usize = 8;
         const LINES: usize = 2_000;
         let reader = std::thread::spawn(move || {
@@ -459,7 +738,7 @@ mod tests {
                 let expected = next.entry(writer).or_default();
                 assert_eq!(n, *expected, "writer {writer}'s lines out of order");
                 *expected += 1;
-                // Read slowly now and then, so that writers find one at work.
+                // Read slowly now and then, so that writers find the socket full.
                 if n % 500 == 0 {
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -471,7 +750,7 @@ mod tests {
                 let conn = conn.clone();
                 std::thread::spawn(move || {
                     for n in 0..LINES {
-                        conn.write_line(&format!("{w}:{n}"));
+                        conn.deliver(format!("{w}:{n}\n").as_bytes());
                     }
                 })
             })
@@ -480,63 +759,40 @@ mod tests {
             w.join().unwrap();
         }
         let seen = reader.join().unwrap();
+        stop.store(true, Ordering::Release);
         assert_eq!(seen.len(), WRITERS);
         assert!(seen.values().all(|&n| n == LINES), "{seen:?}");
         assert!(!conn.is_broken());
     }
 
     #[test]
-    fn replies_for_a_client_that_does_not_read_stay_within_the_outbox_limit() {
-        let (conn, _client) = loopback(); // never read
-        let blocked = {
-            let conn = conn.clone();
-            std::thread::spawn(move || conn.write_line(&"x".repeat(8 << 20)))
-        };
-        std::thread::sleep(Duration::from_millis(100)); // that writer is at work
-        let adder = {
-            let conn = conn.clone();
-            std::thread::spawn(move || {
-                let line = "y".repeat(100);
-                for _ in 0..100_000 {
-                    conn.write_line(&line); // 10 MB in all
-                }
-            })
-        };
-        let mut most = 0;
-        while !adder.is_finished() {
-            most = most.max(conn.outbox.lock().pending.len());
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        adder.join().unwrap();
-        blocked.join().unwrap();
-        assert!(conn.is_broken());
-        assert!(most > 0 && most <= OUTBOX_LIMIT, "{most} bytes queued");
-    }
-
-    #[test]
     fn a_client_that_does_not_read_is_given_up_without_holding_the_writers() {
-        let (conn, _client) = loopback(); // never read
-        let big = "x".repeat(1 << 20);
+        let (conn, _client, stop) = loopback(); // never read
+        let big = vec![b'x'; 1 << 20];
         let start = Instant::now();
         let writers: Vec<_> = (0..4)
             .map(|_| {
                 let (conn, big) = (conn.clone(), big.clone());
                 std::thread::spawn(move || {
+                    let mut most = 0;
                     for _ in 0..16 {
-                        conn.write_line(&big);
+                        conn.deliver(&big);
+                        most = most.max(conn.outbox().queued());
                     }
+                    most
                 })
             })
             .collect();
-        for w in writers {
-            w.join().unwrap();
-        }
+        let most = writers.into_iter().map(|w| w.join().unwrap()).max();
+        stop.store(true, Ordering::Release);
         assert!(conn.is_broken());
-        // One writer waits out WRITE_TIMEOUT; the others never wait for it.
+        // Nothing is added to a full outbox (one reply over the limit goes in alone).
+        assert!(most.unwrap() <= 1 << 20, "{most:?} bytes queued");
+        // The writers wait for room at most WRITE_TIMEOUT, then give the client up.
+        let took = start.elapsed();
         assert!(
-            start.elapsed() < WRITE_TIMEOUT * 3,
-            "took {:?}",
-            start.elapsed()
+            took < super::super::outbox::WRITE_TIMEOUT * 3,
+            "took {took:?}"
         );
     }
 }

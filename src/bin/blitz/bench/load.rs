@@ -7,6 +7,11 @@
 //! It does not use [`blitz::client`]: a benchmark must count a refusal, not
 //! retry it.
 //!
+//! With `http` it speaks JSON-RPC over HTTP/1.1 instead (`server.http_listen`):
+//! each call is a `POST /` on a keep-alive connection, the session key of
+//! `user` goes in `Authorization: Bearer`, and each response's body is the
+//! reply (responses come back in request order).
+//!
 //! # Loops
 //!
 //! - **Closed loop** (the default): every connection has exactly one call
@@ -119,6 +124,8 @@ pub struct Options {
     pub postgres_pid: Option<u32>,
     /// Print one progress line a second on stderr.
     pub progress: bool,
+    /// Speak JSON-RPC over HTTP/1.1 to `servers` (see the module doc).
+    pub http: bool,
 }
 
 /// Why a run could not be made at all (a run that ran reports its errors).
@@ -719,6 +726,8 @@ struct Conn {
     alive: bool,
     /// This connection's draw of params (forked from the thread's generator).
     rng: fastrand::Rng,
+    /// HTTP: `Authorization: Bearer …\r\n` (empty without a session).
+    bearer: String,
 }
 
 /// What a thread measured.
@@ -806,7 +815,7 @@ impl ThreadPlan {
         for &i in &self.indices {
             let addr = self.addrs[i % self.addrs.len()];
             match self.open(addr) {
-                Ok((stream, input)) => {
+                Ok((stream, input, bearer)) => {
                     self.shared.ready.fetch_add(1, Ordering::AcqRel);
                     conns.push(Conn {
                         stream,
@@ -819,6 +828,7 @@ impl ThreadPlan {
                         waiting_writable: false,
                         alive: true,
                         rng: fastrand::Rng::new(),
+                        bearer,
                     })
                 }
                 Err(Open::Refused(m)) => {
@@ -839,17 +849,22 @@ impl ThreadPlan {
     }
 
     /// Connects, logs in if asked, and makes the socket nonblocking;
-    /// returns it with any bytes read past the login reply.
-    fn open(&self, addr: SocketAddr) -> Result<(TcpStream, Vec<u8>), Open> {
+    /// returns it with any bytes read past the login reply, and (HTTP) the
+    /// session's `Authorization` header line.
+    fn open(&self, addr: SocketAddr) -> Result<(TcpStream, Vec<u8>, String), Open> {
         let fail = |e: io::Error| Open::Failed(e.to_string());
         let stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(fail)?;
         stream.set_nodelay(true).map_err(fail)?;
-        let input = match &self.opts.user {
-            Some(user) => login(&stream, user)?,
-            None => Vec::new(),
+        let (input, bearer) = match (&self.opts.user, self.opts.http) {
+            (Some(user), false) => (login(&stream, user)?, String::new()),
+            (Some(user), true) => {
+                let key = login_http(&stream, user)?;
+                (Vec::new(), format!("Authorization: Bearer {key}\r\n"))
+            }
+            (None, _) => (Vec::new(), String::new()),
         };
         stream.set_nonblocking(true).map_err(fail)?;
-        Ok((TcpStream::from_std(stream), input))
+        Ok((TcpStream::from_std(stream), input, bearer))
     }
 
     fn event_loop(&self, conns: &mut [Conn], t0: Instant, result: &mut ThreadResult) {
@@ -1021,7 +1036,14 @@ impl ThreadPlan {
     fn queue(&self, c: &mut Conn, due: Instant, now: Instant, result: &mut ThreadResult) {
         let id = c.next_id;
         c.next_id += 1;
-        self.request.render(id, &mut c.rng, &mut c.output);
+        if self.opts.http {
+            let mut body = Vec::with_capacity(256);
+            self.request.render(id, &mut c.rng, &mut body);
+            body.pop(); // the line's \n
+            http_post(&c.bearer, &body, &mut c.output);
+        } else {
+            self.request.render(id, &mut c.rng, &mut c.output);
+        }
         c.pending.push_back((id, due));
         result.sent += 1;
         result.last_send = Some(now);
@@ -1069,10 +1091,26 @@ impl ThreadPlan {
         }
         let now = Instant::now();
         let mut start = 0;
-        while let Some(pos) = c.input[start..].iter().position(|&b| b == b'\n') {
+        loop {
+            let next = if self.opts.http {
+                http_body(&c.input[start..])
+            } else {
+                Ok(c.input[start..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map(|pos| (pos + 1, 0..pos)))
+            };
+            let (used, body) = match next {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(why) => {
+                    self.broken(c, result, why);
+                    return false;
+                }
+            };
             line_buf.clear();
-            line_buf.extend_from_slice(&c.input[start..start + pos]);
-            start += pos + 1;
+            line_buf.extend_from_slice(&c.input[start..][body]);
+            start += used;
             if let Err(why) = self.on_reply(c, line_buf, now, result, deadline) {
                 c.input.drain(..start);
                 self.broken(c, result, why);
@@ -1202,6 +1240,82 @@ fn login(stream: &std::net::TcpStream, user: &str) -> Result<Vec<u8>, Open> {
         Err(bad) => Err(Open::Failed(format!(
             "login: the server sent {bad}: {}",
             String::from_utf8_lossy(&reply[..reply.len().min(200)])
+        ))),
+    }
+}
+
+/// Appends `POST /` with `body` (and the `bearer` header line) to `out`.
+fn http_post(bearer: &str, body: &[u8], out: &mut Vec<u8>) {
+    let _ = write!(
+        out,
+        "POST / HTTP/1.1\r\nHost: blitz\r\nContent-Type: application/json\r\n{bearer}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    out.extend_from_slice(body);
+}
+
+/// The first complete HTTP response in `input`: the bytes it takes and
+/// where its body lies; `None` until it is complete.
+fn http_body(input: &[u8]) -> Result<Option<(usize, std::ops::Range<usize>)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("not an HTTP response: {e}")),
+    };
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or(0);
+    Ok((input.len() >= head + length).then(|| (head + length, head..head + length)))
+}
+
+/// `session.login {"user": user}` as one HTTP request on a fresh blocking
+/// connection; returns the session key.
+fn login_http(stream: &std::net::TcpStream, user: &str) -> Result<String, Open> {
+    let fail = |e: io::Error| Open::Failed(format!("login: {e}"));
+    stream
+        .set_read_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(fail)?;
+    let call = serde_json::json!({
+        "jsonrpc": "2.0", "id": 0, "method": "session.login", "params": {"user": user}
+    });
+    let mut out = Vec::new();
+    http_post("", call.to_string().as_bytes(), &mut out);
+    (&*stream).write_all(&out).map_err(fail)?;
+    let mut input = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let body = loop {
+        match http_body(&input).map_err(Open::Failed)? {
+            Some((_, body)) => break input[body].to_vec(),
+            None => match (&*stream).read(&mut chunk) {
+                Ok(0) => {
+                    return Err(Open::Failed(
+                        "login: the server closed the connection".into(),
+                    ))
+                }
+                Ok(n) => input.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(fail(e)),
+            },
+        }
+    };
+    stream.set_read_timeout(None).map_err(fail)?;
+    let reply: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match reply["result"]["session"].as_str() {
+        Some(key) => Ok(key.to_string()),
+        None => Err(Open::Refused(format!(
+            "session.login as {user:?} over HTTP refused: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
         ))),
     }
 }
@@ -1428,7 +1542,26 @@ mod tests {
             server_pid: None,
             postgres_pid: None,
             progress: false,
+            http: false,
         }
+    }
+
+    #[test]
+    fn http_responses_are_split_by_content_length() {
+        let two = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 503 X\r\nContent-Length: 3\r\n\r\n[1]";
+        let (used, body) = http_body(two).unwrap().unwrap();
+        assert_eq!(&two[body], b"{}");
+        let (_, body) = http_body(&two[used..]).unwrap().unwrap();
+        assert_eq!(&two[used..][body], b"[1]");
+        assert_eq!(
+            http_body(&two[..30]).unwrap(),
+            None,
+            "a partial response waits"
+        );
+        assert!(http_body(b"garbage\r\n\r\n").is_err());
+        let mut out = Vec::new();
+        http_post("Authorization: Bearer k\r\n", b"{}", &mut out);
+        assert!(out.ends_with(b"Authorization: Bearer k\r\nContent-Length: 2\r\n\r\n{}"));
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// No progress lines on stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// Speak JSON-RPC over HTTP/1.1 (keep-alive): --server is the
+    /// server.http_listen address; --user's session goes in a bearer header.
+    #[arg(long)]
+    http: bool,
 }
 
 impl BenchArgs {
@@ -122,6 +126,7 @@ impl BenchArgs {
             server_pid: self.server_pid,
             postgres_pid: self.postgres_pid,
             progress: !self.quiet,
+            http: self.http,
         })
     }
 }
