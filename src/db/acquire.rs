@@ -84,25 +84,18 @@ impl Database {
         self.acquire_timeout.as_millis() as u64
     }
 
-    /// Borrows a pooled connection through the share's gate, waiting at
-    /// most the acquire timeout or the time left before the deadline. A
+    /// Borrows a pooled connection through the share's gate, then waits at
+    /// most the acquire timeout or the time left before the deadline for
+    /// the pool. Waiting at the gate is waiting for this instance's share,
+    /// like waiting in the queue: it lasts up to the deadline (-32002
+    /// then), never -32004, which says the database is unavailable. A
     /// connection opened before the last outage is dropped unused rather
     /// than failed on a call.
     pub fn acquire(&self, deadline: &Deadline) -> Result<Lease, RpcError> {
-        let give_up = Instant::now() + self.acquire_timeout.min(deadline.remaining());
-        let share = self.cluster.share();
-        let permit = share.acquire(give_up.saturating_duration_since(Instant::now()));
-        let Some(permit) = permit else {
-            if deadline.remaining() < self.acquire_timeout {
-                return Err(RpcError::deadline_exceeded(deadline.elapsed_ms()));
-            }
-            let detail = format!(
-                "no connection of this instance's share of the connection budget ({} of pool {}) came free within the acquire timeout",
-                share.limit(),
-                self.pool.max_size()
-            );
-            return Err(RpcError::db_unavailable(self.retry_after_ms(), detail));
+        let Some(permit) = self.cluster.share().acquire(deadline.remaining()) else {
+            return Err(RpcError::deadline_exceeded(deadline.elapsed_ms()));
         };
+        let give_up = Instant::now() + self.acquire_timeout.min(deadline.remaining());
         loop {
             let remaining = deadline.remaining();
             let wait = give_up.saturating_duration_since(Instant::now());
