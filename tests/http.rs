@@ -374,15 +374,9 @@ fn an_overloaded_server_answers_503_with_retry_after_over_http() {
     let mut tcp = Rpc::connect(&server.addr);
     let own = json!({ "session": key });
     tcp.send_with("api.hold", json!({}), own.clone());
-    let start = Instant::now();
-    while result(&watcher.call("sys.status", json!({})))["workers"]["busy"] != 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the call never ran"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    watcher.wait_for_status("the call to run", |s| s["workers"]["busy"] == 1);
     tcp.send_with("api.hold", json!({}), own);
+    let start = Instant::now();
     while result(&watcher.call("sys.status", json!({})))["queue"]["depth"] != 1 {
         let early = tcp.poll_reply(Duration::from_millis(10));
         assert!(

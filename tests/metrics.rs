@@ -167,14 +167,7 @@ fn metrics_move_with_the_calls() {
     locker.execute("SELECT pg_advisory_lock(42)", &[]).unwrap();
     let mut watcher = Rpc::session(&server.addr);
     rpc.send("api.hold", json!({}));
-    let start = Instant::now();
-    while result(&watcher.call("sys.status", json!({})))["workers"]["busy"] != 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the call never ran"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    watcher.wait_for_status("the call to run", |s| s["workers"]["busy"] == 1);
     rpc.send("api.hold", json!({}));
     rpc.send("api.hold", json!({}));
     let refused = rpc.read_reply().expect("the refusal, at once");
