@@ -224,6 +224,21 @@ impl Load {
 }
 
 /// Every acknowledged note applied exactly once, and nothing else applied.
+/// No call failed, and every acknowledged call was applied exactly once.
+fn assert_none_failed_each_applied_once<F: std::fmt::Debug>(
+    db: &TestDb,
+    acked: &[String],
+    failed: &[F],
+) {
+    assert!(
+        failed.is_empty(),
+        "{} failures, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert_applied_once(db, acked);
+}
+
 fn assert_applied_once(db: &TestDb, acked: &[String]) {
     let mut client = db.connect();
     let twice: Vec<String> = client
@@ -320,13 +335,7 @@ fn three_instances_never_hold_more_than_the_budget_under_load() {
         maintenance > 5 && refused == 0,
         "{refused} of {maintenance} refused"
     );
-    assert!(
-        failed.is_empty(),
-        "{} failures, e.g. {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert_applied_once(&db, &acked);
+    assert_none_failed_each_applied_once(&db, &acked, &failed);
 }
 
 #[test]
@@ -464,13 +473,7 @@ fn a_frozen_then_killed_instance_s_calls_are_each_applied_once() {
         list[0]["id"],
         acked.len()
     );
-    assert!(
-        failed.is_empty(),
-        "{} failures, e.g. {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert_applied_once(&db, &acked);
+    assert_none_failed_each_applied_once(&db, &acked, &failed);
     assert_eq!(rows, acked.len() as i64, "one row per acknowledged call");
     assert!(max <= MAX_CONNECTIONS - 3 && refused == 0);
 }
@@ -601,12 +604,6 @@ fn clients_through_haproxy_keep_working_when_an_instance_stops() {
         acked.len(),
         failed.len()
     );
-    assert!(
-        failed.is_empty(),
-        "{} failures, e.g. {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert_applied_once(&db, &acked);
+    assert_none_failed_each_applied_once(&db, &acked, &failed);
     assert_eq!(db.count_rows("public.applied"), acked.len() as i64);
 }

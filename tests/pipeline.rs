@@ -38,10 +38,7 @@ CREATE FUNCTION blitz_api.count_victims() RETURNS bigint LANGUAGE sql AS 'SELECT
 "#;
 
 fn setup(settings: &[(&str, &str)]) -> (TestDb, Server) {
-    let db = TestDb::new();
-    db.execute(FIXTURES);
-    let server = Server::start(&db.url, settings);
-    (db, server)
+    Server::on_fresh_db(FIXTURES, settings)
 }
 
 /// 500 clients, one connection each, one call each, released together.

@@ -23,10 +23,7 @@ CREATE FUNCTION blitz_api.add(a int, b int DEFAULT 0) RETURNS int LANGUAGE sql A
 "#;
 
 fn setup(settings: &[(&str, &str)]) -> (TestDb, Server) {
-    let db = TestDb::new();
-    db.execute(FIXTURES);
-    let server = Server::start(&db.url, settings);
-    (db, server)
+    Server::on_fresh_db(FIXTURES, settings)
 }
 
 fn ping(id: u64) -> String {

@@ -321,6 +321,14 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 impl Server {
+    /// A fresh database with `fixtures` (SQL) loaded, and a server on it.
+    pub fn on_fresh_db(fixtures: &str, settings: &[(&str, &str)]) -> (TestDb, Server) {
+        let db = TestDb::new();
+        db.execute(fixtures);
+        let server = Server::start(&db.url, settings);
+        (db, server)
+    }
+
     /// Starts `blitz-server` on a free port against `db_url` with extra
     /// `--set key=value` overrides, and waits until it accepts connections.
     /// `auth.mode` is `trust` unless `settings` say otherwise, so that
