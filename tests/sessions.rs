@@ -174,6 +174,19 @@ fn the_caller_is_visible_inside_the_transaction() {
         .is_empty());
 }
 
+/// Whether the database counts session `key` live under limits of
+/// `idle_s` and `max_life_s` seconds: the same test `blitz.enter` applies
+/// to every call. Asking it does not use the session.
+fn live_in_database(db: &mut postgres::Client, key: &str, idle_s: i32, max_life_s: i32) -> bool {
+    db.query_one(
+        "SELECT coalesce(bool_or(blitz.session_live(last_used, created, $2, $3)), false) \
+             FROM blitz.sessions WHERE key = $1",
+        &[&key, &idle_s, &max_life_s],
+    )
+    .unwrap()
+    .get(0)
+}
+
 #[test]
 fn sessions_expire_when_idle_and_at_their_maximum_lifetime() {
     let db = TestDb::new();
@@ -183,11 +196,22 @@ fn sessions_expire_when_idle_and_at_their_maximum_lifetime() {
     let mut busy = Rpc::connect(&idle.addr);
     let key = session_key(&login(&mut busy, "alice", "pw"));
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
+    while start.elapsed() < Duration::from_secs(4) {
         assert_eq!(result(&add(&mut busy)), &json!(3), "kept alive by use");
         std::thread::sleep(Duration::from_millis(400));
     }
-    std::thread::sleep(Duration::from_millis(4500));
+    let last_use = Instant::now();
+    let mut client = db.connect();
+    support::wait_until("the idle session to expire", || {
+        !live_in_database(&mut client, &key, 3, 0)
+    });
+    // last_used is written at most every 0.75 s (a quarter of the idle
+    // timeout), so it may lag the last call by that much.
+    assert!(
+        last_use.elapsed() >= Duration::from_secs(2),
+        "expired {:?} after its last use, before the 3 s idle timeout",
+        last_use.elapsed()
+    );
     assert_eq!(
         error_code(&add(&mut busy)),
         -32006,
@@ -196,15 +220,27 @@ fn sessions_expire_when_idle_and_at_their_maximum_lifetime() {
     let rejoin = Rpc::connect(&idle.addr).call("session.join", json!({"session": key}));
     assert_eq!(error_code(&rejoin), -32006);
 
+    // Calls do not extend a lifetime: call until the session ends.
     let lifetime = password_server(&db, &[("auth.session_max_lifetime_s", "2")]);
     let mut rpc = Rpc::connect(&lifetime.addr);
-    login(&mut rpc, "alice", "pw");
     let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(1500) {
-        assert_eq!(result(&add(&mut rpc)), &json!(3));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_millis(1000));
+    login(&mut rpc, "alice", "pw");
+    let mut ended = None;
+    support::wait_until("the session to reach its 2 s lifetime", || {
+        let reply = add(&mut rpc);
+        if reply.get("result") == Some(&json!(3)) {
+            std::thread::sleep(Duration::from_millis(100));
+            return false;
+        }
+        assert_eq!(error_code(&reply), -32006, "{reply}");
+        ended = Some(start.elapsed());
+        true
+    });
+    let ended = ended.unwrap();
+    assert!(
+        ended >= Duration::from_secs(2),
+        "ended {ended:?} after login, before its 2 s lifetime"
+    );
     assert_eq!(error_code(&add(&mut rpc)), -32006, "past the 2 s lifetime");
 }
 
