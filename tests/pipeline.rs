@@ -35,6 +35,8 @@ CREATE FUNCTION blitz_api.always_conflict() RETURNS void LANGUAGE plpgsql AS $$
 CREATE FUNCTION blitz_api.fail(msg text) RETURNS void LANGUAGE plpgsql AS $$
   BEGIN RAISE EXCEPTION '%', msg USING ERRCODE = 'P0001'; END $$;
 CREATE FUNCTION blitz_api.count_victims() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM victims';
+CREATE FUNCTION blitz_api.hold() RETURNS int LANGUAGE plpgsql AS
+  'BEGIN PERFORM pg_advisory_xact_lock(42); RETURN 1; END';
 "#;
 
 fn setup(settings: &[(&str, &str)]) -> (TestDb, Server) {
@@ -454,6 +456,85 @@ fn deadlines_bound_running_and_queued_calls() {
     );
     // The connection whose statement was cancelled is replaced; calls go on.
     assert_eq!(result(&running.call("api.add", json!({"a": 4}))), 4);
+}
+
+/// Holds the one worker on advisory lock 42 (taken on `locker`) with a
+/// call of `api.hold` on `rpc`, then queues `queued` calls behind it.
+fn hold_the_worker(locker: &mut postgres::Client, rpc: &mut Rpc, watcher: &mut Rpc, queued: u64) {
+    locker.execute("SELECT pg_advisory_lock(42)", &[]).unwrap();
+    rpc.send("api.hold", json!({}));
+    watcher.wait_for_status("the hold to run", |s| s["workers"]["busy"] == 1);
+    for _ in 0..queued {
+        rpc.send("api.add", json!({"a": 1}));
+    }
+    watcher.wait_for_status("the calls to queue", |s| s["queue"]["depth"] == queued);
+}
+
+/// Lets the held worker go and reads the `n` replies still owed on `rpc`.
+fn release_the_worker(locker: &mut postgres::Client, rpc: &mut Rpc, n: usize) -> Vec<Value> {
+    locker
+        .execute("SELECT pg_advisory_unlock(42)", &[])
+        .unwrap();
+    (0..n).map(|_| rpc.read_reply().expect("a reply")).collect()
+}
+
+#[test]
+fn a_deadline_shorter_than_the_estimated_queue_wait_is_refused_at_once() {
+    // Admission estimates the wait as the queue depth over the workers'
+    // recent pace. With one worker whose last four calls each ran at least
+    // 100 ms (and two quick logins), that pace is at most 6 calls in
+    // 0.4 s = 15/s, so two queued calls mean a wait of at least 133 ms:
+    // far longer than a 10 ms deadline, however fast the machine.
+    let (db, server) = setup(&[("db.pool_size", "1"), ("invocation.queue_capacity", "50")]);
+    let mut rpc = Rpc::session(&server.addr);
+    let mut watcher = Rpc::session(&server.addr);
+    let mut locker = db.connect();
+    let instance = result(&watcher.call("sys.status", json!({})))["instance"].clone();
+    // The pace is trusted for 2 s after the last call finished: a machine
+    // stalled that long between the warm-up and the request gets the
+    // request admitted instead, and the round is run again.
+    for round in 1.. {
+        for _ in 0..4 {
+            assert_eq!(result(&rpc.call("api.sleep_ms", json!({"ms": 100}))), 100);
+        }
+        hold_the_worker(&mut locker, &mut rpc, &mut watcher, 2);
+        let before = result(&watcher.call("sys.status", json!({})))["counters"]
+            ["rejected_overload"]
+            .as_u64()
+            .unwrap();
+        let id = rpc.send_with("api.add", json!({"a": 2}), json!({"timeout_ms": 10}));
+        let status = watcher.wait_for_status("the request to be refused or queued", |s| {
+            s["counters"]["rejected_overload"].as_u64() > Some(before) || s["queue"]["depth"] == 3
+        });
+        if status["queue"]["depth"] == 3 {
+            assert!(
+                round < 5,
+                "admitted in {round} rounds: the pace was never known"
+            );
+            release_the_worker(&mut locker, &mut rpc, 4);
+            continue;
+        }
+        // Answered while the worker is still held: at once, not from the queue.
+        let refused = rpc.read_reply().expect("the refusal");
+        assert_eq!(refused["id"], id, "{refused}");
+        assert_eq!(error_code(&refused), -32001, "{refused}");
+        let data = &refused["error"]["data"];
+        assert_eq!(
+            data["reason"], "deadline shorter than the queue wait",
+            "{refused}"
+        );
+        assert_eq!(data["retryable"], true, "{refused}");
+        assert_eq!(data["queue_depth"], 2, "{refused}");
+        assert_eq!(data["queue_capacity"], 50, "{refused}");
+        assert_eq!(data["instance"], instance, "{refused}");
+        // Half the estimated wait, which exceeds the 10 ms deadline.
+        let retry_after = data["retry_after_ms"].as_u64().unwrap();
+        assert!(retry_after >= 5, "{refused}");
+        let rest = release_the_worker(&mut locker, &mut rpc, 3);
+        let results: Vec<&Value> = rest.iter().map(result).collect();
+        assert_eq!(results, [&json!(1), &json!(1), &json!(1)]);
+        break;
+    }
 }
 
 #[test]
