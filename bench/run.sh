@@ -80,9 +80,9 @@ bouncer_pidfile=$tmp/pgbouncer.pid
 # session of their own (setsid), as they would under systemd, rather than in
 # this script's. Linux's scheduler (with kernel.sched_autogroup_enabled, the
 # default on desktop and many server kernels) shares the CPU fairly between
-# sessions before sharing it between threads: in one session, blitz-server's
-# 500 reader threads under overload would outweigh PostgreSQL's 4 backends
-# 500 to 4, a contest no deployment sets up.
+# sessions before sharing it between threads: in one session, the bench
+# client's and blitz-server's threads would compete with PostgreSQL's
+# backends thread for thread, a contest no deployment sets up.
 #
 # PostgreSQL and PgBouncer refuse to run as root: run them as `postgres`.
 as_pg() {

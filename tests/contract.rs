@@ -2054,7 +2054,7 @@ fn a_repeat_while_the_first_runs_waits_for_its_outcome() {
 
 #[test]
 fn a_function_error_is_recorded_and_returned_to_a_repeat_without_running() {
-    // The recorded outcome is the result or the error (issue 10): the
+    // The recorded outcome is the result or the error: the
     // function raised once, and the repeat gets the same -32010.
     let db = fixture_db();
     let blitz = Blitz::start(&db, &[]);

@@ -5,8 +5,10 @@
 //! The counters are those of [`Metrics`] (the `/metrics` exposition):
 //! `sys.status` reads them, so there is one counting mechanism. The
 //! router's threads touch only atomics here, so a storm of refusals does
-//! not queue 500 threads on one lock: each counter is one atomic, and the pace of the workers is published to an atomic by the
-//! workers, which alone take the one short lock around the latency windows.
+//! not make them wait for each other or for the workers: each counter is
+//! one atomic, and the pace of the workers is published to an atomic by
+//! the workers, which alone take the one short lock around the latency
+//! windows.
 //!
 //! That pace is measured as a worker's *cycle*: the time from taking one
 //! job to taking the next while the queue was never empty in between. It

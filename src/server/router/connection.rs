@@ -289,7 +289,7 @@ impl Connection {
         flushed
     }
 
-    /// Whether the loop paused reading (outbox full).
+    /// Records that the loop paused reading (outbox full) or resumed.
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Release);
     }
