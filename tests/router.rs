@@ -349,3 +349,26 @@ fn the_thread_count_does_not_grow_with_the_clients() {
     assert_eq!(status(&server.addr)["router_threads"], 2);
     drop(conns);
 }
+
+#[test]
+fn status_is_answered_and_counts_right_with_many_idle_connections() {
+    let (_db, server) = setup(&[]);
+    const IDLE: usize = 500;
+    let mut idle: Vec<TcpStream> = (0..IDLE)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    let mut watcher = Rpc::session(&server.addr);
+    let status = watcher.wait_for_status("every idle connection to count", |s| {
+        s["connections"]["open"] == IDLE + 1
+    });
+    assert_eq!(status["connections"]["outbox_bytes"], 0, "{status}");
+    idle.truncate(IDLE / 2);
+    let status = watcher.wait_for_status("the closed half to be gone", |s| {
+        s["connections"]["open"] == IDLE / 2 + 1
+    });
+    assert_eq!(status["connections"]["outbox_bytes"], 0, "{status}");
+    drop(idle);
+    watcher.wait_for_status("only the watcher to be left", |s| {
+        s["connections"]["open"] == 1
+    });
+}

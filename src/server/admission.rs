@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::RwLock;
 
 use super::metrics::Refusal;
-use super::router::connection::Responder;
+use super::router::responder::Responder;
 use super::stats::Stats;
 use crate::db::Deadline;
 use crate::logging::LogThrottle;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::admission::Dispatcher;
-use super::router::connection::Registry;
+use super::router::registry::Registry;
 use super::shutdown::Shutdown;
 use super::stats::Stats;
 use crate::auth::sessions::Sessions;

@@ -141,15 +141,17 @@ impl Stats {
         self.started.elapsed()
     }
 
-    /// Counters, errors by code and latency percentiles as JSON.
+    /// Counters, errors by code and latency percentiles as JSON. The
+    /// workers' lock is held only to copy the two minute histograms.
     pub fn to_json(&self) -> Value {
         let m = &self.metrics;
         let now = Instant::now();
         let mut recent = self.recent.lock();
-        let queue_wait = recent.queue_wait.percentiles(now);
-        let execution = recent.execution.percentiles(now);
+        let queue_wait = recent.queue_wait.last_minute(now);
+        let execution = recent.execution.last_minute(now);
         let completion_rate = recent.rate.per_second(now);
         drop(recent);
+        let (queue_wait, execution) = (percentiles(&queue_wait), percentiles(&execution));
         let errors: serde_json::Map<String, Value> = m
             .errors_by_code()
             .into_iter()
@@ -258,10 +260,14 @@ impl RateMeter {
     }
 }
 
-/// A one-minute sliding window of latency histograms, one per second.
+/// A one-minute sliding window of latency histograms, one per second,
+/// and their sum, kept as seconds are recorded and expire (reading the
+/// last minute is one copy, not a merge of sixty histograms).
 #[derive(Debug)]
 struct Window {
     seconds: Vec<(u64, Histogram)>,
+    /// The sum of `seconds`.
+    minute: Histogram,
     origin: Instant,
 }
 
@@ -279,14 +285,35 @@ impl Window {
     fn new(origin: Instant) -> Window {
         Window {
             seconds: Vec::new(),
+            minute: new_histogram(),
             origin,
+        }
+    }
+
+    /// Drops the seconds older than a minute from the window and its sum.
+    fn expire(&mut self, now: Instant) {
+        let second = now.duration_since(self.origin).as_secs();
+        let live = self
+            .seconds
+            .partition_point(|(s, _)| s + WINDOW_SECONDS <= second);
+        let mut exact = true;
+        for (_, h) in self.seconds.drain(..live) {
+            exact &= self.minute.subtract(&h).is_ok();
+        }
+        if !exact {
+            // A count saturated: sum the seconds left afresh.
+            self.minute = new_histogram();
+            for (_, h) in &self.seconds {
+                let _ = self.minute.add(h);
+            }
         }
     }
 
     fn record(&mut self, now: Instant, value: Duration) {
         let second = now.duration_since(self.origin).as_secs();
-        self.seconds.retain(|(s, _)| s + WINDOW_SECONDS > second);
+        self.expire(now);
         let micros = (value.as_micros() as u64).max(1);
+        self.minute.saturating_record(micros);
         match self.seconds.last_mut() {
             Some((s, h)) if *s == second => h.saturating_record(micros),
             _ => {
@@ -297,27 +324,22 @@ impl Window {
         }
     }
 
-    fn percentiles(&self, now: Instant) -> Value {
-        let second = now.duration_since(self.origin).as_secs();
-        let mut merged = new_histogram();
-        for (_, h) in self
-            .seconds
-            .iter()
-            .filter(|(s, _)| s + WINDOW_SECONDS > second)
-        {
-            // Same bounds on both sides: adding cannot fail.
-            let _ = merged.add(h);
-        }
-        let quantile_ms = |q: f64| {
-            (!merged.is_empty())
-                .then(|| (merged.value_at_quantile(q) as f64 / 10.0).round() / 100.0)
-        };
-        json!({
-            "count": merged.len(),
-            "p50": quantile_ms(0.50),
-            "p99": quantile_ms(0.99),
-        })
+    /// The values recorded in the last minute.
+    fn last_minute(&mut self, now: Instant) -> Histogram {
+        self.expire(now);
+        self.minute.clone()
     }
+}
+
+/// Count, median and 99th percentile (ms) of a histogram, as JSON.
+fn percentiles(h: &Histogram) -> Value {
+    let quantile_ms =
+        |q: f64| (!h.is_empty()).then(|| (h.value_at_quantile(q) as f64 / 10.0).round() / 100.0);
+    json!({
+        "count": h.len(),
+        "p50": quantile_ms(0.50),
+        "p99": quantile_ms(0.99),
+    })
 }
 
 #[cfg(test)]
@@ -331,13 +353,30 @@ mod tests {
         for ms in 1..=100 {
             w.record(t0, Duration::from_millis(ms));
         }
-        let p = w.percentiles(t0);
+        let p = percentiles(&w.last_minute(t0));
         assert_eq!(p["count"], 100);
         let (p50, p99) = (p["p50"].as_f64().unwrap(), p["p99"].as_f64().unwrap());
         assert!((50.0..=50.5).contains(&p50), "{p50}");
         assert!((99.0..=100.0).contains(&p99), "{p99}");
-        let later = w.percentiles(t0 + Duration::from_secs(WINDOW_SECONDS + 1));
+        let later = percentiles(&w.last_minute(t0 + Duration::from_secs(WINDOW_SECONDS + 1)));
         assert_eq!(later, json!({"count": 0, "p50": null, "p99": null}));
+    }
+
+    #[test]
+    fn the_minute_holds_what_the_last_sixty_seconds_recorded() {
+        let t0 = Instant::now();
+        let mut w = Window::new(t0);
+        for s in 0..90 {
+            let at = t0 + Duration::from_secs(s);
+            w.record(at, Duration::from_millis(1 + s));
+            w.record(at, Duration::from_millis(1 + s));
+        }
+        let at = t0 + Duration::from_secs(89);
+        let minute = w.last_minute(at);
+        assert_eq!(minute.len(), 120, "seconds 30 to 89, two values each");
+        assert!(minute.equivalent(minute.min(), 31_000), "{}", minute.min());
+        let p50 = percentiles(&minute)["p50"].as_f64().unwrap();
+        assert!((60.0..=61.0).contains(&p50), "{p50}");
     }
 
     #[test]

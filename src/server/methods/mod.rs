@@ -32,7 +32,8 @@ use serde_json::{json, Value};
 use super::admission::Job;
 use super::context::Context;
 use super::metrics::{MethodKind, Refusal};
-use super::router::connection::{Connection, Responder};
+use super::router::connection::Connection;
+use super::router::responder::Responder;
 use crate::db::Deadline;
 use crate::protocol::{Request, RpcError};
 

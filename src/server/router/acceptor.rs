@@ -28,8 +28,10 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::connection::{Connection, Exchange, Home, Responder};
+use super::collector::ReplyCollector;
+use super::connection::{Connection, Home};
 use super::requests::Router;
+use super::responder::Responder;
 use crate::logging::LogThrottle;
 use crate::protocol::framing::{Framing, Wire};
 use crate::protocol::{null_id, RpcError};
@@ -214,9 +216,10 @@ impl Acceptor {
         let responder = match wire {
             Wire::Stream => Responder::new(&conn, None, Some(null_id())),
             // An HTTP client gets a 503 response (Connection: close) with it.
-            Wire::Http => {
-                Responder::for_exchange(&Exchange::new(&conn, 1, false, false), Some(null_id()))
-            }
+            Wire::Http => Responder::collected(
+                &ReplyCollector::for_http(&conn, 1, false, false),
+                Some(null_id()),
+            ),
         };
         responder.reply(Err(RpcError::too_many_connections(max)));
         let _ = conn.stream().shutdown(SocketShutdown::Write);

@@ -1,10 +1,10 @@
 //! One client connection as its event loop and the workers share it, and
-//! [`Responder`], the one path by which every reply is rendered, counted
-//! and written.
+//! [`Home`], its event loop as other threads reach it.
 //!
 //! [`Connection`] owns the nonblocking socket, its [`Outbox`], the count of
-//! requests in flight and the bound session. It holds the handles it needs
-//! (counters, lifecycle, its loop's [`Home`]), never the server context.
+//! requests in flight and the bound session. It holds the [`Handles`] it
+//! needs (counters, lifecycle, write timeout, the gauge of queued reply
+//! bytes) and its loop's [`Home`], never the server context.
 //!
 //! Who writes: a worker that replies appends to the outbox and writes it at
 //! once if the socket takes it without blocking; whatever is left (a full
@@ -12,28 +12,19 @@
 //! event loop through [`Home`], which wakes the loop. On an event-loop
 //! thread replies are only appended: the loop writes each socket once,
 //! after it has read everything that socket had ready in this wake-up.
-//!
-//! [`Responder`] is created for each request the router reads, travels
-//! with the request through the queue, and answers exactly once; if it is
-//! dropped unanswered (a bug, or shutdown), its `Drop` answers for it.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::net::{Shutdown as SocketShutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mio::net::TcpStream;
 use parking_lot::Mutex;
-use serde_json::value::RawValue;
-use serde_json::Value;
 
-use super::outbox::{Flushed, Outbox, Pushed};
+use super::outbox::{Flushed, Outbox, Pushed, QueuedBytes, WRITE_TIMEOUT};
 use crate::auth::sessions::Session;
 use crate::protocol::framing::Framing;
-use crate::protocol::http;
-use crate::protocol::{write_error, write_raw_result, write_result, Id, RpcError};
-use crate::server::metrics::MethodKind;
 use crate::server::shutdown::Shutdown;
 use crate::server::stats::Stats;
 
@@ -115,13 +106,31 @@ impl Home {
     }
 }
 
-/// What a connection needs from the server: counters and the lifecycle.
+/// What a connection needs from the server: counters, the lifecycle, the
+/// write timeout and the gauge of queued reply bytes.
 #[derive(Clone)]
 pub struct Handles {
     /// Counters (every error reply is counted).
     pub stats: Arc<Stats>,
     /// Lifecycle state (a reply dropped while stopping is -32003).
     pub shutdown: Arc<Shutdown>,
+    /// How long a client may leave its replies unread before it is closed.
+    pub write_timeout: Duration,
+    /// Reply bytes queued in all the server's outboxes.
+    pub queued_bytes: QueuedBytes,
+}
+
+impl Handles {
+    /// The handles of a server's connections, with the server's
+    /// [`WRITE_TIMEOUT`].
+    pub fn new(stats: Arc<Stats>, shutdown: Arc<Shutdown>, queued_bytes: QueuedBytes) -> Handles {
+        Handles {
+            stats,
+            shutdown,
+            write_timeout: WRITE_TIMEOUT,
+            queued_bytes,
+        }
+    }
 }
 
 /// The shared state of one client connection.
@@ -164,7 +173,7 @@ impl Connection {
             number,
             peer,
             stream,
-            outbox: Outbox::new(),
+            outbox: Outbox::new(handles.write_timeout, handles.queued_bytes.clone()),
             home,
             handles,
             in_flight: AtomicUsize::new(0),
@@ -176,6 +185,11 @@ impl Connection {
             token: AtomicUsize::new(usize::MAX),
             session: Mutex::new(None),
         }
+    }
+
+    /// What the connection was given by the server.
+    pub fn handles(&self) -> &Handles {
+        &self.handles
     }
 
     /// The socket (the event loop reads it; writes go through the outbox).
@@ -225,13 +239,13 @@ impl Connection {
     }
 
     /// Frees one request's in-flight slot; true when it was the last.
-    fn end(&self) -> bool {
+    pub(super) fn end(&self) -> bool {
         self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
     /// After the last reply of a client that sent end of file: its loop
     /// may close it now (once the reply is written).
-    fn done_if_read_closed(self: &Arc<Self>) {
+    pub(super) fn done_if_read_closed(self: &Arc<Self>) {
         if self.is_read_closed() && !on_event_loop() {
             self.home.hand_over(self.clone());
         }
@@ -364,369 +378,17 @@ impl Connection {
     }
 }
 
-/// The open client connections, for `max_clients`, for `sys.status` and
-/// for unbinding a session everywhere at logout.
-#[derive(Default)]
-pub struct Registry {
-    open: Mutex<HashMap<u64, Arc<Connection>>>,
-}
-
-impl Registry {
-    /// Registers `conn` unless `max` are already open.
-    pub fn try_add(&self, conn: &Arc<Connection>, max: usize) -> bool {
-        let mut open = self.open.lock();
-        if open.len() >= max {
-            return false;
-        }
-        open.insert(conn.number, conn.clone());
-        true
-    }
-
-    /// Forgets a connection its loop has closed.
-    pub fn remove(&self, number: u64) {
-        self.open.lock().remove(&number);
-    }
-
-    /// Open connections.
-    pub fn len(&self) -> usize {
-        self.open.lock().len()
-    }
-
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Reply bytes queued in the outboxes of all open connections.
-    pub fn outbox_bytes(&self) -> usize {
-        let open: Vec<_> = self.open.lock().values().cloned().collect();
-        open.iter().map(|conn| conn.outbox.queued()).sum()
-    }
-
-    /// Unbinds session `key` from every open connection (after a logout).
-    pub fn unbind_session(&self, key: &str) {
-        let open: Vec<_> = self.open.lock().values().cloned().collect();
-        for conn in open {
-            conn.unbind_session(key);
-        }
-    }
-}
-
-/// Collects the replies of one batch and writes them as one JSON array.
-pub struct Batch {
-    conn: Arc<Connection>,
-    remaining: AtomicUsize,
-    replies: Mutex<Vec<u8>>,
-}
-
-impl Batch {
-    /// A batch of `len` elements on `conn`.
-    pub fn new(conn: Arc<Connection>, len: usize) -> Arc<Batch> {
-        Arc::new(Batch {
-            conn,
-            remaining: AtomicUsize::new(len),
-            replies: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn complete(&self, reply: Option<&[u8]>) {
-        if let Some(r) = reply {
-            let mut replies = self.replies.lock();
-            let separator = if replies.is_empty() { b'[' } else { b',' };
-            replies.push(separator);
-            replies.extend_from_slice(r);
-        }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let mut replies = std::mem::take(&mut *self.replies.lock());
-            if !replies.is_empty() {
-                replies.extend_from_slice(b"]\n");
-                self.conn.deliver(&replies);
-            }
-        }
-    }
-}
-
-/// Collects the replies to one HTTP request (one request or a batch) and
-/// sends them as one HTTP response, with the status the wire contract
-/// gives them (see [`http::rpc_status`]).
-pub struct Exchange {
-    conn: Arc<Connection>,
-    batch: bool,
-    keep_alive: bool,
-    remaining: AtomicUsize,
-    replies: Mutex<Collected>,
-}
-
-/// The replies of an [`Exchange`] so far.
-#[derive(Default)]
-struct Collected {
-    /// `[r1,r2` (batch) or the one reply.
-    body: Vec<u8>,
-    /// Replies written (notifications have none).
-    count: usize,
-    /// The error of a single request, for its status.
-    error: Option<RpcError>,
-}
-
-impl Exchange {
-    /// An exchange for `len` requests read from one HTTP request on `conn`
-    /// (`batch`: the body was an array); the connection reads no further
-    /// request until its response is queued.
-    pub fn new(conn: &Arc<Connection>, len: usize, batch: bool, keep_alive: bool) -> Arc<Exchange> {
-        conn.begin_exchange();
-        Arc::new(Exchange {
-            conn: conn.clone(),
-            batch,
-            keep_alive,
-            remaining: AtomicUsize::new(len),
-            replies: Mutex::new(Collected::default()),
-        })
-    }
-
-    fn complete(&self, reply: Option<&[u8]>, error: Option<&RpcError>) {
-        {
-            let mut collected = self.replies.lock();
-            if let Some(r) = reply {
-                if self.batch {
-                    let separator = if collected.count == 0 { b'[' } else { b',' };
-                    collected.body.push(separator);
-                }
-                collected.body.extend_from_slice(r);
-                collected.count += 1;
-                if !self.batch {
-                    collected.error = error.cloned();
-                }
-            }
-        }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let collected = std::mem::take(&mut *self.replies.lock());
-            let status = match self.batch {
-                true => http::rpc_status(None),
-                false => http::rpc_status(collected.error.as_ref()),
-            };
-            let mut body = collected.body;
-            if self.batch && collected.count > 0 {
-                body.push(b']');
-            }
-            let body = (collected.count > 0).then(|| String::from_utf8_lossy(&body).into_owned());
-            let response = http::rpc_response(status, body, self.keep_alive);
-            self.conn
-                .deliver_response(&response.to_bytes(), !self.keep_alive);
-        }
-    }
-}
-
-/// Where a reply goes.
-enum Target {
-    Connection(Arc<Connection>),
-    Batch(Arc<Batch>),
-    Exchange(Arc<Exchange>),
-}
-
-/// A reply's body: a result to render, a result rendered already (the
-/// router's templates), or an error.
-pub enum Outcome<'a> {
-    /// A result value.
-    Result(&'a Value),
-    /// A result as JSON text.
-    Raw(&'a RawValue),
-    /// An error.
-    Error(&'a RpcError),
-}
-
-/// The obligation to answer one request exactly once.
-pub struct Responder {
-    target: Target,
-    /// `None` for a notification: it runs, but nothing is written.
-    id: Option<Id>,
-    /// Whether this request counts in its connection's in-flight total.
-    counted: bool,
-    /// What the request asked for, for the request counters.
-    kind: MethodKind,
-    answered: bool,
-}
-
-impl Responder {
-    /// A responder for a request read on `conn` (`batch`: part of a batch).
-    pub fn new(conn: &Arc<Connection>, batch: Option<&Arc<Batch>>, id: Option<Id>) -> Responder {
-        let target = match batch {
-            Some(b) => Target::Batch(b.clone()),
-            None => Target::Connection(conn.clone()),
-        };
-        Responder {
-            target,
-            id,
-            counted: false,
-            kind: MethodKind::Other,
-            answered: false,
-        }
-    }
-
-    /// Says what the request asked for (its reply is counted under it).
-    pub fn set_kind(&mut self, kind: MethodKind) {
-        self.kind = kind;
-    }
-
-    /// A responder for a request read from an HTTP request (`exchange`).
-    pub fn for_exchange(exchange: &Arc<Exchange>, id: Option<Id>) -> Responder {
-        Responder {
-            target: Target::Exchange(exchange.clone()),
-            id,
-            counted: false,
-            kind: MethodKind::Other,
-            answered: false,
-        }
-    }
-
-    /// The connection the request came from.
-    pub fn connection(&self) -> &Arc<Connection> {
-        match &self.target {
-            Target::Connection(c) => c,
-            Target::Batch(b) => &b.conn,
-            Target::Exchange(x) => &x.conn,
-        }
-    }
-
-    /// Counts the request in its connection's in-flight total if below
-    /// `limit`; false (and nothing counted) otherwise.
-    pub fn count_in_flight(&mut self, limit: usize) -> bool {
-        self.counted = self.connection().try_begin(limit);
-        self.counted
-    }
-
-    /// The request's id, for logs (`"notification"` when it has none).
-    pub fn id_text(&self) -> &str {
-        self.id.as_deref().map_or("notification", |id| id.get())
-    }
-
-    /// Sends the one reply.
-    pub fn reply(mut self, outcome: Result<Value, RpcError>) {
-        match &outcome {
-            Ok(v) => self.send(Outcome::Result(v)),
-            Err(e) => self.send(Outcome::Error(e)),
-        }
-    }
-
-    /// Sends the one reply, a result already rendered as JSON.
-    pub fn reply_raw(mut self, result: &RawValue) {
-        self.send(Outcome::Raw(result));
-    }
-
-    /// The one reply path: count, render, deliver.
-    fn send(&mut self, outcome: Outcome) {
-        self.answered = true;
-        let conn = self.connection().clone();
-        let error = match &outcome {
-            Outcome::Error(e) => Some(e.code),
-            _ => None,
-        };
-        conn.handles.stats.count_reply(self.kind, error);
-        let text = self.id.as_deref().map(|id| render(id, &outcome));
-        // The request is done: free its in-flight slot before the client
-        // can see the reply, or a client that sends its next request on
-        // reading it may be refused for a slot this one still held.
-        let was_last = std::mem::take(&mut self.counted) && conn.end();
-        match &self.target {
-            Target::Connection(c) => {
-                if let Some(mut text) = text {
-                    text.push(b'\n');
-                    c.deliver(&text);
-                }
-            }
-            Target::Batch(b) => b.complete(text.as_deref()),
-            Target::Exchange(x) => {
-                let error = match &outcome {
-                    Outcome::Error(e) => Some(*e),
-                    _ => None,
-                };
-                x.complete(text.as_deref(), error)
-            }
-        }
-        if was_last {
-            conn.done_if_read_closed();
-        }
-    }
-}
-
-/// A reply as one JSON text, rendered into one buffer with room for the
-/// `\n` that ends it on the stream.
-fn render(id: &RawValue, outcome: &Outcome) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    match outcome {
-        Outcome::Result(v) => write_result(&mut out, id, v),
-        Outcome::Raw(raw) => write_raw_result(&mut out, id, raw),
-        Outcome::Error(e) => write_error(&mut out, id, e),
-    }
-    out
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        if self.answered {
-            return;
-        }
-        let error = if self.connection().handles.shutdown.is_stopping() {
-            RpcError::shutting_down()
-        } else {
-            log::error!(
-                "request {} was dropped without a reply (a bug)",
-                self.id_text()
-            );
-            RpcError::internal("the request was dropped without a reply")
-        };
-        self.send(Outcome::Error(&error));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
     use std::io::{BufRead, BufReader};
-    use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
 
-    use super::*;
-
-    /// A connection on a loopback socket pair, and a thread standing in for
-    /// its event loop: it takes what workers hand over and writes it again
-    /// until the socket takes it (the real loop waits for writability).
-    fn loopback() -> (Arc<Connection>, std::net::TcpStream, Arc<AtomicBool>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server_side, peer) = listener.accept().unwrap();
-        server_side.set_nonblocking(true).unwrap();
-        let poll = mio::Poll::new().unwrap();
-        let home = Arc::new(Home::new(
-            mio::Waker::new(poll.registry(), mio::Token(0)).unwrap(),
-        ));
-        let handles = Handles {
-            stats: Arc::new(Stats::new()),
-            shutdown: Arc::new(Shutdown::default()),
-        };
-        let stream = TcpStream::from_std(server_side);
-        let conn = Arc::new(Connection::new(1, stream, peer, home.clone(), handles));
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = stop.clone();
-        std::thread::spawn(move || {
-            let _poll = poll; // keeps the waker's poll alive
-            let mut pending: Vec<Arc<Connection>> = Vec::new();
-            while !done.load(Ordering::Acquire) {
-                pending.extend(home.take().flush);
-                pending.retain(|c| {
-                    matches!(
-                        c.flush_from_loop(),
-                        Flushed::Blocked | Flushed::More | Flushed::Busy
-                    )
-                });
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-        (conn, client, stop)
-    }
+    use super::super::loopback::{loopback, WRITE_TIMEOUT};
 
     #[test]
     fn concurrent_replies_arrive_whole_once_and_in_each_writers_order() {
-        let (conn, client, stop) = loopback();
+        let (conn, client, _event_loop) = loopback();
         const WRITERS: usize = 8;
         const LINES: usize = 2_000;
         let reader = std::thread::spawn(move || {
@@ -759,7 +421,6 @@ mod tests {
             w.join().unwrap();
         }
         let seen = reader.join().unwrap();
-        stop.store(true, Ordering::Release);
         assert_eq!(seen.len(), WRITERS);
         assert!(seen.values().all(|&n| n == LINES), "{seen:?}");
         assert!(!conn.is_broken());
@@ -767,32 +428,37 @@ mod tests {
 
     #[test]
     fn a_client_that_does_not_read_is_given_up_without_holding_the_writers() {
-        let (conn, _client, stop) = loopback(); // never read
+        let (conn, _client, _event_loop) = loopback(); // never read
         let big = vec![b'x'; 1 << 20];
-        let start = Instant::now();
         let writers: Vec<_> = (0..4)
             .map(|_| {
                 let (conn, big) = (conn.clone(), big.clone());
                 std::thread::spawn(move || {
                     let mut most = 0;
+                    let mut longest = Duration::ZERO;
                     for _ in 0..16 {
+                        let start = Instant::now();
                         conn.deliver(&big);
+                        longest = longest.max(start.elapsed());
                         most = most.max(conn.outbox().queued());
                     }
-                    most
+                    (most, longest)
                 })
             })
             .collect();
-        let most = writers.into_iter().map(|w| w.join().unwrap()).max();
-        stop.store(true, Ordering::Release);
+        let results: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
         assert!(conn.is_broken());
         // Nothing is added to a full outbox (one reply over the limit goes in alone).
-        assert!(most.unwrap() <= 1 << 20, "{most:?} bytes queued");
-        // The writers wait for room at most WRITE_TIMEOUT, then give the client up.
-        let took = start.elapsed();
+        let most = results.iter().map(|r| r.0).max().unwrap();
+        assert!(most <= 1 << 20, "{most} bytes queued");
+        // A writer waits for room while the client reads nothing for the
+        // write timeout, then gives the client up: no writer is held much
+        // beyond it (the bound is loose: a loaded machine may be slow to
+        // wake a thread; the outbox's tests show the wait itself).
+        let longest = results.iter().map(|r| r.1).max().unwrap();
         assert!(
-            took < super::super::outbox::WRITE_TIMEOUT * 3,
-            "took {took:?}"
+            longest < WRITE_TIMEOUT * 40,
+            "a writer was held {longest:?}"
         );
     }
 }

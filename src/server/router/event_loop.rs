@@ -16,8 +16,8 @@
 //!
 //! About once a second ([`TICK`]) the loop walks its connections: it closes
 //! those idle for `idle_timeout_s` with nothing in flight (or with a text
-//! half sent), those that left their replies unread for
-//! [`WRITE_TIMEOUT`](super::outbox::WRITE_TIMEOUT), and those that sent
+//! half sent), those that left their replies unread for the write
+//! timeout ([`WRITE_TIMEOUT`](super::outbox::WRITE_TIMEOUT)), and those that sent
 //! end of file and have every reply written. No timer per connection.
 
 use std::io::{self, Read};
@@ -30,7 +30,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::connection::{mark_event_loop_thread, Connection, Home};
-use super::outbox::{Flushed, WRITE_TIMEOUT};
+use super::outbox::Flushed;
 use super::requests::{handle_frame, Router};
 use crate::protocol::framing::Framing;
 
@@ -82,6 +82,8 @@ pub struct EventLoop {
     next_tick: Instant,
     /// Since when the loop is finishing (no more reading).
     stopping: Option<Instant>,
+    /// How long a finishing loop waits for clients that do not read.
+    write_timeout: Duration,
 }
 
 impl EventLoop {
@@ -89,6 +91,7 @@ impl EventLoop {
     pub fn new(router: Arc<Router>) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let write_timeout = router.handles().write_timeout;
         Ok(EventLoop {
             router,
             poll,
@@ -99,6 +102,7 @@ impl EventLoop {
             turn: 0,
             next_tick: Instant::now() + TICK,
             stopping: None,
+            write_timeout,
         })
     }
 
@@ -162,7 +166,7 @@ impl EventLoop {
             self.tick(now);
         }
         self.stopping
-            .is_some_and(|since| self.conns.is_empty() || since.elapsed() >= WRITE_TIMEOUT)
+            .is_some_and(|since| self.conns.is_empty() || since.elapsed() >= self.write_timeout)
     }
 
     /// One turn of connection `t`: read once, handle at most
@@ -341,7 +345,7 @@ impl EventLoop {
             let outbox = conn.outbox();
             if conn.is_broken() {
                 closing.push((t, None));
-            } else if outbox.blocked_for(now) >= WRITE_TIMEOUT {
+            } else if outbox.is_stalled(now) {
                 closing.push((t, Some("the client reads too slowly")));
             } else if !idle.is_zero()
                 && now.saturating_duration_since(entry.last_read) >= idle

@@ -3,7 +3,7 @@
 //!
 //! `POST /` carries one request or a batch as its body; each request goes
 //! through the same dispatch (admission, queue, workers) as on TCP, with a
-//! [`Responder`] whose replies an [`Exchange`] collects into the one HTTP
+//! [`Responder`] whose replies a [`ReplyCollector`] gathers into the one HTTP
 //! response. `Authorization: Bearer <key>` gives each request of the body
 //! that has no `"session"` member of its own that session. The next
 //! request on the connection is read once this response is queued, so
@@ -16,8 +16,10 @@
 
 use std::sync::Arc;
 
-use super::connection::{Connection, Exchange, Responder};
+use super::collector::ReplyCollector;
+use super::connection::Connection;
 use super::requests::Router;
+use super::responder::Responder;
 use crate::protocol::http::{Event, HttpRequest, Rejection, Response, CONTINUE};
 use crate::protocol::{null_id, parse_line, render_error, Line, RpcError};
 use crate::server::metrics::MethodKind;
@@ -80,15 +82,15 @@ fn serve(router: &Router, conn: &Arc<Connection>, request: HttpRequest) {
     }
     match parse_line(&request.body) {
         Err(error) => {
-            let exchange = Exchange::new(conn, 1, false, keep);
-            Responder::for_exchange(&exchange, Some(null_id())).reply(Err(error));
+            let exchange = ReplyCollector::for_http(conn, 1, false, keep);
+            Responder::collected(&exchange, Some(null_id())).reply(Err(error));
         }
         Ok(Line::Single(parsed)) => {
-            let exchange = Exchange::new(conn, 1, false, keep);
+            let exchange = ReplyCollector::for_http(conn, 1, false, keep);
             dispatch(router, &exchange, parsed, request.bearer.as_deref());
         }
         Ok(Line::Batch(items)) => {
-            let exchange = Exchange::new(conn, items.len(), true, keep);
+            let exchange = ReplyCollector::for_http(conn, items.len(), true, keep);
             for parsed in items {
                 dispatch(router, &exchange, parsed, request.bearer.as_deref());
             }
@@ -98,7 +100,7 @@ fn serve(router: &Router, conn: &Arc<Connection>, request: HttpRequest) {
 
 fn dispatch(
     router: &Router,
-    exchange: &Arc<Exchange>,
+    exchange: &Arc<ReplyCollector>,
     parsed: crate::protocol::Parsed,
     bearer: Option<&str>,
 ) {
@@ -107,11 +109,11 @@ fn dispatch(
             if request.session.is_none() {
                 request.session = bearer.map(str::to_string);
             }
-            let responder = Responder::for_exchange(exchange, request.id.take());
+            let responder = Responder::collected(exchange, request.id.take());
             (router.dispatch)(request, responder);
         }
         Err((id, error)) => {
-            Responder::for_exchange(exchange, Some(id.unwrap_or_else(null_id))).reply(Err(error))
+            Responder::collected(exchange, Some(id.unwrap_or_else(null_id))).reply(Err(error))
         }
     }
 }

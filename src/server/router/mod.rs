@@ -9,9 +9,10 @@
 //!   (the method table's `route`), and write replies.
 //!
 //! The thread count is fixed at start whatever the number of clients.
-//! Per connection: [`connection`] (the socket, its [`outbox`], the
-//! [`Responder`](connection::Responder) of every request); from frames to
-//! dispatched requests: [`requests`].
+//! Per connection: [`connection`] (the socket and its [`outbox`]), kept in
+//! the [`registry`]; per request: its [`responder`], whose reply a
+//! [`collector`] gathers with the others of a batch or an HTTP request;
+//! from frames to dispatched requests: [`requests`].
 //!
 //! The transport seam: each listener is of a [`Wire`] kind and gives its
 //! connections the matching [`Framing`]; the loop only ever asks a framing
@@ -19,11 +20,16 @@
 //! both and a listener of that kind, not a second loop.
 
 pub mod acceptor;
+pub mod collector;
 pub mod connection;
 pub mod event_loop;
 pub mod http;
+#[cfg(test)]
+mod loopback;
 pub mod outbox;
+pub mod registry;
 pub mod requests;
+pub mod responder;
 
 use std::io;
 use std::net::TcpListener;

@@ -8,7 +8,8 @@
 //! - [`Outbox::push`] appends under a short lock (a copy, never a system
 //!   call). A thread that finds more than [`OUTBOX_LIMIT`] bytes queued
 //!   waits for room, but only a worker, and at most until the client has
-//!   read nothing for [`WRITE_TIMEOUT`]; then the connection is given up.
+//!   read nothing for the outbox's write timeout ([`WRITE_TIMEOUT`] in
+//!   the server); then the connection is given up.
 //!   An event-loop thread never waits: it stops reading from a client
 //!   whose outbox is full instead.
 //! - [`Outbox::flush`] takes everything queued and hands it to the socket
@@ -18,20 +19,48 @@
 //! - The result says what is left: the caller (the connection) passes any
 //!   rest to its event loop, which writes again when the socket is
 //!   writable.
+//!
+//! Every outbox adds what it holds to a [`QueuedBytes`] gauge shared by
+//! all the connections of the server, so that `sys.status` reads the total
+//! in one load instead of visiting every connection.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-/// How long a client may leave its replies unread (no byte taken by the
-/// socket while some are queued) before the connection is closed.
+/// The server's write timeout: how long a client may leave its replies
+/// unread (no byte taken by the socket while some are queued) before the
+/// connection is closed. Outboxes are given it (tests give a shorter one).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How many bytes of replies may wait in a connection's outbox; a worker
 /// with more to add waits for room. One reply larger than this still goes
 /// in alone.
 pub const OUTBOX_LIMIT: usize = 1 << 20;
+
+/// Reply bytes queued in a set of outboxes (all those of one server),
+/// kept current by each outbox as bytes are queued, written or dropped.
+#[derive(Clone, Default)]
+pub struct QueuedBytes(Arc<AtomicUsize>);
+
+impl QueuedBytes {
+    /// Bytes queued now, in all the outboxes that share this gauge.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Moves the gauge from one outbox's `before` to its `after`.
+    fn change(&self, before: usize, after: usize) {
+        if after > before {
+            self.0.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            self.0.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+}
 
 /// A spare buffer above this capacity is freed rather than kept for reuse.
 const SPARE_CAPACITY: usize = 64 * 1024;
@@ -58,7 +87,7 @@ pub enum Pushed {
     Queued,
     /// The outbox is closed (the client is gone); the bytes were dropped.
     Closed,
-    /// The client read nothing for [`WRITE_TIMEOUT`] while the outbox was
+    /// The client read nothing for the write timeout while the outbox was
     /// full: the outbox is now closed and the caller must close the socket.
     GaveUp,
 }
@@ -79,19 +108,43 @@ struct State {
     waiters: usize,
     /// No more bytes are accepted (the client is gone).
     closed: bool,
+    /// What this outbox has added to the shared [`QueuedBytes`] gauge.
+    counted: usize,
+}
+
+impl State {
+    /// Bytes queued, a write in progress included.
+    fn queued(&self) -> usize {
+        self.pending.len() + self.in_write
+    }
 }
 
 /// The bounded queue of reply bytes of one connection.
-#[derive(Default)]
 pub struct Outbox {
     state: Mutex<State>,
     room: Condvar,
+    /// How long a full outbox waits for the client to read before giving up.
+    write_timeout: Duration,
+    total: QueuedBytes,
 }
 
 impl Outbox {
-    /// An empty outbox.
-    pub fn new() -> Outbox {
-        Outbox::default()
+    /// An empty outbox that gives a client up after `write_timeout`
+    /// without reading, and counts what it holds in `total`.
+    pub fn new(write_timeout: Duration, total: QueuedBytes) -> Outbox {
+        Outbox {
+            state: Mutex::default(),
+            room: Condvar::new(),
+            write_timeout,
+            total,
+        }
+    }
+
+    /// Brings the shared gauge up to date with what `state` holds.
+    fn recount(&self, state: &mut State) {
+        let queued = state.queued();
+        self.total.change(state.counted, queued);
+        state.counted = queued;
     }
 
     /// Appends `bytes` (whole replies). With `may_wait`, waits while the
@@ -102,13 +155,13 @@ impl Outbox {
             if state.closed {
                 return Pushed::Closed;
             }
-            let queued = state.pending.len() + state.in_write;
+            let queued = state.queued();
             let full = queued > 0 && queued + bytes.len() > OUTBOX_LIMIT;
             if !full || !may_wait {
                 break;
             }
             let since = state.blocked_since.unwrap_or_else(Instant::now);
-            let left = (since + WRITE_TIMEOUT).saturating_duration_since(Instant::now());
+            let left = (since + self.write_timeout).saturating_duration_since(Instant::now());
             if left.is_zero() {
                 state.closed = true;
                 self.room.notify_all();
@@ -119,6 +172,7 @@ impl Outbox {
             state.waiters -= 1;
         }
         state.pending.extend_from_slice(bytes);
+        self.recount(&mut state);
         Pushed::Queued
     }
 
@@ -145,10 +199,12 @@ impl Outbox {
         state.writing = false;
         state.in_write = 0;
         let n = match written {
-            Ok(n) => n,
-            Err(_) => {
+            Ok(n) if !state.closed => n,
+            // The write failed, or the outbox was closed while it ran.
+            _ => {
                 state.closed = true;
                 state.pending = Vec::new();
+                self.recount(&mut state);
                 self.room.notify_all();
                 return Flushed::Failed;
             }
@@ -173,6 +229,7 @@ impl Outbox {
             (false, true) => Some(Instant::now()),
             (false, false) => state.blocked_since.or_else(|| Some(Instant::now())),
         };
+        self.recount(&mut state);
         if n > 0 && state.waiters > 0 {
             self.room.notify_all();
         }
@@ -185,8 +242,7 @@ impl Outbox {
 
     /// Bytes queued, a write in progress included.
     pub fn queued(&self) -> usize {
-        let state = self.state.lock();
-        state.pending.len() + state.in_write
+        self.state.lock().queued()
     }
 
     /// Whether more than [`OUTBOX_LIMIT`] bytes are queued: the event loop
@@ -209,6 +265,12 @@ impl Outbox {
             .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 
+    /// Whether the client has left its replies unread for the write
+    /// timeout (its connection is to be closed).
+    pub fn is_stalled(&self, now: Instant) -> bool {
+        self.blocked_for(now) >= self.write_timeout
+    }
+
     /// Drops what is queued and refuses more (the client is gone); wakes
     /// the threads waiting for room.
     pub fn close(&self) {
@@ -216,7 +278,16 @@ impl Outbox {
         state.closed = true;
         state.pending = Vec::new();
         state.spare = Vec::new();
+        self.recount(&mut state);
         self.room.notify_all();
+    }
+}
+
+impl Drop for Outbox {
+    /// Takes what is still queued off the shared gauge.
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        self.total.change(state.counted, 0);
     }
 }
 
@@ -236,6 +307,13 @@ fn write_once(mut out: impl Write, bytes: &[u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The write timeout of the tests: short, so that giving up is quick.
+    const TIMEOUT: Duration = Duration::from_millis(50);
+
+    fn outbox() -> Outbox {
+        Outbox::new(TIMEOUT, QueuedBytes::default())
+    }
 
     /// A sink that takes at most `room` bytes in all, then would block.
     struct Sink<'a> {
@@ -259,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_full_socket_keeps_the_rest_in_order_and_counts_the_stall() {
-        let outbox = Outbox::new();
+        let outbox = outbox();
         assert_eq!(outbox.push(b"one\n", false), Pushed::Queued);
         assert_eq!(outbox.push(b"two\n", false), Pushed::Queued);
         let mut taken = Vec::new();
@@ -285,7 +363,7 @@ mod tests {
 
     #[test]
     fn a_worker_waits_for_room_only_while_the_client_reads() {
-        let outbox = std::sync::Arc::new(Outbox::new());
+        let outbox = std::sync::Arc::new(outbox());
         let big = vec![b'x'; OUTBOX_LIMIT];
         assert_eq!(outbox.push(&big, true), Pushed::Queued);
         // An event-loop push never waits, even when full.
@@ -299,13 +377,18 @@ mod tests {
         assert_eq!(outbox.flush(sink), Flushed::Blocked); // blocked from now on
         let start = Instant::now();
         assert_eq!(outbox.push(b"reply\n", true), Pushed::GaveUp);
-        assert!(start.elapsed() >= WRITE_TIMEOUT - Duration::from_millis(50));
+        assert!(start.elapsed() >= TIMEOUT);
+        assert!(outbox.is_stalled(Instant::now()));
         assert_eq!(outbox.push(b"later\n", true), Pushed::Closed);
     }
 
     #[test]
     fn a_waiting_worker_goes_on_once_the_socket_takes_bytes() {
-        let outbox = std::sync::Arc::new(Outbox::new());
+        // A long timeout: the waiter must be woken by the write, not by it.
+        let outbox = std::sync::Arc::new(Outbox::new(
+            Duration::from_secs(3600),
+            QueuedBytes::default(),
+        ));
         outbox.push(&vec![b'x'; OUTBOX_LIMIT], true);
         let waiter = {
             let outbox = outbox.clone();
@@ -335,9 +418,33 @@ mod tests {
                 Ok(())
             }
         }
-        let outbox = Outbox::new();
+        let outbox = outbox();
         outbox.push(b"x\n", false);
         assert_eq!(outbox.flush(Broken), Flushed::Failed);
         assert_eq!(outbox.push(b"y\n", true), Pushed::Closed);
+    }
+
+    #[test]
+    fn the_shared_gauge_counts_what_every_outbox_holds() {
+        let total = QueuedBytes::default();
+        let (a, b) = (
+            Outbox::new(TIMEOUT, total.clone()),
+            Outbox::new(TIMEOUT, total.clone()),
+        );
+        a.push(b"one\n", false);
+        a.push(b"two\n", false);
+        b.push(b"three\n", false);
+        assert_eq!(total.get(), 14);
+        let mut taken = Vec::new();
+        let sink = Sink {
+            taken: &mut taken,
+            room: 5,
+        };
+        assert_eq!(a.flush(sink), Flushed::Blocked);
+        assert_eq!(total.get(), 9);
+        a.close();
+        assert_eq!(total.get(), 6);
+        drop(b);
+        assert_eq!(total.get(), 0);
     }
 }

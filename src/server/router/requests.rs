@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
-use super::connection::{Batch, Connection, Handles, Registry, Responder};
+use super::collector::ReplyCollector;
+use super::connection::{Connection, Handles};
+use super::registry::Registry;
+use super::responder::Responder;
 use crate::config::ServerConfig;
 use crate::protocol::framing::Frame;
 use crate::protocol::{null_id, parse_line, Line, Parsed, Request, RpcError};
@@ -34,10 +37,11 @@ pub struct Router {
 impl Router {
     /// What each connection is given.
     pub fn handles(&self) -> Handles {
-        Handles {
-            stats: self.stats.clone(),
-            shutdown: self.shutdown.clone(),
-        }
+        Handles::new(
+            self.stats.clone(),
+            self.shutdown.clone(),
+            self.connections.queued_bytes(),
+        )
     }
 }
 
@@ -58,7 +62,7 @@ fn handle_text(router: &Router, conn: &Arc<Connection>, bytes: &[u8]) {
         Err(e) => Responder::new(conn, None, Some(null_id())).reply(Err(e)),
         Ok(Line::Single(parsed)) => handle_parsed(router, conn, None, parsed),
         Ok(Line::Batch(items)) => {
-            let batch = Batch::new(conn.clone(), items.len());
+            let batch = ReplyCollector::for_batch(conn, items.len());
             for parsed in items {
                 handle_parsed(router, conn, Some(&batch), parsed);
             }
@@ -69,7 +73,7 @@ fn handle_text(router: &Router, conn: &Arc<Connection>, bytes: &[u8]) {
 fn handle_parsed(
     router: &Router,
     conn: &Arc<Connection>,
-    batch: Option<&Arc<Batch>>,
+    batch: Option<&Arc<ReplyCollector>>,
     parsed: Parsed,
 ) {
     match parsed {
