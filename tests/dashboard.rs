@@ -164,7 +164,7 @@ fn metric_names(expr: &str) -> Vec<String> {
 /// exposition: a gauge by its name, a counter with `_total`, a histogram
 /// with `_bucket`, `_sum` or `_count`.
 fn exposed(exp: &Exposition, name: &str) -> bool {
-    let family_type = |family: &str| exp.families.get(family).map(|f| f.family_type.clone());
+    let family_type = |family: &str| exp.families.get(family).map(|f| f.family_type);
     let with_suffix = |suffix: &str, want: OpenMetricsType| {
         name.strip_suffix(suffix)
             .is_some_and(|family| family_type(family) == Some(want))
