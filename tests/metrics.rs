@@ -107,6 +107,41 @@ fn histogram(exp: &Exposition, name: &str) -> (u64, Vec<f64>) {
     }
 }
 
+/// The count of histogram `name`'s series with exactly `labels` (0 when absent).
+fn histogram_count(exp: &Exposition, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let f = family(exp, name, OpenMetricsType::Histogram);
+    f.iter_samples()
+        .find(|s| {
+            let set = s.get_labelset().unwrap();
+            labels
+                .iter()
+                .all(|(k, v)| set.get_label_value(k) == Some(*v))
+        })
+        .map_or(0, |s| match &s.value {
+            OpenMetricsValue::Histogram(h) => h.count.expect("a count"),
+            other => panic!("{name}: not a histogram: {other:?}"),
+        })
+}
+
+/// The values of label `label` over the samples of family `name`.
+fn label_values(exp: &Exposition, name: &str, label: &str) -> Vec<String> {
+    let f = exp
+        .families
+        .get(name)
+        .unwrap_or_else(|| panic!("no family {name}"));
+    let mut values: Vec<String> = f
+        .iter_samples()
+        .filter_map(|s| {
+            s.get_labelset()
+                .ok()?
+                .get_label_value(label)
+                .map(String::from)
+        })
+        .collect();
+    values.dedup();
+    values
+}
+
 fn start(db: &TestDb, extra: &[(&str, &str)]) -> (Server, String) {
     db.execute(
         "CREATE SCHEMA blitz_api; \
@@ -193,6 +228,11 @@ fn metrics_move_with_the_calls() {
     assert_eq!(counter(&after, "blitz_requests", &overloaded), 1.0);
     let queue_full = [("reason", "queue_full")];
     assert_eq!(counter(&after, "blitz_refusals", &queue_full), 1.0);
+    let hold = |outcome| [("method", "api.hold"), ("outcome", outcome)];
+    assert_eq!(counter(&after, "blitz_api_calls", &hold("overloaded")), 1.0);
+    assert_eq!(counter(&after, "blitz_api_calls", &hold("ok")), 2.0);
+    let add_ok = [("method", "api.add"), ("outcome", "ok")];
+    assert_eq!(counter(&after, "blitz_api_calls", &add_ok), 5.0);
     assert_eq!(counter(&after, "blitz_sessions_created", &[]), 2.0);
     let (executed, _) = histogram(&after, "blitz_execution_seconds");
     assert_eq!(executed - executed_before, 9, "2 logins, 5 adds, 2 holds");
@@ -210,6 +250,66 @@ fn metrics_move_with_the_calls() {
     assert_eq!(counters["rejected_overload"], 1);
     assert_eq!(counters["errors_by_code"]["-32006"], 1);
     assert_eq!(counters["sessions_created"], 2);
+}
+
+#[test]
+fn api_calls_are_counted_by_method_and_outcome() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let db = TestDb::new();
+    let (server, metrics) = start(&db, &[("invocation.workers", "2")]);
+    let mut rpc = Rpc::session(&server.addr);
+    for i in 0..3 {
+        assert_eq!(result(&rpc.call("api.add", json!([i, 1]))), i + 1);
+    }
+    assert_eq!(error_code(&rpc.call("api.add", json!({"a": "x"}))), -32602);
+    for name in ["api.nope", "api.nothing_here"] {
+        assert_eq!(error_code(&rpc.call(name, json!({}))), -32601);
+    }
+    // api.hold waits for a lock this test holds: its deadline passes.
+    let mut locker = db.connect();
+    locker.execute("SELECT pg_advisory_lock(42)", &[]).unwrap();
+    let id = rpc.send_with("api.hold", json!({}), json!({"timeout_ms": 200}));
+    let reply = rpc.read_reply().expect("the deadline's reply");
+    assert_eq!(
+        (reply["id"].as_u64(), error_code(&reply)),
+        (Some(id), -32002)
+    );
+    locker
+        .execute("SELECT pg_advisory_unlock(42)", &[])
+        .unwrap();
+
+    let exp = scrape(&metrics);
+    let calls = |method: &str, outcome: &str| {
+        counter(
+            &exp,
+            "blitz_api_calls",
+            &[("method", method), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(calls("api.add", "ok"), 3.0);
+    assert_eq!(calls("api.add", "error"), 1.0);
+    assert_eq!(calls("api.add", "timeout"), 0.0);
+    assert_eq!(calls("api.hold", "timeout"), 1.0);
+    assert_eq!(calls("(unknown)", "error"), 2.0);
+    let mut methods = label_values(&exp, "blitz_api_calls", "method");
+    methods.sort();
+    assert_eq!(methods, ["(unknown)", "api.add", "api.hold"]);
+    let duration = "blitz_api_call_duration_seconds";
+    assert_eq!(histogram_count(&exp, duration, &[("method", "api.add")]), 4);
+    assert_eq!(
+        histogram_count(&exp, duration, &[("method", "api.hold")]),
+        1
+    );
+    assert_eq!(
+        histogram_count(&exp, duration, &[("method", "(unknown)")]),
+        2
+    );
+    // Only api. calls have per-method series; sys.status is counted by kind.
+    rpc.call("sys.status", json!({}));
+    let exp = scrape(&metrics);
+    let mut methods = label_values(&exp, "blitz_api_calls", "method");
+    methods.sort();
+    assert_eq!(methods, ["(unknown)", "api.add", "api.hold"]);
 }
 
 #[test]

@@ -114,8 +114,10 @@ impl Dispatcher {
         Some(Duration::from_secs_f64(depth as f64 / rate))
     }
 
-    fn overloaded(&self, reason: Refusal) -> RpcError {
+    fn overloaded(&self, reason: Refusal, method: &str) -> RpcError {
         self.stats.count_refusal(reason);
+        self.stats
+            .count_unrun_call(method, crate::protocol::code::OVERLOADED);
         self.log_refusal_burst();
         RpcError::overloaded(
             self.retry_after_ms(),
@@ -140,7 +142,7 @@ impl Dispatcher {
     pub fn admit(&self, request: Request, mut responder: Responder) {
         if !responder.count_in_flight(self.limits.max_in_flight) {
             return responder.reply(Err(self
-                .overloaded(Refusal::InFlightLimit)
+                .overloaded(Refusal::InFlightLimit, &request.method)
                 .with("reason", "in-flight limit of this connection")));
         }
         let timeout = request
@@ -149,7 +151,7 @@ impl Dispatcher {
         let deadline = Deadline::starting_now(timeout);
         if self.estimated_wait().is_some_and(|wait| wait > timeout) {
             return responder.reply(Err(self
-                .overloaded(Refusal::Deadline)
+                .overloaded(Refusal::Deadline, &request.method)
                 .with("reason", "deadline shorter than the queue wait")));
         }
         let job = Job {
@@ -167,7 +169,7 @@ impl Dispatcher {
             Err(TrySendError::Full(job)) => {
                 drop(sender);
                 job.responder.reply(Err(self
-                    .overloaded(Refusal::QueueFull)
+                    .overloaded(Refusal::QueueFull, &job.request.method)
                     .with("reason", "queue full")))
             }
             Err(TrySendError::Disconnected(job)) => {

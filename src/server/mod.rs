@@ -241,7 +241,10 @@ impl Server {
         let listener = self.metrics_listener.as_ref()?.try_clone().ok()?;
         let (gauges, ready, probe) = (self.ctx.clone(), self.ctx.clone(), self.ctx.clone());
         let endpoints = metrics::Endpoints {
-            metrics: Box::new(move || gauges.stats.metrics.render(&gauge_values(&gauges))),
+            metrics: Box::new(move || {
+                let catalog = gauges.catalog.current();
+                (gauges.stats.metrics).render(&gauge_values(&gauges), catalog.as_deref())
+            }),
             ready: Box::new(move || readiness(&ready)),
             tick: Box::new(move || probe.db.probe()),
         };

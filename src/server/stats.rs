@@ -8,7 +8,10 @@
 //! not make them wait for each other or for the workers: each counter is
 //! one atomic, and the pace of the workers is published to an atomic by
 //! the workers, which alone take the one short lock around the latency
-//! windows.
+//! windows. The
+//! per-method series of `api.` calls are kept per thread (see
+//! [`super::metrics::calls`]), so recording one takes no lock another
+//! worker takes.
 //!
 //! That pace is measured as a worker's *cycle*: the time from taking one
 //! job to taking the next while the queue was never empty in between. It
@@ -25,6 +28,21 @@ use serde_json::{json, Value};
 
 use super::metrics::{MethodKind, Metrics, Refusal};
 use crate::protocol::code;
+
+/// A request a worker ran, as [`Stats::record_completion`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    /// The method called.
+    pub method: &'a str,
+    /// The reply's error code; `None` for a result.
+    pub error: Option<i64>,
+    /// From arrival until a worker took it.
+    pub queued: Duration,
+    /// From then until its outcome was known.
+    pub executed: Duration,
+    /// From arrival until its reply was handed over.
+    pub end_to_end: Duration,
+}
 
 /// What the workers record about each completion.
 #[derive(Debug)]
@@ -84,16 +102,29 @@ impl Stats {
         self.metrics.count_reply(kind, error);
     }
 
+    /// Counts one reply to `method` that no worker ran (refused before the
+    /// queue, or expired in it) in the per-method series, if an `api.` call.
+    /// Takes only this thread's own table.
+    pub fn count_unrun_call(&self, method: &str, error: i64) {
+        self.metrics.count_api_call(method, Some(error), None);
+    }
+
     /// Counts one refusal before the queue. Lock-free: one atomic add.
     pub fn count_refusal(&self, reason: Refusal) {
         self.metrics.count_refusal(reason);
     }
 
     /// Records a request a worker finished: how long it queued, how long
-    /// it ran, and how long from arrival until its reply was handed over.
-    pub fn record_completion(&self, queued: Duration, executed: Duration, end_to_end: Duration) {
+    /// it ran, how long from arrival until its reply was handed over, and
+    /// (for an `api.` call) its outcome in the per-method series.
+    pub fn record_completion(&self, done: &Completion) {
+        let Completion {
+            queued, executed, ..
+        } = *done;
         self.metrics
-            .observe_completion(queued, executed, end_to_end);
+            .observe_completion(queued, executed, done.end_to_end);
+        self.metrics
+            .count_api_call(done.method, done.error, Some(done.end_to_end));
         let now = Instant::now();
         let mut recent = self.recent.lock();
         recent.queue_wait.record(now, queued);

@@ -36,6 +36,11 @@ impl CatalogCache {
         self.current.read().as_ref().map_or(0, |c| c.len())
     }
 
+    /// The catalogue as last loaded; `None` before the first load.
+    pub fn current(&self) -> Option<Arc<Catalog>> {
+        self.current.read().clone()
+    }
+
     /// Whether no function is known (or nothing was loaded yet).
     pub fn is_empty(&self) -> bool {
         self.len() == 0

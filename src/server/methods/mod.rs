@@ -34,8 +34,9 @@ use super::context::Context;
 use super::metrics::{MethodKind, Refusal};
 use super::router::connection::Connection;
 use super::router::responder::Responder;
+use super::stats::Completion;
 use crate::db::Deadline;
-use crate::protocol::{Request, RpcError};
+use crate::protocol::{code, Request, RpcError};
 
 /// What a queued method is given.
 pub struct Call<'a> {
@@ -195,11 +196,15 @@ pub fn run_job(ctx: &Context, job: Job) -> bool {
         deadline,
     } = job;
     if ctx.shutdown.past_drain_deadline() {
+        ctx.stats
+            .count_unrun_call(&request.method, code::SHUTTING_DOWN);
         responder.reply(Err(RpcError::shutting_down()));
         return false;
     }
     let started = Instant::now();
     if deadline.has_passed() {
+        ctx.stats
+            .count_unrun_call(&request.method, code::DEADLINE_EXCEEDED);
         responder.reply(Err(RpcError::deadline_exceeded(deadline.elapsed_ms())));
         return false;
     }
@@ -222,9 +227,13 @@ pub fn run_job(ctx: &Context, job: Job) -> bool {
         });
     // Recorded before the reply goes out, so that a client that has read
     // its reply finds the call counted (end to end: until the reply is handed over).
-    let queued = started - deadline.arrived;
-    ctx.stats
-        .record_completion(queued, started.elapsed(), deadline.arrived.elapsed());
+    ctx.stats.record_completion(&Completion {
+        method: &request.method,
+        error: outcome.as_ref().err().map(|e| e.code),
+        queued: started - deadline.arrived,
+        executed: started.elapsed(),
+        end_to_end: deadline.arrived.elapsed(),
+    });
     responder.reply(outcome);
     true
 }
