@@ -5,9 +5,9 @@
 //! the statement a worker runs: reading the functions of `db.api_schema` from
 //! `pg_proc` ([`Catalog::load`]), choosing among overloads, checking the params
 //! against the argument list, converting each JSON value to a typed bind
-//! parameter ([`SqlParam`](value::SqlParam)), the SQL text that returns the result as one JSON
-//! value ([`PreparedCall`]), and the OpenRPC description of every function
-//! ([`Catalog::openrpc_methods`]).
+//! parameter ([`SqlParam`](value::SqlParam)), the SQL text that returns the
+//! result as one JSON value ([`PreparedCall`]), and the OpenRPC description
+//! of every function ([`Catalog::openrpc_methods`]).
 //!
 //! The SQL text is never built from user input. Identifiers in it (schema,
 //! function, argument and type names) come from the catalogue and are always
