@@ -44,7 +44,7 @@ use crate::protocol::framing::Wire;
 use crate::protocol::RpcError;
 use admission::{Dispatcher, Job, Limits};
 use context::Context;
-use router::{Router, RouterThreads};
+use router::{RouterHandles, RouterThreads};
 use stats::Stats;
 use workers::Crew;
 
@@ -268,14 +268,14 @@ impl Server {
     }
 
     /// The router, given the method table's `route`.
-    fn router(&self) -> Router {
+    fn router(&self) -> RouterHandles {
         let ctx = self.ctx.clone();
-        Router {
+        RouterHandles {
             config: self.ctx.config.server.clone(),
             connections: self.ctx.connections.clone(),
             stats: self.ctx.stats.clone(),
             shutdown: self.ctx.shutdown.clone(),
-            dispatch: Box::new(move |request, responder| methods::route(&ctx, request, responder)),
+            route: Box::new(move |request, responder| methods::route(&ctx, request, responder)),
         }
     }
 }

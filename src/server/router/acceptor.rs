@@ -29,7 +29,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::connection::{Connection, Exchange, Home, Responder};
-use super::requests::Router;
+use super::handles::RouterHandles;
 use crate::logging::LogThrottle;
 use crate::protocol::framing::{Framing, Wire};
 use crate::protocol::{null_id, RpcError};
@@ -71,7 +71,7 @@ struct Refused {
 }
 
 struct Acceptor {
-    router: Arc<Router>,
+    router: Arc<RouterHandles>,
     poll: Poll,
     listeners: Vec<(mio::net::TcpListener, Wire)>,
     homes: Vec<Arc<Home>>,
@@ -84,7 +84,7 @@ struct Acceptor {
 
 /// Starts the acceptor over `listeners`, handing connections to `homes`.
 pub fn start(
-    router: Arc<Router>,
+    router: Arc<RouterHandles>,
     listeners: Vec<(TcpListener, Wire)>,
     homes: Vec<Arc<Home>>,
 ) -> io::Result<Handle> {

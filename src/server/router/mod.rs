@@ -10,8 +10,13 @@
 //!
 //! The thread count is fixed at start whatever the number of clients.
 //! Per connection: [`connection`] (the socket, its [`outbox`], the
-//! [`Responder`](connection::Responder) of every request); from frames to
-//! dispatched requests: [`requests`].
+//! [`Responder`](connection::Responder) of every request); what every
+//! router thread is given: [`handles`]; from frames to dispatched
+//! requests: [`requests`], and for HTTP, [`http`].
+//!
+//! The files build on each other one way: `connection` (with its
+//! `outbox`) at the bottom, then `handles`, then `http` and `requests`,
+//! then the threads, `event_loop` and `acceptor`.
 //!
 //! The transport seam: each listener is of a [`Wire`] kind and gives its
 //! connections the matching [`Framing`]; the loop only ever asks a framing
@@ -21,6 +26,7 @@
 pub mod acceptor;
 pub mod connection;
 pub mod event_loop;
+pub mod handles;
 pub mod http;
 pub mod outbox;
 pub mod requests;
@@ -31,7 +37,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use connection::Home;
-pub use requests::Router;
+pub use handles::RouterHandles;
 
 use crate::protocol::framing::Wire;
 
@@ -44,7 +50,7 @@ pub struct RouterThreads {
 /// Starts `threads` event loops and the acceptor over `listeners` (each a
 /// listener and the wire its connections speak).
 pub fn start(
-    router: Arc<Router>,
+    router: Arc<RouterHandles>,
     listeners: Vec<(TcpListener, Wire)>,
     threads: usize,
 ) -> io::Result<RouterThreads> {
