@@ -6,7 +6,7 @@
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::Call;
+use super::method::Call;
 use crate::protocol::RpcError;
 use crate::server::context::Context;
 
@@ -68,7 +68,7 @@ pub fn discover(call: &Call) -> Result<Value, RpcError> {
     let ctx = call.ctx;
     let mut conn = ctx.acquire(call.deadline)?;
     let catalog = ctx.catalog.refreshed(&ctx.db, &mut conn, call.deadline)?;
-    let mut methods = super::builtin_openrpc();
+    let mut methods = call.builtin_openrpc();
     methods.extend(catalog.openrpc_methods());
     Ok(json!({
         "openrpc": "1.2.6",
