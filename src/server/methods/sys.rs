@@ -34,7 +34,7 @@ pub fn status(ctx: &Context) -> Value {
         "queue": {"depth": ctx.dispatcher.depth(), "capacity": ctx.dispatcher.capacity()},
         "pool": {
             "size": ctx.config.db.pool_size,
-            "share": ctx.db.cluster().share().limit(),
+            "share": ctx.db.share().limit(),
             "open": pool.connections,
             "idle": pool.idle_connections,
             "in_use": pool.connections - pool.idle_connections,
@@ -47,7 +47,7 @@ pub fn status(ctx: &Context) -> Value {
         "router_threads": ctx.config.server.router_threads,
         "database": {"available": !ctx.db.health.is_down()},
         "functions": ctx.catalog.len(),
-        "cluster": ctx.db.cluster().status(),
+        "cluster": ctx.cluster.status(),
     });
     if let (Value::Object(out), Value::Object(stats)) = (&mut status, ctx.stats.to_json()) {
         out.extend(stats);
@@ -59,7 +59,7 @@ pub fn status(ctx: &Context) -> Value {
 pub fn instances(call: &Call) -> Result<Value, RpcError> {
     let ctx = call.ctx;
     let mut conn = ctx.acquire(call.deadline)?;
-    let cluster = ctx.db.cluster().clone();
+    let cluster = ctx.cluster.clone();
     ctx.with_db(&mut conn, call.deadline, |client| cluster.instances(client))
 }
 
@@ -67,7 +67,7 @@ pub fn instances(call: &Call) -> Result<Value, RpcError> {
 pub fn discover(call: &Call) -> Result<Value, RpcError> {
     let ctx = call.ctx;
     let mut conn = ctx.acquire(call.deadline)?;
-    let catalog = ctx.catalog.refreshed(&ctx.db, &mut conn, call.deadline)?;
+    let catalog = ctx.catalog_refreshed(&mut conn, call.deadline)?;
     let mut methods = call.builtin_openrpc();
     methods.extend(catalog.openrpc_methods());
     Ok(json!({

@@ -5,7 +5,7 @@
 //!   past `max_clients`, answers it one -32005 line and closes it cleanly.
 //! - `server.router_threads` event loops ([`event_loop`]) read, frame and
 //!   parse requests, answer on the spot what needs no worker (refusals,
-//!   parse errors, `sys.ping`), hand the rest to the dispatch function
+//!   parse errors, `sys.ping`), hand the rest to the route function
 //!   (the method table's `route`), and write replies.
 //!
 //! The thread count is fixed at start whatever the number of clients.
