@@ -36,7 +36,8 @@ pub struct Method {
     pub name: &'static str,
     /// Where it runs.
     pub runs: Runs,
-    /// Whether a session must be bound to the connection.
+    /// Whether a session is needed: one bound to the connection, or the
+    /// request's own key (its `"session"` member, or an HTTP Bearer key).
     pub needs_session: bool,
     /// The OpenRPC summary (prefix rows are described by their catalogue).
     pub summary: &'static str,
