@@ -11,20 +11,29 @@
 //!   → one validated [`Config`].
 //! - `server`: the lifecycle ([`Server`]) and the pipeline's stages: the
 //!   router (connections, framing, refusals on the router thread), the one
-//!   method table, admission to the bounded queue, the fixed workers.
+//!   method table, admission to the bounded queue, the fixed workers, and
+//!   the reply to each database failure.
 //! - `auth`: who may call — password hashes, session keys, the login
 //!   limiter, sessions kept in PostgreSQL, schema `blitz`'s migrations, and
 //!   user administration ([`Admin`]).
-//! - `db`: the pool, the one SQLSTATE mapping, acquiring a connection under
-//!   a request's deadline, database health, the statement watchdog, and the
-//!   catalogue of callable functions ([`catalog`]).
-//! - `cluster`: the instances sharing one database — the registry, the one
-//!   connection budget and this instance's share of it, the housekeeper.
+//! - `db`: the pool and this instance's share of the connection budget
+//!   that gates it, the one SQLSTATE mapping to a typed failure, acquiring a
+//!   connection under a request's deadline, database health, the statement
+//!   watchdog, the catalogue of callable functions ([`catalog`]),
+//!   idempotency records, and the chores of the housekeeping connection.
+//! - `cluster`: the instances sharing one database — the registry, the
+//!   split of the one connection budget (it sets the share in `db`), the
+//!   housekeeper that runs the chores.
 //! - `client`: the thin client library behind the `blitz` command
 //!   ([`Client`]): retries within a shared budget, failover, sessions.
 //! - `logging`: one log line per burst, not per event.
 //!
 //! The load generator behind `blitz bench` lives in the `blitz` binary.
+//!
+//! The modules are layers, each using only those below it
+//! (`tests/layout.rs` checks it, and that no files import each other round
+//! a cycle). Bottom up: `logging`; `protocol` and `config`; `db`;
+//! `cluster` and `auth`; `server`. `client` stands on `protocol` alone.
 
 #![warn(missing_docs)]
 

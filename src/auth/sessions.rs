@@ -22,9 +22,8 @@ use postgres::{Client, GenericClient};
 use serde_json::{json, Value};
 
 use super::migrations;
-use crate::cluster::Chore;
 use crate::config::{AuthConfig, AuthMode};
-use crate::db::DbConn;
+use crate::db::{Chore, DbConn};
 use crate::logging::LogThrottle;
 
 /// The identity bound to a connection by `session.login` or `session.join`.

@@ -45,17 +45,11 @@ use crate::protocol::code::UNAUTHENTICATED;
 
 pub use error::{CallError, ErrorKind};
 pub use retry::RetryBudget;
+pub use wire::{CONNECT_TIMEOUT, TIMEOUT_MARGIN};
 
 use retry::{backoff, jittered};
 use servers::Servers;
 use wire::{remaining_or_tick, request_line, Connection, ReplyLimit};
-
-/// How long one attempt waits for one TCP connection to be accepted.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What [`Client::call_with_timeout`] waits beyond the timeout it sends, so
-/// that the server's own `-32002 Deadline exceeded` reply arrives in time.
-pub const TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Attempts per call unless [`ClientOptions::max_attempts`] says otherwise.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;

@@ -11,7 +11,14 @@ use serde_json::{Map, Value};
 use crate::protocol::{self, ReplyId, ReplyOutcome};
 
 use super::error::CallError;
-use super::{CONNECT_TIMEOUT, TIMEOUT_MARGIN};
+
+/// How long one attempt waits for one TCP connection to be accepted.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What [`Client::call_with_timeout`](super::Client::call_with_timeout)
+/// waits beyond the timeout it sends, so that the server's own `-32002
+/// Deadline exceeded` reply arrives in time.
+pub const TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// The longest excerpt of a malformed reply quoted in an error message.
 const EXCERPT_CHARS: usize = 200;
@@ -308,7 +315,7 @@ fn excerpt(line: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::ErrorKind;
+    use crate::client::error::ErrorKind;
     use serde_json::json;
 
     #[test]

@@ -18,20 +18,7 @@ use postgres::{Client, NoTls};
 
 use super::registry::{self, JoinError, Round};
 use super::Cluster;
-
-/// Background work that runs on the housekeeping connection.
-pub trait Chore: Send {
-    /// What it is, for log lines.
-    fn name(&self) -> &'static str;
-    /// How often it runs.
-    fn every(&self) -> Duration;
-    /// One run.
-    fn run(&mut self, client: &mut Client) -> Result<(), postgres::Error>;
-    /// The last run before the instance stops.
-    fn finish(&mut self, client: &mut Client) -> Result<(), postgres::Error> {
-        self.run(client)
-    }
-}
+use crate::db::Chore;
 
 /// Runs once per new housekeeping connection, before it joins (migrations).
 pub type Prepare = Box<dyn FnMut(&mut Client) -> Result<(), postgres::Error> + Send>;

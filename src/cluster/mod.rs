@@ -5,8 +5,10 @@
 //!   removal of dead instances, leave; liveness by advisory locks.
 //! - [`budget`]: the split of `max_connections − db.reserved_connections`
 //!   among the live instances, in proportion to their configured pools.
-//! - [`share`]: this instance's part, enforced by a gate in front of the
-//!   pool and a cap on the connections it opens.
+//! - this instance's part, the [`Share`], enforced by a gate in front of
+//!   the pool and a cap on the connections it opens, is pool plumbing and
+//!   lives in `db`; the cluster sets it and enlists the pool's new
+//!   connections ([`Registration`]).
 //! - [`housekeeper`]: the one thread, on the one housekeeping connection,
 //!   that keeps the registry (and runs the other background chores).
 //!
@@ -20,12 +22,12 @@
 //! sessions are gone (see [`registry`]).
 //!
 //! This module speaks to PostgreSQL through `postgres` clients handed to
-//! it; it does not know the pool (the pool knows the [`Share`]).
+//! it; it uses `db` (the [`Share`], the [`Chore`](crate::db::Chore)s its
+//! housekeeper runs) and `db` does not know it.
 
 pub mod budget;
 pub mod housekeeper;
 pub mod registry;
-pub mod share;
 
 use std::sync::Arc;
 
@@ -33,9 +35,10 @@ use parking_lot::Mutex;
 use postgres::Client;
 use serde_json::{json, Value};
 
-pub use housekeeper::{Chore, Housekeeper};
+pub use housekeeper::Housekeeper;
 pub use registry::{Identity, JoinError, Standing, Timing};
-pub use share::{OpenSlot, Permit, Share};
+
+use crate::db::{Registration, Share};
 
 /// This instance's membership: who it is, its share, and how the budget stood last.
 #[derive(Debug)]
@@ -152,5 +155,11 @@ impl Cluster {
         client: &mut impl postgres::GenericClient,
     ) -> Result<Value, postgres::Error> {
         registry::list(client, self.timing.dead_after)
+    }
+}
+
+impl Registration for Cluster {
+    fn enlist(&self, client: &mut Client) -> Result<bool, postgres::Error> {
+        Cluster::enlist(self, client)
     }
 }

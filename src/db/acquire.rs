@@ -1,8 +1,9 @@
 //! [`Database`]: the pool, its health and the watchdog, and the plumbing
 //! every method uses to reach PostgreSQL under a request's [`Deadline`]:
-//! borrow a connection ([`Database::acquire`]), run statements with the
-//! watchdog armed ([`Database::guarded`], [`Database::with_db`]), and turn
-//! a failure into its reply ([`Database::failure_reply`]).
+//! borrow a connection through the share's gate ([`Database::acquire`]),
+//! run statements with the watchdog armed ([`Database::guarded`],
+//! [`Database::with_db`]), and say what a failure means
+//! ([`Database::classify`]: a [`Failure`], which the server answers).
 //!
 //! "A lost connection is dropped from the pool" lives here, in
 //! [`Database::classify`], and nowhere else.
@@ -14,10 +15,9 @@ use std::time::{Duration, Instant};
 use super::deadline::Deadline;
 use super::health::Health;
 use super::pool::{DbConn, Pool, PooledConn};
+use super::share::{Permit, Share};
 use super::sqlstate::{self, Failure};
 use super::watchdog::{CancelReason, Watchdog};
-use crate::cluster::{Cluster, Permit};
-use crate::protocol::RpcError;
 
 /// A pooled connection borrowed through the share's gate: while it lives,
 /// it is one of the at most `share` connections this instance's workers
@@ -53,47 +53,49 @@ pub struct Database {
     pub watchdog: Watchdog,
     /// `db.acquire_timeout_ms`.
     acquire_timeout: Duration,
-    /// This instance's place in the connection budget.
-    cluster: Arc<Cluster>,
+    /// This instance's share of the connection budget.
+    share: Arc<Share>,
 }
 
 impl Database {
-    /// Wraps `pool` (built with `health`).
+    /// Wraps `pool` (built with `health` and `share`).
     pub fn new(
         pool: Pool,
         health: Arc<Health>,
         acquire_timeout: Duration,
-        cluster: Arc<Cluster>,
+        share: Arc<Share>,
     ) -> Database {
         Database {
             pool,
             health,
             watchdog: Watchdog::start(),
             acquire_timeout,
-            cluster,
+            share,
         }
     }
 
-    /// This instance's place in the connection budget.
-    pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.cluster
+    /// This instance's share of the connection budget.
+    pub fn share(&self) -> &Arc<Share> {
+        &self.share
     }
 
-    /// The `retry_after_ms` of a -32004: the acquire timeout.
-    fn retry_after_ms(&self) -> u64 {
-        self.acquire_timeout.as_millis() as u64
+    /// `db.acquire_timeout_ms`: the longest wait for the pool, and how
+    /// soon a caller may try again after the database did not answer.
+    pub fn acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
     }
 
     /// Borrows a pooled connection through the share's gate, then waits at
     /// most the acquire timeout or the time left before the deadline for
     /// the pool. Waiting at the gate is waiting for this instance's share,
-    /// like waiting in the queue: it lasts up to the deadline (-32002
-    /// then), never -32004, which says the database is unavailable. A
-    /// connection opened before the last outage is dropped unused rather
-    /// than failed on a call.
-    pub fn acquire(&self, deadline: &Deadline) -> Result<Lease, RpcError> {
-        let Some(permit) = self.cluster.share().acquire(deadline.remaining()) else {
-            return Err(RpcError::deadline_exceeded(deadline.elapsed_ms()));
+    /// like waiting in the queue: it lasts up to the deadline
+    /// ([`Failure::PastDeadline`] then), never [`Failure::Unavailable`],
+    /// which says the database does not answer (and is reported to
+    /// [`Health`]). A connection opened before the last outage is dropped
+    /// unused rather than failed on a call.
+    pub fn acquire(&self, deadline: &Deadline) -> Result<Lease, Failure> {
+        let Some(permit) = self.share.acquire(deadline.remaining()) else {
+            return Err(Failure::PastDeadline);
         };
         let give_up = Instant::now() + self.acquire_timeout.min(deadline.remaining());
         loop {
@@ -101,10 +103,10 @@ impl Database {
             let wait = give_up.saturating_duration_since(Instant::now());
             let mut conn = self.pool.get_timeout(wait).map_err(|e| {
                 if remaining < self.acquire_timeout {
-                    return RpcError::deadline_exceeded(deadline.elapsed_ms());
+                    return Failure::PastDeadline;
                 }
                 self.health.report_down(&e.to_string());
-                RpcError::db_unavailable(self.retry_after_ms(), e.to_string())
+                Failure::Unavailable(e.to_string())
             })?;
             if !conn.predates_outage(&self.health) {
                 return Ok(Lease {
@@ -125,9 +127,7 @@ impl Database {
         let conn = match self.pool.try_get() {
             Some(conn) => Some(conn),
             // At the share's cap: the pool is busy, and a probe must not wait.
-            None if self.pool.state().connections as usize >= self.cluster.share().limit() => {
-                return
-            }
+            None if self.pool.state().connections as usize >= self.share.limit() => return,
             None => self.pool.get_timeout(PROBE_TIMEOUT).ok(),
         };
         let Some(mut conn) = conn else {
@@ -178,19 +178,17 @@ impl Database {
     }
 
     /// Runs `work` (one or a few quick statements) on `conn` under the
-    /// request's deadline; a failure becomes its reply.
+    /// request's deadline, as [`Database::guarded`]; a failure comes back
+    /// classified.
     pub fn with_db<T>(
         &self,
         conn: &mut PooledConn,
         deadline: &Deadline,
         drain: Option<Instant>,
         work: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
-    ) -> Result<T, RpcError> {
+    ) -> Result<T, Failure> {
         let (result, fired) = self.guarded(conn, deadline, drain, |db| work(db.client()));
-        result.map_err(|e| {
-            let failure = self.classify(conn, &e, fired);
-            self.failure_reply(failure, deadline, 1)
-        })
+        result.map_err(|e| self.classify(conn, &e, fired))
     }
 
     /// [`sqlstate::classify`], and a connection found lost is marked broken
@@ -206,33 +204,5 @@ impl Database {
             conn.mark_broken();
         }
         failure
-    }
-
-    /// The reply for a failure that is not retried (after `attempts`).
-    pub fn failure_reply(&self, failure: Failure, deadline: &Deadline, attempts: u32) -> RpcError {
-        match failure {
-            Failure::Conflict(state) => RpcError::transaction_conflict(attempts, &state),
-            Failure::StalePlan => {
-                RpcError::internal("the function changed shape twice during one call")
-            }
-            Failure::ConnectionLost { detail, aborted } => {
-                self.health.report_down(&detail);
-                let error = RpcError::db_unavailable(self.retry_after_ms(), detail);
-                if aborted {
-                    error
-                } else {
-                    // The socket broke mid-call: the call may or may not have committed.
-                    error.with("retryable", false).with("outcome", "unknown")
-                }
-            }
-            Failure::Cancelled(CancelReason::Deadline) => {
-                RpcError::deadline_exceeded(deadline.elapsed_ms())
-            }
-            Failure::Cancelled(CancelReason::Shutdown) => RpcError::shutting_down(),
-            Failure::UndefinedFunction => {
-                RpcError::internal("a catalogue query named a function that does not exist")
-            }
-            Failure::Reply(e) => e,
-        }
     }
 }

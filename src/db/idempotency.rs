@@ -36,7 +36,7 @@ use postgres::Client;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::cluster::Chore;
+use super::chore::Chore;
 use crate::protocol::RpcError;
 
 /// One keyed call: its key, method and params hash.

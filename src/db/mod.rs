@@ -1,21 +1,33 @@
-//! The database side of the pipeline: the pool ([`pool`]), whether the
-//! database answers ([`health`]), the one SQLSTATE mapping ([`sqlstate`]),
-//! a request's [`Deadline`] and the acquire/run plumbing under it
-//! ([`acquire`]), the statement [`watchdog`], the [`catalog`] of
-//! callable functions, and the [`idempotency`] records of keyed calls.
+//! The database side of the pipeline: the pool ([`pool`]) and this
+//! instance's [`share`] of the connection budget that gates it, whether
+//! the database answers ([`health`]), the one SQLSTATE mapping
+//! ([`sqlstate`]) to a typed [`Failure`], a request's [`Deadline`] and the
+//! acquire/run plumbing under it ([`acquire`]), the statement
+//! [`watchdog`], the [`catalog`] of callable functions, the
+//! [`idempotency`] records of keyed calls, and the [`chore`] trait of
+//! background work on the housekeeping connection.
+//!
+//! `db` stands on `config` (and on `protocol` for the replies idempotency
+//! records keep); it knows nothing of the server, the cluster or sessions:
+//! the cluster sets the [`Share`] and enlists new connections through
+//! [`Registration`], and the server turns a [`Failure`] into its reply.
 
 mod acquire;
 pub mod catalog;
+mod chore;
 mod deadline;
 mod health;
 pub mod idempotency;
 mod pool;
+mod share;
 pub mod sqlstate;
 mod watchdog;
 
 pub use acquire::{Database, Lease};
+pub use chore::Chore;
 pub use deadline::Deadline;
 pub use health::Health;
-pub use pool::{build_pool, connect_config, trim, DbConn, PooledConn};
+pub use pool::{build_pool, connect_config, trim, DbConn, PooledConn, Registration};
+pub use share::Share;
 pub use sqlstate::Failure;
 pub use watchdog::CancelReason;

@@ -2,12 +2,12 @@
 //! prepared-statement cache and a "broken" flag the pool honours, and knows
 //! whether it was opened before the last outage.
 //!
-//! The pool obeys this instance's share of the connection budget
-//! ([`crate::cluster::Share`]): it opens connections only on demand, never
-//! more than the share (the manager takes an open slot before connecting),
-//! each new connection enlists in the instance's registration (its shared
-//! advisory lock) before it is used, and a connection given back while more
-//! are open than the share allows is closed.
+//! The pool obeys this instance's [`Share`] of the connection budget: it
+//! opens connections only on demand, never more than the share (the
+//! manager takes an open slot before connecting), each new connection
+//! enlists in the instance's [`Registration`] (its shared advisory lock,
+//! kept by `cluster`) before it is used, and a connection given back while
+//! more are open than the share allows is closed.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -20,7 +20,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use serde_json::Value;
 
 use super::health::Health;
-use crate::cluster::{Cluster, OpenSlot};
+use super::share::{OpenSlot, Share};
 use crate::config::Config;
 
 /// The connection pool type used throughout blitz.
@@ -94,13 +94,22 @@ impl DbConn {
     }
 }
 
+/// This instance's registration in the connection budget, as the pool
+/// needs it: every new connection enlists before it is used.
+pub trait Registration: Send + Sync + std::fmt::Debug {
+    /// Takes this instance's lock on `client`, a new connection, and checks
+    /// that the instance is still registered; `false` when it is not.
+    fn enlist(&self, client: &mut Client) -> Result<bool, postgres::Error>;
+}
+
 /// r2d2 manager: r2d2_postgres's connection manager plus a statement
 /// cache, a "broken" flag per connection, and the share's cap.
 #[derive(Debug)]
 pub struct Manager {
     inner: PostgresConnectionManager<NoTls>,
     health: Arc<Health>,
-    cluster: Arc<Cluster>,
+    share: Arc<Share>,
+    registration: Arc<dyn Registration>,
 }
 
 /// Why the pool could not open a connection.
@@ -129,7 +138,7 @@ impl r2d2::ManageConnection for Manager {
     type Error = ConnectError;
 
     fn connect(&self) -> Result<DbConn, ConnectError> {
-        let share = self.cluster.share();
+        let share = &self.share;
         let slot = share.open_slot().ok_or_else(|| {
             ConnectError::Budget(format!(
                 "this instance's share of the connection budget ({} connections) is in use",
@@ -138,7 +147,11 @@ impl r2d2::ManageConnection for Manager {
         })?;
         let outage_epoch = self.health.epoch();
         let mut client = self.inner.connect().map_err(ConnectError::Db)?;
-        if !self.cluster.enlist(&mut client).map_err(ConnectError::Db)? {
+        if !self
+            .registration
+            .enlist(&mut client)
+            .map_err(ConnectError::Db)?
+        {
             return Err(ConnectError::Budget(
                 "this instance is not registered in the connection budget (yet)".into(),
             ));
@@ -159,7 +172,7 @@ impl r2d2::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut DbConn) -> bool {
-        conn.broken || conn.client.is_closed() || self.cluster.share().over_limit()
+        conn.broken || conn.client.is_closed() || self.share.over_limit()
     }
 }
 
@@ -183,13 +196,20 @@ pub fn connect_config(config: &Config) -> postgres::Config {
 }
 
 /// Builds the pool of at most `db.pool_size` connections without waiting
-/// for the database: connections are opened on demand, within `cluster`'s
-/// share, so the server starts while the database is down.
-pub fn build_pool(config: &Config, health: Arc<Health>, cluster: Arc<Cluster>) -> Pool {
+/// for the database: connections are opened on demand, within `share`,
+/// each enlisted in `registration`, so the server starts while the
+/// database is down.
+pub fn build_pool(
+    config: &Config,
+    health: Arc<Health>,
+    share: Arc<Share>,
+    registration: Arc<dyn Registration>,
+) -> Pool {
     let manager = Manager {
         inner: PostgresConnectionManager::new(connect_config(config), NoTls),
         health,
-        cluster,
+        share,
+        registration,
     };
     r2d2::Pool::builder()
         .max_size(config.db.pool_size as u32)
@@ -204,8 +224,8 @@ pub fn build_pool(config: &Config, health: Arc<Health>, cluster: Arc<Cluster>) -
 }
 
 /// Closes idle connections while more are open than the share allows.
-pub fn trim(pool: &Pool, cluster: &Cluster) {
-    while cluster.share().over_limit() {
+pub fn trim(pool: &Pool, share: &Share) {
+    while share.over_limit() {
         match pool.try_get() {
             Some(mut conn) => conn.mark_broken(), // dropped here: closed, not kept
             None => return,

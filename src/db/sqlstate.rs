@@ -1,12 +1,12 @@
 //! [`classify`]: the one place a PostgreSQL error (its SQLSTATE, or a lost
-//! socket) is turned into what the caller does next.
+//! socket) is turned into what the caller does next, a [`Failure`]. How a
+//! failure is answered on the wire is the server's (`server/failure.rs`).
 
 use super::watchdog::CancelReason;
 
 /// The SQLSTATE `blitz.enter` raises for a session that is not live (the
 /// class BZ is blitz's own); answered -32006.
 pub const DEAD_SESSION_SQLSTATE: &str = "BZ006";
-use crate::protocol::RpcError;
 
 /// What a failed statement means for the caller.
 #[derive(Debug)]
@@ -28,8 +28,25 @@ pub enum Failure {
     Cancelled(CancelReason),
     /// The function no longer exists (-32601 after a catalogue reload).
     UndefinedFunction,
-    /// Anything else, already as the reply to send.
-    Reply(RpcError),
+    /// 42501: the session's role may not do this (-32007).
+    PermissionDenied(String),
+    /// [`DEAD_SESSION_SQLSTATE`]: the session is not live (-32006).
+    DeadSession(String),
+    /// Any other SQLSTATE, with PostgreSQL's message (-32010).
+    Database {
+        /// The SQLSTATE.
+        state: String,
+        /// PostgreSQL's message.
+        message: String,
+    },
+    /// The client library failed without a SQLSTATE or a lost socket (-32603).
+    Client(String),
+    /// The request's deadline passed while it waited for a connection
+    /// (at the share's gate or in the pool).
+    PastDeadline,
+    /// The pool gave no connection within the acquire timeout: the database
+    /// does not answer (-32004, retryable).
+    Unavailable(String),
 }
 
 /// The one place SQLSTATEs are mapped. `cancelled` says whether our
@@ -44,21 +61,19 @@ pub fn classify(error: &postgres::Error, cancelled: Option<CancelReason>) -> Fai
                 aborted: false,
             };
         }
-        return Failure::Reply(RpcError::internal(format!(
-            "database client error: {error}"
-        )));
+        return Failure::Client(format!("database client error: {error}"));
     };
     let state = db.code().code();
     match state {
         "40001" | "40P01" => Failure::Conflict(state.to_string()),
         "0A000" if db.message().contains("cached plan") => Failure::StalePlan,
         "26000" => Failure::StalePlan,
-        "42501" => Failure::Reply(RpcError::permission_denied(db.message())),
-        DEAD_SESSION_SQLSTATE => Failure::Reply(RpcError::unauthenticated(db.message())),
+        "42501" => Failure::PermissionDenied(db.message().to_string()),
+        DEAD_SESSION_SQLSTATE => Failure::DeadSession(db.message().to_string()),
         "42883" => Failure::UndefinedFunction,
         "57014" => match cancelled {
             Some(reason) => Failure::Cancelled(reason),
-            None => Failure::Reply(RpcError::database_error(state, db.message())),
+            None => database_error(state, db.message()),
         },
         "57P01" | "57P02" | "57P03" | "53300" => Failure::ConnectionLost {
             detail: db.message().to_string(),
@@ -68,6 +83,13 @@ pub fn classify(error: &postgres::Error, cancelled: Option<CancelReason>) -> Fai
             detail: db.message().to_string(),
             aborted: true,
         },
-        _ => Failure::Reply(RpcError::database_error(state, db.message())),
+        _ => database_error(state, db.message()),
+    }
+}
+
+fn database_error(state: &str, message: &str) -> Failure {
+    Failure::Database {
+        state: state.to_string(),
+        message: message.to_string(),
     }
 }

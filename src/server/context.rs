@@ -8,14 +8,16 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::admission::Dispatcher;
+use super::failure::failure_reply;
 use super::router::registry::Registry;
 use super::shutdown::Shutdown;
 use super::stats::Stats;
 use crate::auth::sessions::Sessions;
 use crate::auth::LoginLimiter;
+use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::db::catalog::CatalogCache;
-use crate::db::{Database, Deadline, Lease, PooledConn};
+use crate::db::catalog::{Catalog, CatalogCache};
+use crate::db::{Database, Deadline, Failure, Lease, PooledConn};
 use crate::protocol::RpcError;
 
 /// Everything the methods share.
@@ -32,6 +34,8 @@ pub struct Context {
     pub dispatcher: Dispatcher,
     /// The database connections, their health and the statement watchdog.
     pub db: Database,
+    /// This instance's membership: its share of the budget, the registry.
+    pub cluster: Arc<Cluster>,
     /// The `api.` functions known from pg_proc.
     pub catalog: CatalogCache,
     /// Open client connections.
@@ -47,15 +51,16 @@ pub struct Context {
 impl Context {
     /// A pooled connection for a request, with schema `blitz` current.
     pub fn acquire(&self, deadline: &Deadline) -> Result<Lease, RpcError> {
-        let mut conn = self.db.acquire(deadline)?;
-        self.sessions.ensure_schema(conn.client()).map_err(|e| {
-            let failure = self.db.classify(&mut conn, &e, None);
-            self.db.failure_reply(failure, deadline, 1)
-        })?;
+        let reply = |failure| self.failure_reply(failure, deadline, 1);
+        let mut conn = self.db.acquire(deadline).map_err(reply)?;
+        self.sessions
+            .ensure_schema(conn.client())
+            .map_err(|e| reply(self.db.classify(&mut conn, &e, None)))?;
         Ok(conn)
     }
 
-    /// [`Database::with_db`] under this server's drain deadline.
+    /// [`Database::with_db`] under this server's drain deadline; a failure
+    /// becomes its reply.
     pub fn with_db<T>(
         &self,
         conn: &mut PooledConn,
@@ -63,6 +68,34 @@ impl Context {
         work: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
     ) -> Result<T, RpcError> {
         let drain = self.shutdown.drain_deadline();
-        self.db.with_db(conn, deadline, drain, work)
+        self.db
+            .with_db(conn, deadline, drain, work)
+            .map_err(|failure| self.failure_reply(failure, deadline, 1))
+    }
+
+    /// The reply for a database failure of a request (after `attempts`).
+    pub fn failure_reply(&self, failure: Failure, deadline: &Deadline, attempts: u32) -> RpcError {
+        failure_reply(&self.db, failure, deadline, attempts)
+    }
+
+    /// [`CatalogCache::get`]: the catalogue, loaded with `conn` if it never was.
+    pub fn catalog_loaded(
+        &self,
+        conn: &mut PooledConn,
+        deadline: &Deadline,
+    ) -> Result<Arc<Catalog>, RpcError> {
+        let loaded = self.catalog.get(&self.db, conn);
+        loaded.map_err(|failure| self.failure_reply(failure, deadline, 1))
+    }
+
+    /// [`CatalogCache::refreshed`]: the catalogue, reloaded first unless
+    /// that happened within the last second.
+    pub fn catalog_refreshed(
+        &self,
+        conn: &mut PooledConn,
+        deadline: &Deadline,
+    ) -> Result<Arc<Catalog>, RpcError> {
+        let loaded = self.catalog.refreshed(&self.db, conn);
+        loaded.map_err(|failure| self.failure_reply(failure, deadline, 1))
     }
 }

@@ -10,12 +10,14 @@
 //! - [`admission`]: the bounded FIFO queue and who may enter it;
 //! - [`workers`]: the fixed pool of threads that run queued jobs;
 //! - [`context`]: what the methods share;
+//! - [`failure`]: how a database failure is answered on the wire;
 //! - [`stats`], [`shutdown`]: counters and the lifecycle state;
 //! - [`metrics`]: the Prometheus metrics and the `metrics.listen`
 //!   listener (`/metrics`, `/health/live`, `/health/ready`).
 
 pub mod admission;
 pub mod context;
+pub mod failure;
 pub mod methods;
 pub mod metrics;
 pub mod router;
@@ -44,7 +46,7 @@ use crate::protocol::framing::Wire;
 use crate::protocol::RpcError;
 use admission::{Dispatcher, Job, Limits};
 use context::Context;
-use router::{Router, RouterThreads};
+use router::{RouterHandles, RouterThreads};
 use stats::Stats;
 use workers::Crew;
 
@@ -118,17 +120,15 @@ impl Server {
         let (dispatcher, queue) = Dispatcher::new(capacity, limits, stats.clone());
         let health = Arc::new(Health::default());
         let acquire_timeout = Duration::from_millis(config.db.acquire_timeout_ms);
-        let db = Database::new(
-            db::build_pool(&config, health.clone(), cluster.clone()),
-            health,
-            acquire_timeout,
-            cluster,
-        );
+        let share = cluster.share().clone();
+        let pool = db::build_pool(&config, health.clone(), share.clone(), cluster.clone());
+        let db = Database::new(pool, health, acquire_timeout, share);
         let ping_result = methods::ping_result(&instance, &config.auth.mode.to_string());
         let ctx = Arc::new(Context {
             ping_result,
             instance,
             db,
+            cluster,
             catalog: CatalogCache::new(&config.db.api_schema),
             sessions: Arc::new(Sessions::new(&config.auth)),
             config,
@@ -271,14 +271,14 @@ impl Server {
     }
 
     /// The router, given the method table's `route`.
-    fn router(&self) -> Router {
+    fn router(&self) -> RouterHandles {
         let ctx = self.ctx.clone();
-        Router {
+        RouterHandles {
             config: self.ctx.config.server.clone(),
             connections: self.ctx.connections.clone(),
             stats: self.ctx.stats.clone(),
             shutdown: self.ctx.shutdown.clone(),
-            dispatch: Box::new(move |request, responder| methods::route(&ctx, request, responder)),
+            route: Box::new(move |request, responder| methods::route(&ctx, request, responder)),
         }
     }
 }
@@ -317,13 +317,13 @@ fn housekeeper(ctx: &Arc<Context>, stop: &Arc<AtomicBool>) -> Housekeeper {
     let mut connect = db::connect_config(&ctx.config);
     connect.application_name("blitz-housekeeping");
     let sessions = ctx.sessions.clone();
-    let (pool, cluster) = (ctx.db.pool.clone(), ctx.db.cluster().clone());
+    let (pool, share) = (ctx.db.pool.clone(), ctx.db.share().clone());
     let stop = stop.clone();
     let mut housekeeper = Housekeeper::new(
-        ctx.db.cluster().clone(),
+        ctx.cluster.clone(),
         connect,
         Box::new(move |client| sessions.ensure_schema(client)),
-        Box::new(move || db::trim(&pool, &cluster)),
+        Box::new(move || db::trim(&pool, &share)),
         Box::new(move || stop.load(Ordering::Acquire)),
     );
     housekeeper.add(Box::new(SessionWriter::new(ctx.sessions.clone())));
@@ -356,7 +356,7 @@ fn gauge_values(ctx: &Context) -> metrics::Gauges {
         workers: ctx.config.invocation.workers,
         workers_busy: ctx.dispatcher.busy_workers() as u64,
         pool_size: ctx.config.db.pool_size,
-        pool_share: ctx.db.cluster().share().limit() as u64,
+        pool_share: ctx.db.share().limit() as u64,
         pool_idle: u64::from(pool.idle_connections),
         pool_in_use: u64::from(pool.connections - pool.idle_connections),
         connections_open: ctx.connections.len() as u64,

@@ -26,6 +26,7 @@
 //! connection could be made or a `--user` login was refused.
 
 mod bench;
+mod failure;
 mod prompt;
 mod store;
 
@@ -37,8 +38,9 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde_json::{Map, Value};
 
-use blitz::client::{CallError, Client, ClientOptions, ErrorKind, DEFAULT_MAX_ATTEMPTS};
+use blitz::client::{CallError, Client, ClientOptions, DEFAULT_MAX_ATTEMPTS};
 use blitz::protocol::code::UNAUTHENTICATED;
+use failure::Failure;
 
 /// The server list used when neither `--server` nor `BLITZ_SERVER` is set.
 const DEFAULT_SERVER: &str = blitz::Config::DEFAULT_LISTEN;
@@ -166,67 +168,6 @@ impl Command {
             self,
             Command::Call { .. } | Command::Status | Command::Instances
         )
-    }
-}
-
-/// Why a run failed, each with its exit code.
-#[derive(Debug)]
-enum Failure {
-    /// Bad arguments: exit 2.
-    Usage(String),
-    /// The call failed: exit 3, 4, 5 or 6 by class; `hint` says what to do.
-    Call {
-        error: CallError,
-        hint: Option<String>,
-    },
-    /// The stored session is unknown to the server or expired: exit 4.
-    SessionExpired,
-    /// stdout or the session file could not be used: exit 1.
-    Local(String),
-    /// `blitz bench` could not connect or log in: exit 5.
-    Connect(String),
-}
-
-impl From<CallError> for Failure {
-    fn from(error: CallError) -> Failure {
-        Failure::Call { error, hint: None }
-    }
-}
-
-impl Failure {
-    /// The exit code of this failure (see the module doc).
-    fn exit_code(&self) -> u8 {
-        match self {
-            Failure::Local(_) => 1,
-            Failure::Usage(_) => 2,
-            Failure::Call { error, .. } => call_exit_code(error),
-            Failure::SessionExpired => 4,
-            Failure::Connect(_) => 5,
-        }
-    }
-
-    /// The one line printed to stderr after `blitz: `.
-    fn message(&self) -> String {
-        match self {
-            Failure::Usage(m) | Failure::Local(m) | Failure::Connect(m) => m.clone(),
-            Failure::Call { error, hint: None } => error.to_string(),
-            Failure::Call {
-                error,
-                hint: Some(hint),
-            } => format!("{error}; {hint}"),
-            Failure::SessionExpired => "session expired or unknown; run `blitz login`".into(),
-        }
-    }
-}
-
-/// 3 for a retryable server refusal, 4 for a final one, 5 when the call
-/// did not run for want of a connection, 6 when it may have run.
-fn call_exit_code(error: &CallError) -> u8 {
-    match error.kind() {
-        ErrorKind::Server if error.retryable() => 3,
-        ErrorKind::Server => 4,
-        ErrorKind::Connection => 5,
-        ErrorKind::OutcomeUnknown | ErrorKind::Protocol => 6,
     }
 }
 

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 use super::Catalog;
-use crate::db::{Database, Deadline, PooledConn};
-use crate::protocol::RpcError;
+use crate::db::{Database, Failure, PooledConn};
 
 /// Shortest time between two catalogue reloads.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -47,27 +46,17 @@ impl CatalogCache {
     }
 
     /// The catalogue, loaded with `conn` if it never was.
-    pub fn get(
-        &self,
-        db: &Database,
-        conn: &mut PooledConn,
-        deadline: &Deadline,
-    ) -> Result<Arc<Catalog>, RpcError> {
+    pub fn get(&self, db: &Database, conn: &mut PooledConn) -> Result<Arc<Catalog>, Failure> {
         if let Some(c) = self.current.read().clone() {
             return Ok(c);
         }
         // The first callers all get here; one loads, the others reuse its load.
-        self.reload(db, conn, deadline, Duration::MAX)
+        self.reload(db, conn, Duration::MAX)
     }
 
     /// The catalogue, reloaded first unless that happened within the last second.
-    pub fn refreshed(
-        &self,
-        db: &Database,
-        conn: &mut PooledConn,
-        deadline: &Deadline,
-    ) -> Result<Arc<Catalog>, RpcError> {
-        self.reload(db, conn, deadline, RELOAD_INTERVAL)
+    pub fn refreshed(&self, db: &Database, conn: &mut PooledConn) -> Result<Arc<Catalog>, Failure> {
+        self.reload(db, conn, RELOAD_INTERVAL)
     }
 
     /// Makes the next lookup reload (a function disappeared).
@@ -79,9 +68,8 @@ impl CatalogCache {
         &self,
         db: &Database,
         conn: &mut PooledConn,
-        deadline: &Deadline,
         min_interval: Duration,
-    ) -> Result<Arc<Catalog>, RpcError> {
+    ) -> Result<Arc<Catalog>, Failure> {
         let mut last = self.last_load.lock();
         let current = self.current.read().clone();
         if let (Some(c), Some(t)) = (&current, *last) {
@@ -89,10 +77,8 @@ impl CatalogCache {
                 return Ok(c.clone());
             }
         }
-        let loaded = Catalog::load(conn.client(), &self.schema).map_err(|e| {
-            let failure = db.classify(conn, &e, None);
-            db.failure_reply(failure, deadline, 1)
-        })?;
+        let loaded =
+            Catalog::load(conn.client(), &self.schema).map_err(|e| db.classify(conn, &e, None))?;
         let loaded = Arc::new(loaded);
         *last = Some(Instant::now());
         *self.current.write() = Some(loaded.clone());

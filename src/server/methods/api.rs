@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::Call;
+use super::method::Call;
 use crate::auth::sessions::{run_in_session, EnterArgs};
 use crate::db::catalog::PreparedCall;
 use crate::db::idempotency::{self, KeyedCall};
@@ -22,9 +22,9 @@ pub fn call(call: &Call) -> Result<Value, RpcError> {
     let name = &call.request.method["api.".len()..];
     let params = &call.request.params()?;
     let mut conn = ctx.acquire(deadline)?;
-    let mut catalog = ctx.catalog.get(&ctx.db, &mut conn, deadline)?;
+    let mut catalog = ctx.catalog_loaded(&mut conn, deadline)?;
     if catalog.prepare(name, params).is_none() {
-        catalog = ctx.catalog.refreshed(&ctx.db, &mut conn, deadline)?;
+        catalog = ctx.catalog_refreshed(&mut conn, deadline)?;
     }
     let prepared = catalog
         .prepare(name, params)
@@ -114,7 +114,7 @@ fn run(
                 ctx.catalog.invalidate(); // dropped since the catalogue was loaded
                 Some(RpcError::method_not_found(&format!("api.{name}")))
             }
-            failure => Some(ctx.db.failure_reply(failure, deadline, attempt)),
+            failure => Some(ctx.failure_reply(failure, deadline, attempt)),
         };
         if let Some(k) = keyed {
             settle_key(conn, session, k, reply.as_ref());

@@ -12,86 +12,32 @@
 //! `api.*` by `blitz.enter` in the call's own statement (no extra round
 //! trip), for `sys.status` by a lookup on a worker.
 //!
+//! - [`method`]: what the table and the methods share — a row
+//!   ([`Method`], [`Runs`]) and what a queued method is given ([`Call`]).
 //! - [`api`]: `api.<name>` calls of PostgreSQL functions.
 //! - [`session`]: `session.login`, `session.join`, `session.logout`.
 //! - [`sys`]: `sys.ping`, `sys.status`, `sys.instances`, `rpc.discover`.
 
 mod api;
+mod method;
 mod session;
 mod sys;
 
+pub use method::{Call, Method, Runs};
 pub use sys::ping_result;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::admission::Job;
 use super::context::Context;
 use super::metrics::{MethodKind, Refusal};
-use super::router::connection::Connection;
 use super::router::responder::Responder;
 use super::stats::Completion;
-use crate::db::Deadline;
 use crate::protocol::{code, Request, RpcError};
-
-/// What a queued method is given.
-pub struct Call<'a> {
-    /// The shared state.
-    pub ctx: &'a Context,
-    /// The connection the request came from.
-    pub conn: &'a Arc<Connection>,
-    /// The request.
-    pub request: &'a Request,
-    /// Its deadline.
-    pub deadline: &'a Deadline,
-}
-
-impl Call<'_> {
-    /// The members the table lists for this method's params.
-    pub fn param_names(&self) -> &'static [&'static str] {
-        lookup(&self.request.method).map_or(&[], |m| m.params)
-    }
-
-    /// The key of the session this request runs in: its own `session`
-    /// member, else the session bound to the connection; -32006 without either.
-    pub fn session_key(&self) -> Result<String, RpcError> {
-        match (&self.request.session, self.conn.session()) {
-            (Some(key), _) => Ok(key.clone()),
-            (None, Some(bound)) => Ok(bound.key.clone()),
-            (None, None) => Err(RpcError::unauthenticated(session::NO_SESSION)),
-        }
-    }
-}
-
-/// Where a method runs, and the function that runs it.
-#[derive(Clone, Copy)]
-pub enum Runs {
-    /// Answered on the router thread, without the queue or the database.
-    OnRouter(fn(&Context) -> Value),
-    /// Answered on the router thread from a result rendered once at start.
-    Template(fn(&Context) -> &RawValue),
-    /// Admitted to the queue and run on a worker.
-    Queued(fn(&Call) -> Result<Value, RpcError>),
-}
-
-/// One row of the method table.
-pub struct Method {
-    /// The method name; a name ending in `.` is a prefix (`api.`).
-    pub name: &'static str,
-    /// Where it runs.
-    pub runs: Runs,
-    /// Whether a session is needed: one bound to the connection, or the
-    /// request's own key (its `"session"` member, or an HTTP Bearer key).
-    pub needs_session: bool,
-    /// The OpenRPC summary (prefix rows are described by their catalogue).
-    pub summary: &'static str,
-    /// The OpenRPC params (names of object members).
-    pub params: &'static [&'static str],
-}
+use method::NO_SESSION;
 
 /// Every callable method.
 pub static METHODS: &[Method] = &[
@@ -155,10 +101,7 @@ pub static METHODS: &[Method] = &[
 
 /// The table row for `name`, if it is callable.
 pub fn lookup(name: &str) -> Option<&'static Method> {
-    METHODS.iter().find(|m| match m.name.strip_suffix('.') {
-        Some(_) => name.len() > m.name.len() && name.starts_with(m.name),
-        None => m.name == name,
-    })
+    method::find(METHODS, name)
 }
 
 /// Sends `request` where the table says (router thread). A method that
@@ -172,7 +115,7 @@ pub fn route(ctx: &Context, request: Request, mut responder: Responder) {
     };
     let bound = responder.connection().session().is_some();
     if method.needs_session && !bound && request.session.is_none() {
-        return responder.reply(Err(RpcError::unauthenticated(session::NO_SESSION)));
+        return responder.reply(Err(RpcError::unauthenticated(NO_SESSION)));
     }
     let checked_here = !method.needs_session || (bound && request.session.is_none());
     match method.runs {
@@ -213,6 +156,7 @@ pub fn run_job(ctx: &Context, job: Job) -> bool {
         conn: responder.connection(),
         request: &request,
         deadline: &deadline,
+        table: METHODS,
     };
     let outcome =
         std::panic::catch_unwind(AssertUnwindSafe(|| execute(&call))).unwrap_or_else(|_| {
@@ -254,26 +198,4 @@ fn execute(call: &Call) -> Result<Value, RpcError> {
         Runs::Template(answer) => serde_json::from_str(answer(call.ctx).get())
             .map_err(|e| RpcError::internal(format!("a result template is not JSON: {e}"))),
     }
-}
-
-/// The built-in methods (every row but the prefixes), as OpenRPC method objects.
-pub fn builtin_openrpc() -> Vec<Value> {
-    METHODS
-        .iter()
-        .filter(|m| !m.name.ends_with('.'))
-        .map(|m| {
-            let params: Vec<Value> = m
-                .params
-                .iter()
-                .map(|p| json!({"name": p, "schema": {"type": "string"}}))
-                .collect();
-            json!({
-                "name": m.name,
-                "summary": m.summary,
-                "paramStructure": "by-name",
-                "params": params,
-                "result": {"name": "result", "schema": {}},
-            })
-        })
-        .collect()
 }

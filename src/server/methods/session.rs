@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::Call;
+use super::method::Call;
 use crate::auth;
 use crate::auth::sessions::{describe, Session};
 use crate::config::AuthMode;
@@ -24,11 +24,6 @@ const BAD_LOGIN: &str = "login failed: unknown user or wrong password";
 
 /// The message for a key that no longer names a live session.
 pub const DEAD_SESSION: &str = "the session has expired or was ended; log in again";
-
-/// The message for a call that needs a session and has none (neither its
-/// own `session` member nor a session bound to the connection).
-pub const NO_SESSION: &str = "no session: send the session key in the request's \"session\" member \
-     (over HTTP: Authorization: Bearer <key>), or call session.login or session.join on this connection first";
 
 /// `session.login {user, password}` (`{user}` in trust mode).
 pub fn login(call: &Call) -> Result<Value, RpcError> {

@@ -6,7 +6,7 @@
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::Call;
+use super::method::Call;
 use crate::protocol::RpcError;
 use crate::server::context::Context;
 
@@ -40,7 +40,7 @@ pub fn status(ctx: &Context) -> Value {
         "queue": {"depth": ctx.dispatcher.depth(), "capacity": ctx.dispatcher.capacity()},
         "pool": {
             "size": ctx.config.db.pool_size,
-            "share": ctx.db.cluster().share().limit(),
+            "share": ctx.db.share().limit(),
             "open": pool.connections,
             "idle": pool.idle_connections,
             "in_use": pool.connections - pool.idle_connections,
@@ -53,7 +53,7 @@ pub fn status(ctx: &Context) -> Value {
         "router_threads": ctx.config.server.router_threads,
         "database": {"available": !ctx.db.health.is_down()},
         "functions": ctx.catalog.len(),
-        "cluster": ctx.db.cluster().status(),
+        "cluster": ctx.cluster.status(),
     });
     if let (Value::Object(out), Value::Object(stats)) = (&mut status, ctx.stats.to_json()) {
         out.extend(stats);
@@ -65,7 +65,7 @@ pub fn status(ctx: &Context) -> Value {
 pub fn instances(call: &Call) -> Result<Value, RpcError> {
     let ctx = call.ctx;
     let mut conn = ctx.acquire(call.deadline)?;
-    let cluster = ctx.db.cluster().clone();
+    let cluster = ctx.cluster.clone();
     ctx.with_db(&mut conn, call.deadline, |client| cluster.instances(client))
 }
 
@@ -73,8 +73,8 @@ pub fn instances(call: &Call) -> Result<Value, RpcError> {
 pub fn discover(call: &Call) -> Result<Value, RpcError> {
     let ctx = call.ctx;
     let mut conn = ctx.acquire(call.deadline)?;
-    let catalog = ctx.catalog.refreshed(&ctx.db, &mut conn, call.deadline)?;
-    let mut methods = super::builtin_openrpc();
+    let catalog = ctx.catalog_refreshed(&mut conn, call.deadline)?;
+    let mut methods = call.builtin_openrpc();
     methods.extend(catalog.openrpc_methods());
     Ok(json!({
         "openrpc": "1.2.6",

@@ -30,7 +30,7 @@ use slab::Slab;
 
 use super::collector::ReplyCollector;
 use super::connection::{Connection, Home};
-use super::requests::Router;
+use super::handles::RouterHandles;
 use super::responder::Responder;
 use crate::logging::LogThrottle;
 use crate::protocol::framing::{Framing, Wire};
@@ -73,7 +73,7 @@ struct Refused {
 }
 
 struct Acceptor {
-    router: Arc<Router>,
+    router: Arc<RouterHandles>,
     poll: Poll,
     listeners: Vec<(mio::net::TcpListener, Wire)>,
     homes: Vec<Arc<Home>>,
@@ -86,7 +86,7 @@ struct Acceptor {
 
 /// Starts the acceptor over `listeners`, handing connections to `homes`.
 pub fn start(
-    router: Arc<Router>,
+    router: Arc<RouterHandles>,
     listeners: Vec<(TcpListener, Wire)>,
     homes: Vec<Arc<Home>>,
 ) -> io::Result<Handle> {

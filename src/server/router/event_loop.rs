@@ -30,8 +30,9 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::connection::{mark_event_loop_thread, Connection, Home};
+use super::handles::RouterHandles;
 use super::outbox::Flushed;
-use super::requests::{handle_frame, Router};
+use super::requests::handle_frame;
 use crate::protocol::framing::Framing;
 
 /// The waker's token (connections use their slab index).
@@ -71,7 +72,7 @@ struct Entry {
 
 /// An event loop: its poll, its connections, and what other threads ask of it.
 pub struct EventLoop {
-    router: Arc<Router>,
+    router: Arc<RouterHandles>,
     poll: Poll,
     home: Arc<Home>,
     conns: Slab<Entry>,
@@ -88,7 +89,7 @@ pub struct EventLoop {
 
 impl EventLoop {
     /// A loop serving connections of `router`; other threads reach it through [`EventLoop::home`].
-    pub fn new(router: Arc<Router>) -> io::Result<EventLoop> {
+    pub fn new(router: Arc<RouterHandles>) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
         let write_timeout = router.handles().write_timeout;
@@ -369,7 +370,7 @@ impl EventLoop {
 /// Frames and handles `input` until it is used up or `budget` texts were
 /// handled; returns how many bytes were used.
 fn handle_input(
-    router: &Router,
+    router: &RouterHandles,
     conn: &Arc<Connection>,
     framing: &mut Framing,
     input: &[u8],

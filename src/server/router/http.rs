@@ -2,7 +2,7 @@
 //! each [`Event`] the HTTP framing yields.
 //!
 //! `POST /` carries one request or a batch as its body; each request goes
-//! through the same dispatch (admission, queue, workers) as on TCP, with a
+//! through the same route (admission, queue, workers) as on TCP, with a
 //! [`Responder`] whose replies a [`ReplyCollector`] gathers into the one HTTP
 //! response. `Authorization: Bearer <key>` gives each request of the body
 //! that has no `"session"` member of its own that session. The next
@@ -18,14 +18,14 @@ use std::sync::Arc;
 
 use super::collector::ReplyCollector;
 use super::connection::Connection;
-use super::requests::Router;
+use super::handles::RouterHandles;
 use super::responder::Responder;
 use crate::protocol::http::{Event, HttpRequest, Rejection, Response, CONTINUE};
 use crate::protocol::{null_id, parse_line, render_error, Line, RpcError};
 use crate::server::metrics::MethodKind;
 
 /// Handles one event of an HTTP connection (event-loop thread).
-pub fn handle(router: &Router, conn: &Arc<Connection>, event: Event) {
+pub fn handle(router: &RouterHandles, conn: &Arc<Connection>, event: Event) {
     match event {
         Event::Continue => conn.deliver(CONTINUE),
         Event::Reject(rejection) => reject(router, conn, &rejection, None),
@@ -33,7 +33,7 @@ pub fn handle(router: &Router, conn: &Arc<Connection>, event: Event) {
     }
 }
 
-fn serve(router: &Router, conn: &Arc<Connection>, request: HttpRequest) {
+fn serve(router: &RouterHandles, conn: &Arc<Connection>, request: HttpRequest) {
     let keep = request.keep_alive;
     if request.method != "POST" {
         let detail = format!(
@@ -99,7 +99,7 @@ fn serve(router: &Router, conn: &Arc<Connection>, request: HttpRequest) {
 }
 
 fn dispatch(
-    router: &Router,
+    router: &RouterHandles,
     exchange: &Arc<ReplyCollector>,
     parsed: crate::protocol::Parsed,
     bearer: Option<&str>,
@@ -110,7 +110,7 @@ fn dispatch(
                 request.session = bearer.map(str::to_string);
             }
             let responder = Responder::collected(exchange, request.id.take());
-            (router.dispatch)(request, responder);
+            (router.route)(request, responder);
         }
         Err((id, error)) => {
             Responder::collected(exchange, Some(id.unwrap_or_else(null_id))).reply(Err(error))
@@ -121,7 +121,7 @@ fn dispatch(
 /// Answers a request that is not served with its status and a JSON-RPC
 /// error body (counted like any error reply).
 fn reject(
-    router: &Router,
+    router: &RouterHandles,
     conn: &Arc<Connection>,
     r: &Rejection,
     header: Option<(&'static str, &str)>,

@@ -5,14 +5,19 @@
 //!   past `max_clients`, answers it one -32005 line and closes it cleanly.
 //! - `server.router_threads` event loops ([`event_loop`]) read, frame and
 //!   parse requests, answer on the spot what needs no worker (refusals,
-//!   parse errors, `sys.ping`), hand the rest to the dispatch function
+//!   parse errors, `sys.ping`), hand the rest to the route function
 //!   (the method table's `route`), and write replies.
 //!
 //! The thread count is fixed at start whatever the number of clients.
 //! Per connection: [`connection`] (the socket and its [`outbox`]), kept in
 //! the [`registry`]; per request: its [`responder`], whose reply a
 //! [`collector`] gathers with the others of a batch or an HTTP request;
-//! from frames to dispatched requests: [`requests`].
+//! what every router thread is given: [`handles`]; from frames to
+//! dispatched requests: [`requests`], and for HTTP, [`http`].
+//!
+//! The files build on each other one way: `outbox`, then `connection`,
+//! then `registry`, `responder` and `collector`, then `handles`, then
+//! `http` and `requests`, then the threads, `event_loop` and `acceptor`.
 //!
 //! The transport seam: each listener is of a [`Wire`] kind and gives its
 //! connections the matching [`Framing`]; the loop only ever asks a framing
@@ -23,6 +28,7 @@ pub mod acceptor;
 pub mod collector;
 pub mod connection;
 pub mod event_loop;
+pub mod handles;
 pub mod http;
 #[cfg(test)]
 mod loopback;
@@ -37,7 +43,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use connection::Home;
-pub use requests::Router;
+pub use handles::RouterHandles;
 
 use crate::protocol::framing::Wire;
 
@@ -50,7 +56,7 @@ pub struct RouterThreads {
 /// Starts `threads` event loops and the acceptor over `listeners` (each a
 /// listener and the wire its connections speak).
 pub fn start(
-    router: Arc<Router>,
+    router: Arc<RouterHandles>,
     listeners: Vec<(TcpListener, Wire)>,
     threads: usize,
 ) -> io::Result<RouterThreads> {

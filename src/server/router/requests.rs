@@ -1,53 +1,20 @@
-//! From frames to requests: what the router threads share ([`Router`]:
-//! the `[server]` limits, the open connections, the counters, the
-//! lifecycle, and the dispatch function), and how one frame read on a
-//! connection becomes parsed requests, each handed with its
-//! [`Responder`] to the dispatch function, or an error reply.
+//! From frames to requests: how one frame read on a connection becomes
+//! parsed requests, each handed with its [`Responder`] to the router's
+//! [`RouteFn`](super::handles::RouteFn), or an error reply; an HTTP event
+//! goes to [`http`](super::http).
 
 use std::sync::Arc;
 
 use super::collector::ReplyCollector;
-use super::connection::{Connection, Handles};
-use super::registry::Registry;
+use super::connection::Connection;
+use super::handles::RouterHandles;
 use super::responder::Responder;
-use crate::config::ServerConfig;
 use crate::protocol::framing::Frame;
-use crate::protocol::{null_id, parse_line, Line, Parsed, Request, RpcError};
-use crate::server::shutdown::Shutdown;
-use crate::server::stats::Stats;
-
-/// Where the router hands each request it has read.
-pub type Dispatch = dyn Fn(Request, Responder) + Send + Sync;
-
-/// What the router needs: the `[server]` limits, the open connections, the
-/// counters, the lifecycle, and where requests go.
-pub struct Router {
-    /// `[server]` configuration.
-    pub config: ServerConfig,
-    /// The open connections.
-    pub connections: Arc<Registry>,
-    /// Counters (errors answered on the router thread).
-    pub stats: Arc<Stats>,
-    /// Lifecycle state.
-    pub shutdown: Arc<Shutdown>,
-    /// The method table's routing.
-    pub dispatch: Box<Dispatch>,
-}
-
-impl Router {
-    /// What each connection is given.
-    pub fn handles(&self) -> Handles {
-        Handles::new(
-            self.stats.clone(),
-            self.shutdown.clone(),
-            self.connections.queued_bytes(),
-        )
-    }
-}
+use crate::protocol::{null_id, parse_line, Line, Parsed, RpcError};
 
 /// Handles one frame read on `conn`: a text is parsed and each request in
 /// it dispatched; an oversized one is answered -32009.
-pub fn handle_frame(router: &Router, conn: &Arc<Connection>, frame: Frame) {
+pub fn handle_frame(router: &RouterHandles, conn: &Arc<Connection>, frame: Frame) {
     match frame {
         Frame::Text(bytes) | Frame::Stray(bytes) => handle_text(router, conn, bytes),
         Frame::TooLarge => Responder::new(conn, None, Some(null_id())).reply(Err(
@@ -57,7 +24,7 @@ pub fn handle_frame(router: &Router, conn: &Arc<Connection>, frame: Frame) {
     }
 }
 
-fn handle_text(router: &Router, conn: &Arc<Connection>, bytes: &[u8]) {
+fn handle_text(router: &RouterHandles, conn: &Arc<Connection>, bytes: &[u8]) {
     match parse_line(bytes) {
         Err(e) => Responder::new(conn, None, Some(null_id())).reply(Err(e)),
         Ok(Line::Single(parsed)) => handle_parsed(router, conn, None, parsed),
@@ -71,7 +38,7 @@ fn handle_text(router: &Router, conn: &Arc<Connection>, bytes: &[u8]) {
 }
 
 fn handle_parsed(
-    router: &Router,
+    router: &RouterHandles,
     conn: &Arc<Connection>,
     batch: Option<&Arc<ReplyCollector>>,
     parsed: Parsed,
@@ -79,7 +46,7 @@ fn handle_parsed(
     match parsed {
         Ok(mut request) => {
             let responder = Responder::new(conn, batch, request.id.take());
-            (router.dispatch)(request, responder);
+            (router.route)(request, responder);
         }
         Err((id, error)) => {
             Responder::new(conn, batch, Some(id.unwrap_or_else(null_id))).reply(Err(error));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::Failure;
+use crate::failure::Failure;
 
 /// How `blitz bench` works, for `blitz bench --help`.
 pub const BENCH_HELP: &str = "\

@@ -1,5 +1,6 @@
 //! [`Share`]: this instance's part of the connection budget as the pool and
-//! the workers see it, enforced locally at two points:
+//! the workers see it (the `cluster` module sets it from the registry),
+//! enforced locally at two points:
 //!
 //! - a counting gate: at most `limit` callers hold a pooled connection at
 //!   once ([`Share::acquire`]); the other workers wait at the gate, so the
@@ -14,7 +15,7 @@
 //! The limit only rises after the registry recorded the larger share, and
 //! the registry only records a smaller share after the open connections
 //! have come down to it, so the registry's figure is always at least what
-//! this instance holds (see [`super`]).
+//! this instance holds (the invariant is the `cluster` module's).
 
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
