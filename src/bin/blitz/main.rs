@@ -20,10 +20,12 @@
 //! - 6: outcome unknown: the connection broke or timed out after the
 //!   request was sent, or the reply was not JSON-RPC; the call may have run.
 //!
-//! `blitz bench` (the load generator in `bench/load.rs`, options in
-//! [`bench`]) exits 0 when the run ran, whatever it measured (rejections and
-//! connection errors are in its report), 2 for bad options, 5 when no
-//! connection could be made or a `--user` login was refused.
+//! `blitz bench` (the load generator, [`bench`](mod@bench)) exits 0 when
+//! the run ran, whatever it measured (rejections and connection errors are
+//! in its report), 2 for bad options, 5 when no connection could be made or
+//! a `--user` login was refused.
+
+#![forbid(unsafe_code)]
 
 mod bench;
 mod prompt;
