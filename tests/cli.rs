@@ -129,3 +129,69 @@ fn a_server_killed_mid_call_exits_6_outcome_unknown() {
     assert!(out.is_empty());
     assert!(err.contains("may or may not have run"), "{err}");
 }
+
+/// `blitz call` as user `ann` (the trust-mode login of a call without a
+/// stored session), so that every call shares one user's idempotency keys.
+fn blitz_as_ann(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = blitz_command(addr, args);
+    cmd.env("USER", "ann");
+    run(cmd)
+}
+
+#[test]
+fn an_idempotency_key_runs_a_repeated_call_once() {
+    let (db, server) = Server::on_fresh_db(
+        "CREATE SCHEMA blitz_api;
+         CREATE TABLE public.balance (id int PRIMARY KEY, amount int NOT NULL);
+         INSERT INTO public.balance VALUES (1, 0);
+         CREATE FUNCTION blitz_api.deposit(cents int) RETURNS int LANGUAGE sql
+           AS 'UPDATE public.balance SET amount = amount + cents WHERE id = 1 RETURNING amount';",
+        &[],
+    );
+    let balance = || -> i32 {
+        db.connect()
+            .query_one("SELECT amount FROM public.balance", &[])
+            .unwrap()
+            .get(0)
+    };
+    let keyed = [
+        "call",
+        "api.deposit",
+        "cents=5",
+        "--idempotency-key",
+        "dep-1",
+    ];
+    for _ in 0..2 {
+        let (code, out, err) = blitz_as_ann(&server.addr, &keyed);
+        assert_eq!((code, out.trim()), (0, "5"), "the first outcome: {err}");
+    }
+    assert_eq!(balance(), 5, "the deposit ran once");
+
+    let (code, out, err) = blitz_as_ann(&server.addr, &["call", "api.deposit", "cents=5"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "10"),
+        "without a key it runs: {err}"
+    );
+
+    let other = [
+        "call",
+        "api.deposit",
+        "cents=7",
+        "--idempotency-key",
+        "dep-1",
+    ];
+    let (code, out, err) = blitz_as_ann(&server.addr, &other);
+    assert_eq!(code, 4, "refused, final: {err}");
+    assert!(out.is_empty() && err.contains("-32011"), "{err}");
+
+    let long = "k".repeat(257);
+    let too_long = ["call", "api.deposit", "cents=5", "--idempotency-key", &long];
+    let (code, _, err) = blitz_as_ann(&server.addr, &too_long);
+    assert_eq!(code, 2, "usage: {err}");
+    assert!(
+        err.contains("--idempotency-key") && err.contains("1 to 256 bytes, not 257"),
+        "{err}"
+    );
+    assert_eq!(balance(), 10, "neither refused call ran");
+}

@@ -223,16 +223,9 @@ fn a_client_that_never_reads_is_closed_and_costs_at_most_the_outbox() {
 
 /// Raises this process's soft open-file limit to `n` (the hard limit allowing).
 fn raise_nofile(n: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max.min(n.max(limit.rlim_cur));
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
+    use nix::sys::resource::{getrlimit, setrlimit, Resource::RLIMIT_NOFILE};
+    let (soft, hard) = getrlimit(RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(RLIMIT_NOFILE, hard.min(n.max(soft)), hard).expect("setrlimit");
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! 0 after a clean stop, 2 for a bad configuration or usage, 1 for any
 //! other failure.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

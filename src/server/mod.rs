@@ -427,27 +427,18 @@ fn drain_and_close(ctx: &Arc<Context>, mut stages: Stages) {
 /// connection holds one descriptor) and warns when even that is below
 /// `server.max_clients` plus the pool and a margin.
 pub fn raise_fd_limit(config: &Config) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource::RLIMIT_NOFILE};
     let needed = config.server.max_clients + config.db.pool_size * 2 + 64;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Ok((mut soft, hard)) = getrlimit(RLIMIT_NOFILE) else {
+        return;
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        }
+    if soft < hard && setrlimit(RLIMIT_NOFILE, hard, hard).is_ok() {
+        soft = hard;
     }
-    if limit.rlim_cur < needed {
+    if soft < needed {
         log::warn!(
-            "open-file limit is {} but server.max_clients = {} needs about {needed}; \
+            "open-file limit is {soft} but server.max_clients = {} needs about {needed}; \
              connections beyond the limit will fail to be accepted (raise `ulimit -n` or lower max_clients)",
-            limit.rlim_cur,
             config.server.max_clients
         );
     }

@@ -20,10 +20,12 @@
 //! - 6: outcome unknown: the connection broke or timed out after the
 //!   request was sent, or the reply was not JSON-RPC; the call may have run.
 //!
-//! `blitz bench` (the load generator in `bench/load.rs`, options in
-//! [`bench`]) exits 0 when the run ran, whatever it measured (rejections and
-//! connection errors are in its report), 2 for bad options, 5 when no
-//! connection could be made or a `--user` login was refused.
+//! `blitz bench` (the load generator, [`bench`](mod@bench)) exits 0 when
+//! the run ran, whatever it measured (rejections and connection errors are
+//! in its report), 2 for bad options, 5 when no connection could be made or
+//! a `--user` login was refused.
+
+#![forbid(unsafe_code)]
 
 mod bench;
 mod failure;
@@ -115,6 +117,13 @@ enum Command {
         /// request (its "session" member) instead of the stored session.
         #[arg(long, value_name = "KEY")]
         session: Option<String>,
+        /// Send the call with idempotency key KEY (1 to 256 bytes): the
+        /// same call repeated with the same KEY returns the first outcome
+        /// without running again; KEY with other params is -32011. Without
+        /// it the call gets a fresh key of its own (safe retries).
+        #[arg(long, value_name = "KEY", conflicts_with = "session",
+              value_parser = parse_idempotency_key)]
+        idempotency_key: Option<String>,
     },
     /// Check that the server answers (sys.ping, no database work).
     Ping,
@@ -242,6 +251,21 @@ fn parse_pair(arg: &str) -> Result<(String, Value), String> {
     Ok((key.to_string(), value))
 }
 
+/// The longest idempotency key the server takes, in bytes.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+/// `--idempotency-key KEY`: 1 to 256 bytes, as the server requires.
+fn parse_idempotency_key(key: &str) -> Result<String, String> {
+    if (1..=MAX_IDEMPOTENCY_KEY_BYTES).contains(&key.len()) {
+        Ok(key.to_string())
+    } else {
+        Err(format!(
+            "a key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes, not {}",
+            key.len()
+        ))
+    }
+}
+
 /// Runs the command the arguments describe.
 fn run(args: &Args) -> Result<(), Failure> {
     let servers = server_list(args.server.as_deref()).map_err(Failure::Usage)?;
@@ -264,18 +288,23 @@ fn connect(args: &Args, servers: &[String]) -> Result<Client, CallError> {
 fn run_call(args: &Args, servers: &[String], command: &Command) -> Result<(), Failure> {
     let (method, params) = command.request().map_err(Failure::Usage)?;
     let mut client = connect(args, servers)?;
-    let own_session = match command {
-        Command::Call { session, .. } => session.as_deref(),
-        _ => None,
+    let (own_session, own_key) = match command {
+        Command::Call {
+            session,
+            idempotency_key,
+            ..
+        } => (session.as_deref(), idempotency_key.as_deref()),
+        _ => (None, None),
     };
     if command.uses_session() && own_session.is_none() {
         join_stored(&mut client, servers)?;
     }
     let timeout = args.timeout_ms.map(Duration::from_millis);
-    let result = match (own_session, timeout) {
-        (Some(key), _) => client.call_in_session(key, &method, params, timeout),
-        (None, Some(t)) => client.call_with_timeout(&method, params, t),
-        (None, None) => client.call(&method, params),
+    let result = match (own_session, own_key, timeout) {
+        (Some(session), _, _) => client.call_in_session(session, &method, params, timeout),
+        (None, Some(key), _) => client.call_with_key(&method, params, key, timeout),
+        (None, None, Some(t)) => client.call_with_timeout(&method, params, t),
+        (None, None, None) => client.call(&method, params),
     }
     .map_err(|error| Failure::Call {
         hint: (error.code() == Some(UNAUTHENTICATED))
@@ -596,6 +625,17 @@ mod tests {
         );
         assert_eq!(Command::Status.request().unwrap().0, "sys.status");
         assert_eq!(Command::Instances.request().unwrap().0, "sys.instances");
+    }
+
+    #[test]
+    fn idempotency_keys_are_1_to_256_bytes() {
+        assert_eq!(parse_idempotency_key("k-1").unwrap(), "k-1");
+        assert!(parse_idempotency_key(&"é".repeat(128)).is_ok(), "256 bytes");
+        for bad in [String::new(), "x".repeat(257), "é".repeat(129)] {
+            let e = parse_idempotency_key(&bad).unwrap_err();
+            let len = bad.len();
+            assert_eq!(e, format!("a key must be 1 to 256 bytes, not {len}"));
+        }
     }
 
     #[test]

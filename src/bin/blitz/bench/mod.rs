@@ -1,7 +1,27 @@
 //! `blitz bench`: the options of the load generator ([`load`]) and
 //! printing its report.
+//!
+//! The generator's files, bottom-up (each uses only files above it):
+//! [`options`] (what to run), [`report`] (what it measured, as text or
+//! JSON), [`cpu`] (`/proc` and getrusage accounting), [`http_client`]
+//! (HTTP/1.1 framing), [`timer`] and [`poller`] (the event loop's waits),
+//! [`requests`] (calls rendered, replies classified), [`connect`] (a
+//! connection readied and logged in), [`progress`] (counters shared by the
+//! threads), [`tally`] (what one thread measured), [`engine`] (one
+//! event-loop thread), [`load`] (the run: threads, measured phase, report).
 
+mod connect;
+mod cpu;
+mod engine;
+mod http_client;
 mod load;
+mod options;
+mod poller;
+mod progress;
+mod report;
+mod requests;
+mod tally;
+mod timer;
 
 use std::io::Write;
 use std::time::Duration;
@@ -9,6 +29,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::failure::Failure;
+use options::{BenchError, Options, Params, Stop};
 
 /// How `blitz bench` works, for `blitz bench --help`.
 pub const BENCH_HELP: &str = "\
@@ -82,37 +103,33 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     /// The library's options, with the global `--server` and `--timeout-ms`.
-    fn options(
-        &self,
-        servers: Vec<String>,
-        timeout_ms: Option<u64>,
-    ) -> Result<load::Options, String> {
+    fn options(&self, servers: Vec<String>, timeout_ms: Option<u64>) -> Result<Options, String> {
         let stop = match (self.calls, self.duration) {
-            (Some(n), _) => load::Stop::Calls(n),
+            (Some(n), _) => Stop::Calls(n),
             (None, Some(secs)) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
-                load::Stop::Duration(Duration::from_secs_f64(secs))
+                Stop::Duration(Duration::from_secs_f64(secs))
             }
             (None, Some(secs)) => return Err(format!("--duration {secs}: expected seconds > 0")),
-            (None, None) => load::Stop::Duration(Duration::from_secs(10)),
+            (None, None) => Stop::Duration(Duration::from_secs(10)),
         };
         let params = match &self.params {
             Some(text) => match serde_json::from_str(text) {
-                Ok(v @ (Value::Object(_) | Value::Array(_))) => load::Params::Fixed(v),
+                Ok(v @ (Value::Object(_) | Value::Array(_))) => Params::Fixed(v),
                 _ => {
                     return Err(format!(
                         "--params {text:?}: expected one JSON object or array"
                     ))
                 }
             },
-            None if self.method == "api.transfer" => load::Params::Transfer { scale: self.scale },
-            None => load::Params::Fixed(Value::Object(Map::new())),
+            None if self.method == "api.transfer" => Params::Transfer { scale: self.scale },
+            None => Params::Fixed(Value::Object(Map::new())),
         };
         if let Some(r) = self.rate {
             if !(r.is_finite() && r > 0.0) {
                 return Err(format!("--rate {r}: expected calls per second > 0"));
             }
         }
-        Ok(load::Options {
+        Ok(Options {
             servers,
             connections: self.connections as usize,
             threads: self.threads,
@@ -141,8 +158,8 @@ pub fn run_bench(
         .options(servers, timeout_ms)
         .map_err(Failure::Usage)?;
     let report = load::run(&options).map_err(|e| match e {
-        load::BenchError::Usage(m) => Failure::Usage(m),
-        load::BenchError::Connect(m) => Failure::Connect(m),
+        BenchError::Usage(m) => Failure::Usage(m),
+        BenchError::Connect(m) => Failure::Connect(m),
     })?;
     let text = if bench_args.json {
         serde_json::to_string(&report)
