@@ -36,6 +36,7 @@
 //! `cluster` and `auth`; `server`. `client` stands on `protocol` alone.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod auth;
 mod cluster;
