@@ -16,6 +16,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+mod tls;
+pub use tls::{read_certificates, read_private_key, split_pg_tls, PgSslMode, PgTls};
+
 /// `[server]`: the listening side.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +39,29 @@ pub struct ServerConfig {
     pub max_in_flight_per_connection: u64,
     /// Seconds queued and running work gets to finish at shutdown.
     pub drain_timeout_s: u64,
+    /// PEM certificate (chain) of the TLS listeners ("" = plaintext).
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// PEM CA whose signature a client certificate needs ("" = none asked).
+    pub tls_client_ca_file: String,
+    /// Longest TLS handshake before the socket is closed.
+    pub tls_handshake_timeout_ms: u64,
+    /// Password mode off loopback without TLS (a TLS-terminating proxy in front).
+    pub allow_plaintext: bool,
+}
+
+impl ServerConfig {
+    fn tls_keys(&self, mode: AuthMode) -> tls::ServerTlsKeys<'_> {
+        tls::ServerTlsKeys {
+            cert_file: &self.tls_cert_file,
+            key_file: &self.tls_key_file,
+            client_ca_file: &self.tls_client_ca_file,
+            handshake_timeout_ms: self.tls_handshake_timeout_ms,
+            allow_plaintext: self.allow_plaintext,
+            password_mode: mode == AuthMode::Password,
+        }
+    }
 }
 
 /// `[invocation]`: the queue and the workers.
@@ -167,6 +193,11 @@ impl Default for RawConfig {
                 idle_timeout_s: 300,
                 max_in_flight_per_connection: 64,
                 drain_timeout_s: 30,
+                tls_cert_file: String::new(),
+                tls_key_file: String::new(),
+                tls_client_ca_file: String::new(),
+                tls_handshake_timeout_ms: 5000,
+                allow_plaintext: false,
             },
             invocation: InvocationConfig {
                 workers: 0,
@@ -750,7 +781,11 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
     if !metrics.listen.is_empty() {
         parse_listen("metrics.listen", &metrics.listen)?;
     }
-    postgres::Config::from_str(&db.url).map_err(|e| {
+    let db_tls = split_pg_tls(&db.url).map_err(ConfigError)?;
+    if let Some(ca) = &db_tls.root_cert {
+        read_certificates("db.url's sslrootcert", ca).map_err(ConfigError)?;
+    }
+    postgres::Config::from_str(&db_tls.url).map_err(|e| {
         ConfigError(format!(
             "config key db.url = {}: not a PostgreSQL connection URL ({e}); \
              expected e.g. postgresql://user@host:5432/dbname",
@@ -770,6 +805,10 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
             )));
         }
     }
+    let listeners: Vec<_> = (listen_addrs.iter().map(|a| ("server.listen", *a)))
+        .chain(http_listen_addrs.iter().map(|a| ("server.http_listen", *a)))
+        .collect();
+    tls::check_server(server.tls_keys(auth.mode), &listeners).map_err(ConfigError)?;
     let pool_size_origin = resolve_pool_size(&mut db);
     let mut server = server;
     if server.router_threads == 0 {

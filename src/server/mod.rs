@@ -11,6 +11,8 @@
 //! - [`workers`]: the fixed pool of threads that run queued jobs;
 //! - [`context`]: what the methods share;
 //! - [`stats`], [`shutdown`]: counters and the lifecycle state;
+//! - [`tls`]: the listeners' reloadable TLS configuration; [`signals`]:
+//!   the thread that turns SIGINT/SIGTERM into a stop and SIGHUP into a reload;
 //! - [`metrics`]: the Prometheus metrics and the `metrics.listen`
 //!   listener (`/metrics`, `/health/live`, `/health/ready`).
 
@@ -20,7 +22,9 @@ pub mod methods;
 pub mod metrics;
 pub mod router;
 pub mod shutdown;
+pub mod signals;
 pub mod stats;
+pub mod tls;
 pub mod workers;
 
 use std::io;
