@@ -163,7 +163,7 @@ impl Server {
         let housekeeper = self.housekeeper.as_mut().expect("join before run");
         match housekeeper.start() {
             Ok(()) => Ok(()),
-            Err(JoinError::NoRoom(message)) => Err(message),
+            Err(JoinError::NoRoom(message) | JoinError::Refused(message)) => Err(message),
             Err(e) => Err(format!("cannot join the instance registry: {e:?}")),
         }
     }
@@ -315,8 +315,8 @@ fn new_cluster(
 /// `blitz`, keeps the registry, writes session activity and sweeps expired
 /// idempotency records; it stops when `stop` is set (after the drain).
 fn housekeeper(ctx: &Arc<Context>, stop: &Arc<AtomicBool>) -> Housekeeper {
-    let mut connect = db::connect_config(&ctx.config);
-    connect.application_name("blitz-housekeeping");
+    let mut connect = db::Connector::new(&ctx.config);
+    connect.settings.application_name("blitz-housekeeping");
     let sessions = ctx.sessions.clone();
     let (pool, cluster) = (ctx.db.pool.clone(), ctx.db.cluster().clone());
     let stop = stop.clone();
