@@ -140,3 +140,26 @@ fn an_unreadable_sslrootcert_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn sighup_never_stops_the_server() {
+    let db = support::TestDb::new();
+    let mut server = Server::start(&db.url, &[]);
+    for _ in 0..2 {
+        let sent = Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()));
+    }
+    support::wait_until("the SIGHUP log line", || {
+        server.log().contains("SIGHUP: no TLS files configured")
+    });
+    let mut rpc = Rpc::session(&server.addr);
+    assert!(result(&rpc.call("sys.instances", json!({}))).is_array());
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.terminate().code(), Some(0), "SIGTERM still drains");
+}
