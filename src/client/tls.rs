@@ -1,7 +1,7 @@
 //! The thin client's TLS: whom it trusts (`--ca FILE` or, with `--tls`,
 //! the operating system's roots via rustls-native-certs), the handshake
 //! done when a connection opens, with the host name of `--server` checked
-//! against the certificate, and the [`Stream`] the wire reads and writes.
+//! against the certificate, and the `Stream` the wire reads and writes.
 //! A certificate that fails verification is an error naming what it was
 //! checked against; the client never falls back to plaintext.
 

@@ -1,7 +1,6 @@
-//! The wire: one open TCP connection to one server, the request line, and
+//! The wire: one open TCP (or TLS over TCP) connection to one server, the request line, and
 //! the classification of each reply line for the call waiting on it.
 
-use super::tls::{ClientTls, Stream};
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -9,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::tls::{ClientTls, Stream};
 use crate::protocol::{self, ReplyId, ReplyOutcome};
 
 use super::error::CallError;
