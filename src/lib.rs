@@ -44,6 +44,9 @@ mod config;
 mod db;
 mod logging;
 mod server;
+#[cfg(test)]
+#[path = "../tests/support/certs.rs"]
+mod test_certs;
 
 pub mod client;
 pub mod protocol;
@@ -55,6 +58,8 @@ pub use config::{
     physical_cores, AuthMode, Config, ConfigError, ConfigInputs, PoolSizeOrigin, Source,
 };
 pub use protocol::RpcError;
+pub use server::signals::spawn_signal_thread;
+pub use server::tls::{ServerTls, TlsError, TlsFiles};
 pub use server::{raise_fd_limit, Server};
 
 /// The catalogue of callable functions: what blitz learns from `pg_proc` and

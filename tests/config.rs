@@ -410,3 +410,95 @@ fn a_pool_larger_than_the_budget_gets_a_share_and_no_room_exits_2() {
         "{err}"
     );
 }
+
+#[test]
+fn plaintext_passwords_off_loopback_are_refused_unless_allowed() {
+    let e = load(None, &[], &[("server.listen", "0.0.0.0:4063")]).unwrap_err();
+    assert!(
+        e.contains("auth.mode")
+            && e.contains("server.tls_cert_file")
+            && e.contains("server.allow_plaintext"),
+        "{e}"
+    );
+    let e = load(None, &[], &[("server.http_listen", "0.0.0.0:4080")]).unwrap_err();
+    assert!(e.contains("server.http_listen"), "{e}");
+    let allowed = load(
+        None,
+        &[],
+        &[
+            ("server.listen", "0.0.0.0:4063"),
+            ("server.allow_plaintext", "true"),
+        ],
+    );
+    assert!(allowed.is_ok(), "{allowed:?}");
+    assert!(load(None, &[], &[]).is_ok(), "loopback stays plaintext");
+}
+
+#[test]
+fn tls_keys_are_checked_at_start() {
+    let dir = support::certs::temp_dir("config");
+    let ca = support::certs::TestCa::new("blitz config CA");
+    let (cert, key) = ca.leaf("server", &["localhost"]).write(&dir, "server");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let e = load(None, &[], &[("server.tls_cert_file", &cert)]).unwrap_err();
+    assert!(
+        e.contains("server.tls_cert_file")
+            && e.contains("server.tls_key_file")
+            && e.contains("both"),
+        "{e}"
+    );
+    let e = load(None, &[], &[("server.tls_client_ca_file", &cert)]).unwrap_err();
+    assert!(e.contains("server.tls_client_ca_file"), "{e}");
+    let missing = dir.join("missing.crt").display().to_string();
+    let e = load(
+        None,
+        &[],
+        &[
+            ("server.tls_cert_file", &missing),
+            ("server.tls_key_file", &key),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("server.tls_cert_file") && e.contains(&missing),
+        "{e}"
+    );
+    let e = load(
+        None,
+        &[],
+        &[
+            ("server.tls_cert_file", &cert),
+            ("server.tls_key_file", &cert),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("server.tls_key_file") && e.contains("private key"),
+        "{e}"
+    );
+    let e = load(None, &[], &[("server.tls_handshake_timeout_ms", "0")]).unwrap_err();
+    assert!(e.contains("server.tls_handshake_timeout_ms"), "{e}");
+    // Good files: refused while the listeners cannot speak TLS, naming the keys.
+    let e = load(
+        None,
+        &[],
+        &[
+            ("server.tls_cert_file", &cert),
+            ("server.tls_key_file", &key),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("server.tls_cert_file") && e.contains("do not speak TLS"),
+        "{e}"
+    );
+}
+
+#[test]
+fn server_exits_2_on_plaintext_passwords_off_loopback() {
+    let mut cmd = Command::new(bin("blitz-server"));
+    cmd.args(["--listen", "0.0.0.0:0", "--set", "auth.mode=password"]);
+    let (code, _, err) = run(cmd);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("server.allow_plaintext"), "{err}");
+}

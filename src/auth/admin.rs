@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use super::migrations;
 use crate::auth;
@@ -27,7 +27,10 @@ pub enum AdminError {
 impl fmt::Display for AdminError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AdminError::Db(e) => write!(f, "database: {e}"),
+            AdminError::Db(e) => match std::error::Error::source(e) {
+                Some(cause) => write!(f, "database: {e}: {cause}"),
+                None => write!(f, "database: {e}"),
+            },
             AdminError::NoSuchUser(name) => {
                 write!(f, "no user {name:?} (see `blitz-server user list`)")
             }
@@ -71,7 +74,7 @@ pub struct Admin {
 impl Admin {
     /// Connects to `config`'s database and applies pending migrations.
     pub fn connect(config: &Config) -> Result<Admin, AdminError> {
-        let mut client = crate::db::connect_config(config).connect(NoTls)?;
+        let mut client = crate::db::Connector::new(config).connect()?;
         migrations::migrate(&mut client)?;
         Ok(Admin { client })
     }

@@ -1,5 +1,5 @@
 //! `blitz-server`: loads the configuration, builds the pool and serves until
-//! Ctrl-C or SIGTERM; `blitz-server user …` administers users. Exit codes:
+//! Ctrl-C or SIGTERM (SIGHUP re-reads the TLS files); `blitz-server user …` administers users. Exit codes:
 //! 0 after a clean stop, 2 for a bad configuration or usage, 1 for any
 //! other failure.
 
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use blitz::{Admin, AdminError, Config, ConfigError, ConfigInputs, Server};
+use blitz::{Admin, AdminError, Config, ConfigError, ConfigInputs, Server, ServerTls};
 
 /// The blitz application server.
 #[derive(Debug, Parser)]
@@ -213,10 +213,15 @@ fn print_users(admin: &mut Admin) -> Result<(), AdminError> {
 
 fn serve(config: Config) -> ExitCode {
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
-    if let Err(e) = ctrlc::set_handler(move || {
-        let _ = stop_tx.try_send(());
-    }) {
-        eprintln!("blitz-server: cannot install the Ctrl-C/SIGTERM handler: {e}");
+    let tls = match ServerTls::from_config(&config) {
+        Ok(tls) => tls.map(std::sync::Arc::new),
+        Err(e) => {
+            eprintln!("blitz-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = blitz::spawn_signal_thread(stop_tx, tls) {
+        eprintln!("blitz-server: cannot install the SIGINT/SIGTERM/SIGHUP handler: {e}");
         return ExitCode::FAILURE;
     }
     blitz::raise_fd_limit(&config);

@@ -34,6 +34,7 @@
 mod error;
 mod retry;
 mod servers;
+pub mod tls;
 mod wire;
 
 use std::fmt;
@@ -45,6 +46,7 @@ use crate::protocol::code::UNAUTHENTICATED;
 
 pub use error::{CallError, ErrorKind};
 pub use retry::RetryBudget;
+pub use tls::{ClientTls, Trust};
 pub use wire::{CONNECT_TIMEOUT, TIMEOUT_MARGIN};
 
 use retry::{backoff, jittered};
@@ -73,6 +75,7 @@ pub struct ClientOptions {
     quarantine: Duration,
     spread: bool,
     idempotency_keys: bool,
+    tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -88,11 +91,25 @@ impl Default for ClientOptions {
             quarantine: Duration::from_secs(3),
             spread: true,
             idempotency_keys: true,
+            tls: None,
         }
     }
 }
 
 impl ClientOptions {
+    /// Speak TLS to every server, trusting what `tls` trusts.
+    pub fn tls(mut self, tls: ClientTls) -> ClientOptions {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Speak TLS to every server, trusting `trust`; a CA file that cannot
+    /// be read is a connection error (not retryable) naming it.
+    pub fn trusting(self, trust: &Trust) -> Result<ClientOptions, CallError> {
+        let tls = ClientTls::new(trust).map_err(|e| CallError::connection(e.to_string(), false))?;
+        Ok(self.tls(tls))
+    }
+
     /// At most `n` attempts per call (at least 1; 1 means no retries).
     pub fn max_attempts(mut self, n: u32) -> ClientOptions {
         self.max_attempts = n.max(1);
@@ -554,7 +571,7 @@ impl Client {
         let mut retryable = false;
         for i in self.servers.order() {
             let server = self.servers.name(i).to_string();
-            match Connection::open(i, &server) {
+            match Connection::open(i, &server, self.options.tls.as_ref()) {
                 Ok(conn) => {
                     self.servers.set_current(i);
                     return Ok(conn);

@@ -1,4 +1,4 @@
-//! The wire: one open TCP connection to one server, the request line, and
+//! The wire: one open TCP (or TLS over TCP) connection to one server, the request line, and
 //! the classification of each reply line for the call waiting on it.
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::tls::{ClientTls, Stream};
 use crate::protocol::{self, ReplyId, ReplyOutcome};
 
 use super::error::CallError;
@@ -80,14 +81,23 @@ pub(super) struct Connection {
     pub(super) server: String,
     /// Whether the client's session is bound to this connection.
     pub(super) joined: bool,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Stream>,
     partial: Vec<u8>,
 }
 
 impl Connection {
     /// Connects to `server`, number `index` of the client's list.
-    pub(super) fn open(index: usize, server: &str) -> io::Result<Connection> {
-        let stream = connect_one(server)?;
+    /// With `tls`, the handshake is done before this returns.
+    pub(super) fn open(
+        index: usize,
+        server: &str,
+        tls: Option<&ClientTls>,
+    ) -> io::Result<Connection> {
+        let tcp = connect_one(server)?;
+        let stream = match tls {
+            Some(tls) => tls.connect(server, tcp)?,
+            None => Stream::Plain(tcp),
+        };
         Ok(Connection {
             index,
             server: server.to_string(),
@@ -103,7 +113,7 @@ impl Connection {
         if !self.reader.buffer().is_empty() {
             return false;
         }
-        let stream = self.reader.get_ref();
+        let stream = self.reader.get_ref().tcp();
         if stream.set_nonblocking(true).is_err() {
             return true;
         }
@@ -149,10 +159,11 @@ impl Connection {
     /// only complete lines, so the call did not run: the error is a
     /// retryable connection error.
     fn send(&mut self, line: &[u8], deadline: Option<Instant>) -> Result<(), CallError> {
-        let mut stream = self.reader.get_ref();
-        let written = stream
+        let stream = self.reader.get_mut();
+        let written = (stream.tcp())
             .set_write_timeout(deadline.map(remaining_or_tick))
-            .and_then(|()| stream.write_all(line));
+            .and_then(|()| stream.write_all(line))
+            .and_then(|()| stream.flush());
         written.map_err(|e| {
             CallError::connection(
                 format!(
@@ -174,7 +185,7 @@ impl Connection {
                 Some(d) => Some(remaining_or_tick(d)),
                 None => None,
             };
-            self.reader.get_ref().set_read_timeout(wait)?;
+            self.reader.get_ref().tcp().set_read_timeout(wait)?;
             let available = match self.reader.fill_buf() {
                 Ok(bytes) => bytes,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -14,11 +14,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use super::registry::{self, JoinError, Round};
 use super::Cluster;
-use crate::db::Chore;
+use crate::db::{Chore, Connector};
 
 /// Runs once per new housekeeping connection, before it joins (migrations).
 pub type Prepare = Box<dyn FnMut(&mut Client) -> Result<(), postgres::Error> + Send>;
@@ -26,7 +26,7 @@ pub type Prepare = Box<dyn FnMut(&mut Client) -> Result<(), postgres::Error> + S
 /// The housekeeper's state; see the module doc.
 pub struct Housekeeper {
     cluster: Arc<Cluster>,
-    connect: postgres::Config,
+    connect: Connector,
     client: Option<Client>,
     prepare: Prepare,
     chores: Vec<(Box<dyn Chore>, Instant)>,
@@ -56,7 +56,7 @@ impl Housekeeper {
     /// workers are done.
     pub fn new(
         cluster: Arc<Cluster>,
-        connect: postgres::Config,
+        connect: Connector,
         prepare: Prepare,
         trim: Box<dyn Fn() + Send>,
         stopping: Box<dyn Fn() -> bool + Send>,
@@ -98,6 +98,9 @@ impl Housekeeper {
                 log::warn!("the connection budget is still being rebalanced for another joining instance; starting with no connections, joining from the background");
                 Ok(())
             }
+            Err(JoinError::Db(e)) if self.connect.verification_failure(&e).is_some() => Err(
+                JoinError::Refused(self.connect.verification_failure(&e).unwrap_or_default()),
+            ),
             Err(JoinError::Db(e)) => {
                 log::warn!(
                     "database does not answer yet ({e}); starting anyway with no connections, calls get -32004 until this instance has joined the connection budget"
@@ -134,7 +137,7 @@ impl Housekeeper {
     /// Opens the housekeeping connection, prepares it, and joins (or
     /// re-enlists an existing registration).
     fn connect_and_join(&mut self) -> Result<(), JoinError> {
-        let mut client = self.connect.connect(NoTls)?;
+        let mut client = self.connect.connect()?;
         (self.prepare)(&mut client)?;
         client.batch_execute(&format!("LISTEN {}", registry::CHANNEL))?;
         if !self.cluster.enlist(&mut client)? {
@@ -165,7 +168,7 @@ impl Housekeeper {
                     self.reconnect_at = Instant::now() + BUSY_RETRY;
                     return Ok(());
                 }
-                Err(JoinError::NoRoom(message)) => {
+                Err(JoinError::NoRoom(message) | JoinError::Refused(message)) => {
                     self.warn(&format!("cannot rejoin: {message}; retrying"));
                     self.reconnect_at = Instant::now() + self.cluster.timing().interval;
                     return Ok(());
@@ -207,7 +210,7 @@ impl Housekeeper {
                         self.reconnect_at = Instant::now() + BUSY_RETRY;
                         Ok(())
                     }
-                    Err(JoinError::NoRoom(message)) => {
+                    Err(JoinError::NoRoom(message) | JoinError::Refused(message)) => {
                         self.warn(&format!("cannot rejoin: {message}; retrying"));
                         Ok(())
                     }
@@ -290,7 +293,7 @@ impl Housekeeper {
             );
         }
         if self.client.is_none() {
-            let reconnected = self.connect.connect(NoTls).and_then(|mut c| {
+            let reconnected = self.connect.connect().and_then(|mut c| {
                 let registered = self.cluster.enlist(&mut c)?;
                 Ok(registered.then_some(c))
             });

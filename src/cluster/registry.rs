@@ -79,6 +79,9 @@ pub enum JoinError {
     Busy,
     /// The database failed.
     Db(postgres::Error),
+    /// The database cannot be used as configured (its TLS certificate
+    /// failed verification): the message says why.
+    Refused(String),
 }
 
 impl From<postgres::Error> for JoinError {

@@ -44,6 +44,9 @@ use layers::Layers;
 use redact::redact_url;
 use sections::RawConfig;
 
+mod tls;
+pub use tls::{read_certificates, read_private_key, split_pg_tls, PgSslMode, PgTls};
+
 /// The effective, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -33,6 +33,30 @@ pub struct ServerConfig {
     pub max_in_flight_per_connection: u64,
     /// Seconds queued and running work gets to finish at shutdown.
     pub drain_timeout_s: u64,
+    /// PEM certificate (chain) of the TLS listeners ("" = plaintext).
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// PEM CA whose signature a client certificate needs ("" = none asked).
+    pub tls_client_ca_file: String,
+    /// Longest TLS handshake before the socket is closed.
+    pub tls_handshake_timeout_ms: u64,
+    /// Password mode off loopback without TLS (a TLS-terminating proxy in front).
+    pub allow_plaintext: bool,
+}
+
+impl ServerConfig {
+    /// The `[server]` TLS keys, as `config/tls.rs` checks them.
+    pub(super) fn tls_keys(&self, mode: AuthMode) -> super::tls::ServerTlsKeys<'_> {
+        super::tls::ServerTlsKeys {
+            cert_file: &self.tls_cert_file,
+            key_file: &self.tls_key_file,
+            client_ca_file: &self.tls_client_ca_file,
+            handshake_timeout_ms: self.tls_handshake_timeout_ms,
+            allow_plaintext: self.allow_plaintext,
+            password_mode: mode == AuthMode::Password,
+        }
+    }
 }
 
 /// `[invocation]`: the queue and the workers.
@@ -164,6 +188,11 @@ impl Default for RawConfig {
                 idle_timeout_s: 300,
                 max_in_flight_per_connection: 64,
                 drain_timeout_s: 30,
+                tls_cert_file: String::new(),
+                tls_key_file: String::new(),
+                tls_client_ca_file: String::new(),
+                tls_handshake_timeout_ms: 5000,
+                allow_plaintext: false,
             },
             invocation: InvocationConfig {
                 workers: 0,

@@ -38,6 +38,7 @@ pub(super) fn sections(raw: &RawConfig) -> Result<Listeners, ConfigError> {
     invocation(&raw.invocation)?;
     db(&raw.db)?;
     auth(&raw.auth, &listeners)?;
+    server_tls(&raw.server, &raw.auth, &listeners)?;
     metrics(&raw.metrics)?;
     Ok(listeners)
 }
@@ -200,6 +201,19 @@ fn auth(auth: &AuthConfig, listeners: &Listeners) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The TLS keys of `[server]`, checked once the auth mode is known
+/// (plaintext passwords are refused off loopback).
+fn server_tls(
+    server: &ServerConfig,
+    auth: &AuthConfig,
+    listeners: &Listeners,
+) -> Result<(), ConfigError> {
+    let addrs: Vec<_> = (listeners.tcp.iter().map(|a| ("server.listen", *a)))
+        .chain(listeners.http.iter().map(|a| ("server.http_listen", *a)))
+        .collect();
+    super::tls::check_server(server.tls_keys(auth.mode), &addrs).map_err(ConfigError)
+}
+
 /// `[metrics]`: its listen address, when there is one.
 fn metrics(metrics: &MetricsConfig) -> Result<(), ConfigError> {
     if !metrics.listen.is_empty() {
@@ -226,7 +240,11 @@ fn trust_only_on_loopback(listeners: &Listeners) -> Result<(), ConfigError> {
 /// Refuses a `db.url` that is no PostgreSQL connection string (its
 /// password hidden in the message).
 fn check_url(url: &str) -> Result<(), ConfigError> {
-    postgres::Config::from_str(url).map_err(|e| {
+    let db_tls = super::tls::split_pg_tls(url).map_err(ConfigError)?;
+    if let Some(ca) = &db_tls.root_cert {
+        super::tls::read_certificates("db.url's sslrootcert", ca).map_err(ConfigError)?;
+    }
+    postgres::Config::from_str(&db_tls.url).map_err(|e| {
         ConfigError(format!(
             "config key db.url = {}: not a PostgreSQL connection URL ({e}); \
              expected e.g. postgresql://user@host:5432/dbname",

@@ -4,8 +4,9 @@
 //! ([`sqlstate`]) to a typed [`Failure`], a request's [`Deadline`] and the
 //! acquire/run plumbing under it ([`acquire`]), the statement
 //! [`watchdog`], the [`catalog`] of callable functions, the
-//! [`idempotency`] records of keyed calls, and the [`chore`] trait of
-//! background work on the housekeeping connection.
+//! [`idempotency`] records of keyed calls, the [`chore`] trait of
+//! background work on the housekeeping connection, and TLS to PostgreSQL
+//! as `db.url`'s `sslmode` says (`tls`).
 //!
 //! `db` stands on `config` (and on `protocol` for the replies idempotency
 //! records keep); it knows nothing of the server, the cluster or sessions:
@@ -21,13 +22,14 @@ pub mod idempotency;
 mod pool;
 mod share;
 pub mod sqlstate;
+mod tls;
 mod watchdog;
 
 pub use acquire::{Database, Lease};
 pub use chore::Chore;
 pub use deadline::Deadline;
 pub use health::Health;
-pub use pool::{build_pool, connect_config, trim, DbConn, PooledConn, Registration};
+pub use pool::{build_pool, trim, Connector, DbConn, PooledConn, Registration};
 pub use share::Share;
 pub use sqlstate::Failure;
 pub use watchdog::CancelReason;

@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 use r2d2_postgres::PostgresConnectionManager;
 use serde_json::Value;
 
 use super::health::Health;
 use super::share::{OpenSlot, Share};
+use super::tls::{self, PgTlsConnector};
 use crate::config::Config;
 
 /// The connection pool type used throughout blitz.
@@ -104,12 +105,17 @@ pub trait Registration: Send + Sync + std::fmt::Debug {
 
 /// r2d2 manager: r2d2_postgres's connection manager plus a statement
 /// cache, a "broken" flag per connection, and the share's cap.
-#[derive(Debug)]
 pub struct Manager {
-    inner: PostgresConnectionManager<NoTls>,
+    inner: PostgresConnectionManager<PgTlsConnector>,
     health: Arc<Health>,
     share: Arc<Share>,
     registration: Arc<dyn Registration>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").finish_non_exhaustive()
+    }
 }
 
 /// Why the pool could not open a connection.
@@ -180,8 +186,10 @@ impl r2d2::ManageConnection for Manager {
 /// timeout, TCP keepalives and TCP user timeout that keep a dead or
 /// unreachable database from hanging a worker.
 pub fn connect_config(config: &Config) -> postgres::Config {
-    let mut pg = postgres::Config::from_str(&config.db.url)
+    let db_tls = tls::pg_tls(config);
+    let mut pg = postgres::Config::from_str(&db_tls.url)
         .expect("db.url was validated when the config was loaded");
+    pg.ssl_mode(tls::ssl_mode(db_tls.mode));
     let connect_timeout = Duration::from_secs(config.db.connect_timeout_s);
     pg.connect_timeout(connect_timeout)
         .keepalives(true)
@@ -195,6 +203,48 @@ pub fn connect_config(config: &Config) -> postgres::Config {
     pg
 }
 
+/// How to open one connection to PostgreSQL: the settings of `db.url` and
+/// the TLS its `sslmode` asks for.
+#[derive(Clone)]
+pub struct Connector {
+    /// The connection settings ([`connect_config`]).
+    pub settings: postgres::Config,
+    tls: PgTlsConnector,
+    db_tls: crate::config::PgTls,
+}
+
+impl Connector {
+    /// The connector of `config`'s database.
+    pub fn new(config: &Config) -> Connector {
+        let db_tls = tls::pg_tls(config);
+        Connector {
+            settings: connect_config(config),
+            tls: tls::connector(&db_tls),
+            db_tls,
+        }
+    }
+
+    /// Opens a connection.
+    pub fn connect(&self) -> Result<Client, postgres::Error> {
+        self.settings.connect(self.tls.clone())
+    }
+
+    /// When `e` is a failed verification of the server's certificate, a
+    /// message saying so.
+    pub fn verification_failure(&self, e: &postgres::Error) -> Option<String> {
+        tls::verification_failure(e, &self.db_tls)
+    }
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("settings", &self.settings)
+            .field("db_tls", &self.db_tls)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Builds the pool of at most `db.pool_size` connections without waiting
 /// for the database: connections are opened on demand, within `share`,
 /// each enlisted in `registration`, so the server starts while the
@@ -206,7 +256,7 @@ pub fn build_pool(
     registration: Arc<dyn Registration>,
 ) -> Pool {
     let manager = Manager {
-        inner: PostgresConnectionManager::new(connect_config(config), NoTls),
+        inner: PostgresConnectionManager::new(connect_config(config), Connector::new(config).tls),
         health,
         share,
         registration,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use postgres::{CancelToken, NoTls};
+use postgres::CancelToken;
 
 /// Why a statement was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +215,7 @@ fn fire(armed: &Armed, reason: CancelReason) {
 }
 
 fn send_cancel(token: &CancelToken) {
-    if let Err(e) = token.cancel_query(NoTls) {
+    if let Err(e) = token.cancel_query(super::tls::cancel_connector()) {
         log::debug!("sending a cancel request to PostgreSQL failed: {e}");
     }
 }

@@ -12,6 +12,8 @@
 //! - [`context`]: what the methods share;
 //! - [`failure`]: how a database failure is answered on the wire;
 //! - [`stats`], [`shutdown`]: counters and the lifecycle state;
+//! - [`tls`]: the listeners' reloadable TLS configuration; [`signals`]:
+//!   the thread that turns SIGINT/SIGTERM into a stop and SIGHUP into a reload;
 //! - [`metrics`]: the Prometheus metrics and the `metrics.listen`
 //!   listener (`/metrics`, `/health/live`, `/health/ready`).
 
@@ -22,7 +24,9 @@ pub mod methods;
 pub mod metrics;
 pub mod router;
 pub mod shutdown;
+pub mod signals;
 pub mod stats;
+pub mod tls;
 pub mod workers;
 
 use std::io;
@@ -159,7 +163,7 @@ impl Server {
         let housekeeper = self.housekeeper.as_mut().expect("join before run");
         match housekeeper.start() {
             Ok(()) => Ok(()),
-            Err(JoinError::NoRoom(message)) => Err(message),
+            Err(JoinError::NoRoom(message) | JoinError::Refused(message)) => Err(message),
             Err(e) => Err(format!("cannot join the instance registry: {e:?}")),
         }
     }
@@ -314,8 +318,8 @@ fn new_cluster(
 /// `blitz`, keeps the registry, writes session activity and sweeps expired
 /// idempotency records; it stops when `stop` is set (after the drain).
 fn housekeeper(ctx: &Arc<Context>, stop: &Arc<AtomicBool>) -> Housekeeper {
-    let mut connect = db::connect_config(&ctx.config);
-    connect.application_name("blitz-housekeeping");
+    let mut connect = db::Connector::new(&ctx.config);
+    connect.settings.application_name("blitz-housekeeping");
     let sessions = ctx.sessions.clone();
     let (pool, share) = (ctx.db.pool.clone(), ctx.db.share().clone());
     let stop = stop.clone();

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod certs;
+
 /// The per-process PostgreSQL cluster.
 pub struct Cluster {
     /// The TCP port on 127.0.0.1.
@@ -85,6 +87,37 @@ fn find_bindir() -> PathBuf {
 }
 
 fn start_cluster() -> Cluster {
+    start_cluster_with(|_| String::new())
+}
+
+/// A cluster of its own (not [`cluster`]'s) that speaks only TLS: `ssl=on`
+/// with `chain_pem` / `key_pem` as its certificate and key, and a
+/// `pg_hba.conf` of `hostssl` lines alone, so a plaintext client is refused.
+pub fn start_tls_only_cluster(chain_pem: &str, key_pem: &str) -> Cluster {
+    start_cluster_with(|data| {
+        let files = [
+            ("server.crt", chain_pem),
+            ("server.key", key_pem),
+            ("pg_hba.conf", "hostssl all all 127.0.0.1/32 trust\n"),
+        ];
+        for (name, text) in files {
+            let path = data.join(name);
+            std::fs::write(&path, text).expect("write a TLS cluster file");
+            let mut perms = std::fs::metadata(&path).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+            std::fs::set_permissions(&path, perms).unwrap();
+            if is_root() {
+                let chown = Command::new("chown").arg("postgres").arg(&path).status();
+                assert!(chown.is_ok_and(|s| s.success()), "chown {name} to postgres");
+            }
+        }
+        " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into()
+    })
+}
+
+/// Makes a cluster: `initdb`, then `setup(data dir)` (which returns extra
+/// server options), then starts it on a free port.
+fn start_cluster_with(setup: impl FnOnce(&Path) -> String) -> Cluster {
     let bindir = find_bindir();
     let dir = std::env::temp_dir().join(format!(
         "blitz-test-pg-{}-{}",
@@ -121,9 +154,10 @@ fn start_cluster() -> Cluster {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let extra = setup(&data);
     for _ in 0..5 {
         let port = free_port();
-        let opts = server_options(port, &dir);
+        let opts = server_options(port, &dir) + &extra;
         let status = pg_command(&bindir, "pg_ctl")
             .arg("-D")
             .arg(&data)

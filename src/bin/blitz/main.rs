@@ -40,7 +40,7 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde_json::{Map, Value};
 
-use blitz::client::{CallError, Client, ClientOptions, DEFAULT_MAX_ATTEMPTS};
+use blitz::client::{CallError, Client, ClientOptions, Trust, DEFAULT_MAX_ATTEMPTS};
 use blitz::protocol::code::UNAUTHENTICATED;
 use failure::Failure;
 
@@ -98,6 +98,13 @@ struct Args {
     /// this many attempts were made [default: 3].
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_attempts: Option<u32>,
+    /// Speak TLS and trust the CA certificate(s) in this PEM file; the
+    /// host in --server is checked against the server's certificate.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+    /// Speak TLS and trust the operating system's root certificates.
+    #[arg(long, global = true)]
+    tls: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -266,12 +273,26 @@ fn parse_idempotency_key(key: &str) -> Result<String, String> {
     }
 }
 
+impl Args {
+    /// Whom to trust over TLS: `--ca FILE`, else the system roots with `--tls`.
+    fn trust(&self) -> Option<Trust> {
+        match (&self.ca, self.tls) {
+            (Some(ca), _) => Some(Trust::Ca(ca.clone())),
+            (None, true) => Some(Trust::SystemRoots),
+            (None, false) => None,
+        }
+    }
+}
+
 /// Runs the command the arguments describe.
 fn run(args: &Args) -> Result<(), Failure> {
     let servers = server_list(args.server.as_deref()).map_err(Failure::Usage)?;
     match &args.command {
         Command::Login(login) => run_login(args, &servers, login),
         Command::Logout => run_logout(args, &servers),
+        Command::Bench(_) if args.trust().is_some() => Err(Failure::Usage(
+            "blitz bench does not speak TLS yet: drop --ca / --tls".into(),
+        )),
         Command::Bench(bench_args) => bench::run_bench(servers, args.timeout_ms, bench_args),
         command => run_call(args, &servers, command),
     }
@@ -280,7 +301,11 @@ fn run(args: &Args) -> Result<(), Failure> {
 /// A client for `servers` with the `--max-attempts` of `args`.
 fn connect(args: &Args, servers: &[String]) -> Result<Client, CallError> {
     let attempts = args.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
-    Client::connect_with(servers, ClientOptions::default().max_attempts(attempts))
+    let mut options = ClientOptions::default().max_attempts(attempts);
+    if let Some(trust) = args.trust() {
+        options = options.trusting(&trust)?;
+    }
+    Client::connect_with(servers, options)
 }
 
 /// Makes one call, in the stored session if the command uses it, and
