@@ -12,7 +12,12 @@ bench/run.sh calls it:
 
 ROWS holds one JSON object per line as run.sh wrote it; OUTDIR holds each
 row's ID.out and ID.err: pgbench's text (plus its sampled per-transaction
-logs ID.*, for percentiles) or `blitz bench --json`.
+logs ID.*, for percentiles) or `blitz bench --json`, and ID-sys.out of its
+system-call sub-row.
+
+The cost figures come from run.sh's measures taken outside the programs
+(CPU ticks, context switches, system-call counts: see run.sh's header) and
+are divided here by the row's successes or replies as each column says.
 """
 import csv
 import glob
@@ -75,11 +80,9 @@ def from_pgbench(meta, outdir):
         "max_ms": lat[-1] if lat else None,
         "mean_ms": num(r"latency average = ([0-9.]+) ms"),
         "connect_ms": num(r"initial connection time = ([0-9.]+) ms"),
-        "pg_cpu_us": meta["pg_cpu_s"] * 1e6 / processed if processed else None,
-        "mid_cpu_us": (meta["mid_cpu_s"] * 1e6 / processed
-                       if processed and meta["system"] == "pgbouncer" else None),
         "goodput": tps,
     })
+    cost(r, meta, outdir, processed, processed + failed)
     if not processed:
         r["note"] = ("pgbench failed: " + text.strip().splitlines()[-1][:120]
                      if text.strip() else "pgbench: no output")
@@ -105,15 +108,13 @@ def from_blitz(meta, outdir):
         "rej_p99_ms": rej["p99_ms"] if rej["count"] else None,
         "rej_p999_ms": rej["p999_ms"] if rej["count"] else None,
         "rej_max_ms": rej["max_ms"] if rej["count"] else None,
-        "connect_ms": j["connect_s"] * 1000,
+        "connect_ms": j["connect_s"] * 1000, "elapsed_s": j.get("elapsed_s"),
         "goodput": j["goodput"], "offered": j.get("offered_rate"),
         "target_rate": j.get("target_rate"), "throughput": j["throughput"],
         "errors_by_code": " ".join(f"{c}:{n}" for c, n in j["errors_by_code"].items()),
-        "pg_cpu_us": (j.get("postgres_cpu") or {}).get("us_per_call"),
-        "mid_cpu_us": (j.get("server_cpu") or {}).get("us_per_call"),
-        "mid_cpu_seconds": (j.get("server_cpu") or {}).get("seconds"),
         "send_lag_p99_ms": (j.get("send_lag") or {}).get("p99_ms"),
     })
+    cost(r, meta, outdir, j["ok"], j["ok"] + j["rejected"])
     client_and_other(r, meta, j["sent"])
     if j["rejected"] and "-32001" in j.get("error_samples", {}):
         m = re.search(r'"reason":"([^"]*)"', j["error_samples"]["-32001"])
@@ -123,6 +124,47 @@ def from_blitz(meta, outdir):
         r["note"] = ((r.get("note", "") + "; ") if r.get("note") else "") + \
             "first connection error: " + j["first_connection_error"][:160]
     return r
+
+
+def per(amount, n, scale=1.0):
+    return amount * scale / n if amount is not None and n else None
+
+
+def cost(r, meta, outdir, ok, replies):
+    """The cost of a call from run.sh's outside measures over the whole row:
+    PostgreSQL's CPU per success; the middle process's (blitz-server or
+    PgBouncer) CPU per success and per reply, its context switches per reply,
+    and its system calls per reply in the row's sub-row."""
+    r["replies"] = replies
+    if "pg_cpu_s" in meta:
+        r["pg_cpu_s"] = meta["pg_cpu_s"]
+        r["pg_cpu_us"] = per(meta["pg_cpu_s"], ok, 1e6)
+    if meta["system"] == "direct" or "mid_cpu_s" not in meta:
+        return
+    r["mid_cpu_seconds"] = meta["mid_cpu_s"]
+    r["mid_cpu_us"] = per(meta["mid_cpu_s"], ok, 1e6)
+    r["mid_cpu_reply_us"] = per(meta["mid_cpu_s"], replies, 1e6)
+    r["mid_switches"] = meta.get("mid_switches")
+    r["switches_reply"] = per(meta.get("mid_switches"), replies)
+    if meta.get("sys_calls") is not None:
+        r["sys_calls"] = meta["sys_calls"]
+        r["sys_method"] = meta["sys_method"]
+        r["sys_replies"] = sub_row_replies(outdir, meta["sys_id"], meta["tool"])
+        r["sys_reply"] = per(meta["sys_calls"], r["sys_replies"])
+
+
+def sub_row_replies(outdir, sub_id, tool):
+    """Replies (blitz bench) or transactions (pgbench) of a system-call sub-row."""
+    if tool == "pgbench":
+        text = read(outdir, sub_id + ".out")
+        n = [int(m) for m in re.findall(
+            r"number of (?:transactions actually processed|failed transactions): (\d+)", text)]
+        return sum(n) or None
+    try:
+        j = json.loads(read(outdir, sub_id + ".out"))
+    except ValueError:
+        return None
+    return j["ok"] + j["rejected"]
 
 
 def client_and_other(r, meta, calls):
@@ -187,6 +229,13 @@ def label(r):
         return "blitz, idempotency keys"
     if r["kind"] == "curve-http":
         return "blitz over HTTP (keep-alive)"
+    if r["kind"] == "tx10k" and r["system"] == "blitz":
+        return "blitz, 10,000 transactions"
+    if r["kind"].startswith("overload"):
+        x = r["id"].split("-")[1].replace("x", "×")
+        return f"blitz, {x} overload" + (", pinned" if r["kind"] == "overload-pinned" else "")
+    if r["kind"] == "refusals":
+        return "blitz, refusals alone"
     return {"direct": "direct PostgreSQL", "pgbouncer": "PgBouncer (transaction)",
             "blitz": "blitz"}[r["system"]]
 
@@ -245,9 +294,12 @@ def build(rows, meta):
                      f"through PgBouncer, pool {meta['pool']}; blitz: blitz bench, default "
                      f"configuration (pool {meta['pool']}). p50/p99/max: pgbench from a 10 % "
                      "sample of its per-transaction log, blitz bench from every call. errors: "
-                     "error replies (blitz) or failed transactions (pgbench). middle CPU: "
-                     "blitz-server or PgBouncer. client CPU: pgbench or blitz bench, whole "
-                     "process. other load: CPU cores kept busy by programs outside the "
+                     "error replies (blitz) or failed transactions (pgbench). PG CPU and "
+                     "middle CPU (blitz-server or PgBouncer) µs/tx: CPU over the whole row "
+                     "(connections and logins included) per successful call or transaction; "
+                     "more of the cost of a call in the table below. client CPU: pgbench "
+                     "or blitz bench, whole process, per transaction (pgbench) or call sent "
+                     "(blitz bench). other load: CPU cores kept busy by programs outside the "
                      "benchmark meanwhile, or stolen by the hypervisor: the noise. "
                      "blitz over HTTP: the same server and closed loop, each call a POST / "
                      "on a keep-alive connection (blitz bench --http), beside the TCP row at "
@@ -280,31 +332,44 @@ def build(rows, meta):
     # 3. overload
     headers = ["load", "offered/s", "ok/s", "goodput/s", "goodput / peak", "rejected/s",
                "rej p50 ms", "rej p99 ms", "rej max ms", "ok p99 ms", "conn err",
-               "server CPU µs/call", "server CPU µs/refusal (est.)", "client CPU µs/call",
+               "server CPU µs/reply", "server CPU µs/refusal (est.)", "client CPU µs/call",
                "other load (cores)"]
     t3 = []
     peak = b500["tps"] if b500 else None
     served_us = b500.get("mid_cpu_us") if b500 else None
-    for x in (2, 10):
-        r = by_id.get(f"overload-{x}x")
+    overload_ids = [f"overload-{x}x" for x in (2, 10)] + \
+        [f"overload-{x}x-pinned" for x in (2, 10)] + ["refusals-10x"]
+    for r in [by_id.get(i) for i in overload_ids]:
         if not r or r.get("tps") is None:
             continue
-        el = r["ok"] / r["tps"] if r["tps"] else None
-        t3.append([f"{x}× ({fmt(r.get('target_rate'))}/s target)", fmt(r.get("offered")),
+        el = elapsed_s(r)
+        name = {"overload-pinned": " pinned", "refusals": " refusals alone"}.get(r["kind"], "")
+        x = r["id"].split("-")[1].replace("x", "×")
+        t3.append([f"{x}{name} ({fmt(r.get('target_rate'))}/s target)", fmt(r.get("offered")),
                    fmt(r["tps"]), fmt(r["goodput"]),
                    f"{r['goodput'] / peak:.2f}" if peak else "–",
                    fmt(r["rejected"] / el if el else None), ms(r.get("rej_p50_ms")),
-                   ms(r.get("rej_p99_ms")), ms(r.get("rej_max_ms")), ms(r.get("p99_ms")),
-                   fmt(r.get("connection_errors")), fmt(r.get("mid_cpu_us")),
+                   ms(r.get("rej_p99_ms")), ms(r.get("rej_max_ms")),
+                   ms(r.get("p99_ms")) if r.get("ok") else "–",
+                   fmt(r.get("connection_errors")), fmt(r.get("mid_cpu_reply_us"), 1),
                    fmt(refusal_cpu_us(r, served_us), 1),
                    fmt(r.get("client_cpu_us")), fmt(r.get("other_cores"), 2)])
     sections.append((f"blitz under overload (open loop, 500 connections, timeout_ms "
                      f"{meta['timeout_ms']})", headers, t3,
                      "Offered: calls sent per second on a fixed schedule; latency counts "
                      "from the scheduled send time. goodput: successes within timeout_ms. "
-                     "peak: blitz closed loop at 500 clients. server CPU µs/refusal (est.): "
+                     "peak: blitz closed loop at 500 clients. server CPU µs/reply: "
+                     "blitz-server's CPU over the whole row per reply, successes and "
+                     "refusals alike. server CPU µs/refusal (est.): "
                      "the row's blitz-server CPU less its successes at the closed-loop "
-                     "500 row's CPU per call, over the refusals."))
+                     "500 row's CPU per success, over the error replies. pinned: "
+                     f"{meta.get('pinning') or 'not run'}, the same rates. refusals alone: "
+                     "10× the peak offered to a second server with one worker and a queue of "
+                     "four, the worker held by a transfer waiting on a table lock: every "
+                     "call refused, its CPU per reply is the CPU per refusal."))
+
+    # 3a. the cost of a call
+    sections.append(cost_section(rows, meta))
 
     # 3b. idle connections
     headers = ["connections", "threads", "threads target (R + W + 8)", "RSS MiB",
@@ -337,6 +402,9 @@ def build(rows, meta):
                     and best and r["clients"] == best["clients"]), None)
     over10 = by_id.get("overload-10x")
     over2 = by_id.get("overload-2x")
+    over10p = by_id.get("overload-10x-pinned")
+    refusals = by_id.get("refusals-10x")
+    d4 = by_id.get("direct-c4")
     idle10k = by_id.get("idle-10000")
     idle100k = by_id.get("idle-100000")
     big_idle = (f"{idle100k['connections']:,} (100,000 asked)" if idle100k and
@@ -370,6 +438,20 @@ def build(rows, meta):
         ("blitz-server CPU µs/call at 500 (PostgreSQL: "
          f"{fmt(b500 and b500.get('pg_cpu_us'))} µs/tx)", b500 and b500.get("mid_cpu_us"),
          "report", None),
+        ("blitz-server CPU per served call / PgBouncer's, 500 clients",
+         ratio(b500 and b500.get("mid_cpu_us"), pgb and pgb.get("mid_cpu_us")), "≤ 1.00",
+         lambda v: v <= 1.0),
+        ("PostgreSQL CPU per call: blitz at 500 / direct at 4",
+         ratio(b500 and b500.get("pg_cpu_us"), d4 and d4.get("pg_cpu_us")), "≤ 1.05",
+         lambda v: v <= 1.05),
+        ("blitz-server system calls per served call at 500", b500 and b500.get("sys_reply"),
+         "≤ 5.00", lambda v: v <= 5),
+        ("blitz-server CPU µs per refusal, refusals alone",
+         refusals and refusals.get("mid_cpu_reply_us"), "≤ 5.00", lambda v: v <= 5),
+        ("10× overload pinned: goodput / blitz peak",
+         ratio(over10p and over10p.get("goodput"), peak), "≥ 0.85", lambda v: v >= 0.85),
+        ("10× overload pinned: rejection p99 (ms)", over10p and over10p.get("rej_p99_ms"),
+         "≤ 1.00", lambda v: v <= 1.0),
     ]
     targets += [
         ("threads with 10,000 idle connections", idle10k and idle10k.get("threads"),
@@ -390,6 +472,50 @@ def build(rows, meta):
         t4.append([name, shown, goal, verdict])
     sections.append(("Ratios and targets", ["measure", "value", "target", ""], t4, ""))
     return sections, direct, blitz_curve, pgb
+
+
+def elapsed_s(r):
+    """The measured phase of a blitz row, from its successes and their rate."""
+    if r.get("elapsed_s"):
+        return r["elapsed_s"]
+    return r["ok"] / r["tps"] if r.get("tps") else None
+
+
+COST_ORDER = ["curve", "curve-http", "keys", "pool-alt", "tx10k", "overload-2x",
+              "overload-10x", "overload-pinned", "refusals"]
+
+
+def cost_section(rows, meta):
+    """Every blitz and PgBouncer row (and direct's PostgreSQL): what one call
+    cost the middle process and PostgreSQL."""
+    method = meta.get("syscall_method") or "not counted"
+    headers = ["row", "clients", "successes", "error replies", "middle CPU µs/success",
+               "middle CPU µs/reply", f"middle syscalls/reply ({method})",
+               "middle switches/reply", "PG CPU µs/success"]
+    shown = [r for r in rows if r["kind"] != "idle" and r.get("ok") is not None]
+    shown.sort(key=lambda r: ({"direct": 0, "pgbouncer": 1, "blitz": 2}[r["system"]],
+                              COST_ORDER.index(r["kind"]) if r["kind"] in COST_ORDER else 99,
+                              r["clients"]))
+    body = [[label(r) + ("" if r["kind"] in ("curve", "curve-http") else f" [{r['id']}]"),
+             r["clients"], fmt(r.get("ok")), fmt(r.get("rejected")),
+             fmt(r.get("mid_cpu_us"), 1), fmt(r.get("mid_cpu_reply_us"), 1),
+             fmt(r.get("sys_reply"), 1), fmt(r.get("switches_reply"), 2),
+             fmt(r.get("pg_cpu_us"), 1)] for r in shown]
+    legend = ("Measured from outside the programs over each row's whole run, connection "
+              "set-up and logins included. middle: blitz-server or PgBouncer. CPU: utime + "
+              "stime from /proc/PID/stat; PostgreSQL's: the postmaster's own, its exited "
+              "backends' (cutime + cstime) and its live backends'. switches: voluntary + "
+              "involuntary context switches summed over /proc/PID/task/*/status. syscalls: "
+              "counted in a separate sub-row of "
+              f"{meta.get('syscall_duration_s', '–')} s (the same command), so that counting "
+              "does not slow the row: "
+              + ({"perf": "perf stat -e raw_syscalls:sys_enter -p PID (every thread)",
+                  "strace": "strace -c -f -p PID, which slows the server a lot; the count "
+                            "stands"}.get(meta.get("syscall_method"), "not counted here"))
+              + ". A reply: a success or an error reply (blitz) or a transaction (pgbench); "
+              "in the closed-loop rows replies and successes are the same but for the "
+              "error replies shown.")
+    return ("The cost of a call", headers, body, legend)
 
 
 def refusal_cpu_us(r, served_us):
@@ -414,7 +540,9 @@ def header_lines(meta):
              f"{meta['postgres']}; " + (meta["pgbouncer"] or f"PgBouncer skipped: {meta['pgbouncer_note']}"),
              f"pgbench scale {meta['scale']}; blitz pool {meta['pool']} (default configuration); "
              f"sessions: {'on (--user bench, auth.mode=trust)' if meta['sessions'] else 'not in this server'}; "
-             "fsync and synchronous_commit on"]
+             "fsync and synchronous_commit on",
+             "system calls counted with " + (meta.get("syscall_method") or "nothing (not counted)")
+             + "; pinned rows: " + (meta.get("pinning") or "not run")]
     return lines
 
 
@@ -424,7 +552,9 @@ def write_csv(rows, path):
               "p99_ms", "p999_ms", "max_ms", "rej_p50_ms", "rej_p99_ms", "rej_p999_ms",
               "rej_max_ms", "goodput", "offered", "target_rate", "throughput",
               "send_lag_p99_ms", "pg_cpu_us", "mid_cpu_us", "client_cpu_us",
-              "other_cores", "errors_by_code", "mid_cpu_seconds", "threads",
+              "other_cores", "errors_by_code", "mid_cpu_seconds", "replies", "pg_cpu_s",
+              "mid_cpu_reply_us", "mid_switches", "switches_reply", "sys_method",
+              "sys_calls", "sys_replies", "sys_reply", "threads",
               "rss_with_connections_mib", "kib_per_connection", "fresh_ping_p99_ms", "note"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -551,6 +681,12 @@ def row_line(meta_json, outdir):
                      f"rej p99 {ms(r.get('rej_p99_ms'))} ms")
     elif r.get("rejected"):
         parts.append(f"errors {fmt(r['rejected'])}")
+    if r.get("mid_cpu_reply_us") is not None:
+        parts.append(f"middle {fmt(r['mid_cpu_reply_us'], 1)} µs, "
+                     f"{fmt(r.get('sys_reply'), 1)} syscalls, "
+                     f"{fmt(r.get('switches_reply'), 2)} switches per reply")
+    if r.get("pg_cpu_us") is not None:
+        parts.append(f"PG {fmt(r['pg_cpu_us'], 1)} µs/success")
     if r.get("connection_errors"):
         parts.append(f"CONNECTION ERRORS {r['connection_errors']}")
     if r.get("note"):

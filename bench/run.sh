@@ -10,8 +10,13 @@
 #   BENCH_SCALE     pgbench scale of the data set (default 10)
 #   BENCH_CLIENTS   concurrencies of the curve (default "1 2 4 8 16 32 500")
 #   BENCH_TIMEOUT_MS  deadline of the overload rows' calls (default 1000)
-#   BENCH_IDLE      idle-connection counts of the idle rows (default "10000 100000")
+#   BENCH_IDLE      idle-connection counts of the idle rows (default "10000 100000";
+#                   empty: no idle rows)
 #   BENCH_OUT       where the results go (default bench/results)
+#   BENCH_SYSCALL_DURATION  seconds of each system-call sub-row (default 5;
+#                   0: no sub-rows, the syscalls columns stay empty)
+#   BENCH_SKIP      row groups not to run, among: tx10k pool-alt http keys
+#                   pinned refusals (default none; for a short trial)
 #
 # What it does, all in a temporary directory it deletes at the end:
 #   1. a throw-away PostgreSQL cluster (initdb as user postgres when run as
@@ -33,11 +38,35 @@
 #        included): blitz, PgBouncer, direct at 500, direct at its best;
 #        for information, blitz at 500 on a second server whose pool is
 #        direct's best concurrency (when that differs from the default);
-#        blitz open loop at 2× and 10× its closed-loop peak;
+#        blitz open loop at 2× and 10× its closed-loop peak, then again
+#        pinned: the load generator on the last CPU (taskset -c), blitz-server
+#        and every PostgreSQL process on the others (taskset -a -p);
+#        refusals alone: a second server with one worker and a queue as
+#        deep as the load generator's threads (4), the worker held on a
+#        table lock (LOCK pgbench_accounts IN SHARE MODE from psql), open
+#        loop at the 10× rate: every call refused (-32001 at admission; the
+#        few that reach the worker or the queue end -32002 at their deadline);
 #        idle connections (BENCH_IDLE, default 10,000 and 100,000) on a fresh
 #        server: threads, RSS, sys.ping p99 on a fresh connection meanwhile;
 #   4. bench/report.py prints the table and writes BENCH_OUT/latest.md,
 #      latest.csv and tps.svg.
+#
+# The cost of a call, measured from outside the programs (any blitz-server
+# and any load generator will do), over each row's whole run (connection
+# set-up and logins included):
+#   CPU: utime + stime from /proc/PID/stat: of blitz-server or PgBouncer;
+#     of PostgreSQL, the postmaster's own and its reaped children's
+#     (cutime + cstime: backends that exited) plus every live child's;
+#   context switches: voluntary + nonvoluntary_ctxt_switches summed over
+#     /proc/PID/task/*/status of blitz-server or PgBouncer, before and after;
+#   system calls: in a sub-row of its own (BENCH_SYSCALL_DURATION seconds,
+#     the same command), so that counting does not slow the row itself:
+#     `perf stat -e raw_syscalls:sys_enter -p PID` where perf can read that
+#     tracepoint, else `strace -c -f -p PID` (which slows the server a lot:
+#     the figure is still a count); the table names the method.
+# The report divides by successes ("per tx") in the throughput table and by
+# replies, successes and error replies alike, in the overload and cost
+# tables; PostgreSQL's CPU always by successes.
 # Every process it starts is stopped on exit, however it exits (trap EXIT).
 set -euo pipefail
 
@@ -48,8 +77,10 @@ duration=${BENCH_DURATION:-15}
 scale=${BENCH_SCALE:-10}
 clients=${BENCH_CLIENTS:-"1 2 4 8 16 32 500"}
 timeout_ms=${BENCH_TIMEOUT_MS:-1000}
-idle_counts=${BENCH_IDLE:-"10000 100000"}
+idle_counts=${BENCH_IDLE-"10000 100000"}
 out=${BENCH_OUT:-bench/results}
+syscall_duration=${BENCH_SYSCALL_DURATION:-5}
+skip=" ${BENCH_SKIP:-} "
 big=500          # "500 clients": the overload concurrency
 txns=10000       # the seed's experiment: 10,000 transactions from 500 clients
 
@@ -145,6 +176,12 @@ ticks() {
       else if (M == "tree" && f[2] == P) t += f[12] + f[13] }
     END { print t + 0 }'
 }
+# Context switches of every thread of a process, voluntary and not.
+switches() {
+  { cat /proc/"$1"/task/*/status 2>/dev/null || true; } \
+    | awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { n += $2 } END { print n + 0 }'
+}
+skipped() { [[ "$skip" == *" $1 "* ]]; }
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
 
@@ -297,27 +334,93 @@ busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 # (its second line), which must run in this shell, not in $(…).
 children_cpu() { awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.3f", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$1"; }
 
+# How system calls are counted in the sub-rows: perf where it can read the
+# raw_syscalls tracepoint (root, or kernel.perf_event_paranoid ≤ 1 with
+# tracefs readable), else strace; none when BENCH_SYSCALL_DURATION is 0.
+syscall_method=
+if [ "$syscall_duration" != 0 ]; then
+  if command -v perf >/dev/null 2>&1 \
+     && perf stat -x, -e raw_syscalls:sys_enter -o "$tmp/perf-probe" true >/dev/null 2>&1 \
+     && awk -F, '$3 ~ /raw_syscalls:sys_enter/ && $1 > 0 { ok = 1 } END { exit !ok }' "$tmp/perf-probe"; then
+    syscall_method=perf
+  elif command -v strace >/dev/null 2>&1; then
+    syscall_method=strace
+  else
+    say "neither perf nor strace can count system calls here: the syscalls columns stay empty"
+  fi
+fi
+
+# short_command COMMAND…: sets short to the command of a system-call
+# sub-row: COMMAND sending for syscall_duration seconds instead of its
+# --duration or -T, without pgbench's per-transaction log.
+short_command() {
+  local prev= a
+  short=()
+  for a in "$@"; do
+    case "$prev" in --duration | -T) a=$syscall_duration ;; esac
+    prev=$a
+    case "$a" in -l | --sampling-rate=* | --log-prefix=*) continue ;; esac
+    short+=("$a")
+  done
+}
+
+# syscall_subrow ID PID COMMAND…: runs COMMAND shortened (short_command)
+# with PID's system calls counted meanwhile, all its threads; its output
+# goes to OUTDIR/ID-sys.out and .err. Prints the JSON members to add to
+# the row (nothing when no method works here).
+syscall_subrow() {
+  local id=$1 pid=$2 counter count f=$tmp/count-$1
+  shift 2
+  [ -n "$syscall_method" ] || return 0
+  short_command "$@"
+  reset_db
+  if [ "$syscall_method" = perf ]; then
+    perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$f" >/dev/null 2>&1 &
+  else
+    strace -f -c -p "$pid" -o "$f" >/dev/null 2>&1 &
+  fi
+  counter=$!
+  sleep 1 # attached to every thread before the first call
+  "${short[@]}" >"$tmp/out/$id-sys.out" 2>"$tmp/out/$id-sys.err" \
+    || say "$id: system-call sub-row failed: $(tail -1 "$tmp/out/$id-sys.err")"
+  kill -INT "$counter" 2>/dev/null || true
+  wait "$counter" 2>/dev/null || true
+  if [ "$syscall_method" = perf ]; then
+    count=$(awk -F, '$3 ~ /raw_syscalls:sys_enter/ && $1 ~ /^[0-9]+$/ { print $1 }' "$f" 2>/dev/null)
+  else
+    count=$(awk '$NF == "total" { print $4 }' "$f" 2>/dev/null)
+  fi
+  [ -n "$count" ] || { say "$id: no system-call count ($syscall_method)"; return 0; }
+  printf ',"sys_calls":%s,"sys_method":"%s","sys_id":"%s-sys"' "$count" "$syscall_method" "$id"
+}
+
 # measure ID SYSTEM KIND CLIENTS TOOL MIDDLE_PID COMMAND…: runs one row on a
 # freshly reset database. Its stdout goes to OUTDIR/ID.out, stderr to
 # ID.err; the row records the wall time of the command and the CPU seconds
 # PostgreSQL (postmaster tree), the middle process (blitz-server or
 # PgBouncer), the client and the whole machine used meanwhile, so the
-# report can show how much CPU other programs took (the noise).
+# report can show how much CPU other programs took (the noise), and the
+# middle process's context switches. With a middle process, a system-call
+# sub-row follows (syscall_subrow).
 measure() {
   local id=$1 system=$2 kind=$3 c=$4 tool=$5 mid_pid=$6
   shift 6
-  local t0 t1 pg0 pg1 mid0=0 mid1=0 busy0 busy1 cl0 cl1
+  local t0 t1 pg0 pg1 mid0=0 mid1=0 sw0=0 sw1=0 busy0 busy1 cl0 cl1 json
   reset_db
   times >"$tmp/times"; cl0=$(children_cpu "$tmp/times")
   busy0=$(busy_ticks); pg0=$(ticks "$pg_pid" tree)
-  if [ "$mid_pid" != 0 ]; then mid0=$(ticks "$mid_pid"); fi
+  if [ "$mid_pid" != 0 ]; then mid0=$(ticks "$mid_pid"); sw0=$(switches "$mid_pid"); fi
   t0=$(now)
   "$@" >"$tmp/out/$id.out" 2>"$tmp/out/$id.err" || say "$id: $tool failed: $(tail -2 "$tmp/out/$id.err")"
   t1=$(now)
   times >"$tmp/times"; cl1=$(children_cpu "$tmp/times")
   busy1=$(busy_ticks); pg1=$(ticks "$pg_pid" tree)
-  if [ "$mid_pid" != 0 ]; then mid1=$(ticks "$mid_pid"); fi
-  row "{\"id\":\"$id\",\"system\":\"$system\",\"kind\":\"$kind\",\"clients\":$c,\"pool\":${row_pool:-$pool},\"tool\":\"$tool\",\"wall_s\":$(calc "$t1 - $t0"),\"pg_cpu_s\":$(calc "($pg1 - $pg0) / $clk_tck"),\"mid_cpu_s\":$(calc "($mid1 - $mid0) / $clk_tck"),\"client_cpu_s\":$(calc "$cl1 - $cl0"),\"busy_cpu_s\":$(calc "($busy1 - $busy0) / $clk_tck")}"
+  if [ "$mid_pid" != 0 ]; then mid1=$(ticks "$mid_pid"); sw1=$(switches "$mid_pid"); fi
+  json="{\"id\":\"$id\",\"system\":\"$system\",\"kind\":\"$kind\",\"clients\":$c,\"pool\":${row_pool:-$pool},\"tool\":\"$tool\",\"wall_s\":$(calc "$t1 - $t0"),\"pg_cpu_s\":$(calc "($pg1 - $pg0) / $clk_tck"),\"mid_cpu_s\":$(calc "($mid1 - $mid0) / $clk_tck"),\"client_cpu_s\":$(calc "$cl1 - $cl0"),\"busy_cpu_s\":$(calc "($busy1 - $busy0) / $clk_tck")"
+  if [ "$mid_pid" != 0 ]; then
+    json+=",\"mid_switches\":$((sw1 - sw0))$(syscall_subrow "$id" "$mid_pid" "$@")"
+  fi
+  row "$json}"
 }
 
 # pgbench_row ID SYSTEM PORT CLIENTS MODE KIND -T SECS|-t N [log]
@@ -331,12 +434,15 @@ pgbench_row() {
     -M "$mode" "$limit" "$n" "${logargs[@]}" -h 127.0.0.1 -p "$port" -U postgres blitz
 }
 
-# blitz_row ID KIND CLIENTS BENCH_ARGS…
+# blitz_row ID KIND CLIENTS BENCH_ARGS…; the command runs under
+# loader_prefix when set (taskset for the pinned rows, a table lock for
+# refusals alone).
+loader_prefix=()
 blitz_row() {
   local id=$1 kind=$2 c=$3
   shift 3
   measure "$id" blitz "$kind" "$c" "blitz bench" "$blitz_pid" \
-    "$blitz_bin" --server "127.0.0.1:$blitz_port" bench -c "$c" --scale "$scale" "${user[@]}" \
+    "${loader_prefix[@]}" "$blitz_bin" --server "127.0.0.1:$blitz_port" bench -c "$c" --scale "$scale" "${user[@]}" \
     --server-pid "$blitz_pid" --postgres-pid "$pg_pid" --json "$@"
 }
 
@@ -351,16 +457,18 @@ blitz_http_row() {
 }
 
 n_curve=$(echo $clients | wc -w)
-n_long=$((2 * n_curve + 5)) # with blitz with idempotency keys at $big
+n_long=$((2 * n_curve + 8)) # keys, PgBouncer, pool, 2 overload, 2 pinned, refusals
 [[ " $clients " == *" $big "* ]] && n_long=$((n_long + 1)) # blitz over HTTP at $big
-say "rows: $n_long of ${duration} s and 4 short ones (about $(( n_long * (duration + 3) / 60 + 1 )) min); the table comes at the end"
+n_sub=$(( syscall_duration > 0 ? n_curve + 10 : 0 )) # one per blitz or PgBouncer row
+say "rows: $n_long of ${duration} s, 4 short ones and $n_sub system-call sub-rows of ${syscall_duration} s" \
+  "(about $(( (n_long * (duration + 3) + n_sub * (syscall_duration + 3)) / 60 + 1 )) min at most); the table comes at the end"
 # The curve, direct and blitz interleaved at each concurrency so that a
 # burst of load from other programs hits both alike; PgBouncer right after
 # blitz at 500.
 for c in $clients; do
   pgbench_row "direct-c$c" direct "$pg_port" "$c" prepared curve -T "$duration" log
   blitz_row "blitz-c$c" curve "$c" --duration "$duration"
-  if [ "$c" = "$big" ]; then
+  if [ "$c" = "$big" ] && ! skipped http; then
     blitz_http_row "blitz-http-c$big" "$big" --duration "$duration"
   fi
   if [ "$c" = "$big" ] && [ -n "$bouncer" ]; then
@@ -369,7 +477,7 @@ for c in $clients; do
 done
 # What an idempotency key costs: blitz at 500 with a fresh key on every call
 # (each call also writes its record), right after the row without keys.
-blitz_row "blitz-keys-c$big" keys "$big" --duration "$duration" --idempotency-keys
+skipped keys || blitz_row "blitz-keys-c$big" keys "$big" --duration "$duration" --idempotency-keys
 if ! [[ " $clients " == *" $big "* ]] && [ -n "$bouncer" ]; then
   pgbench_row "pgbouncer-c$big" pgbouncer "$bouncer_port" "$big" simple curve -T "$duration" log
 fi
@@ -377,16 +485,18 @@ fi
 # The seed's experiment: 10,000 transactions from 500 clients, wall time
 # with connection setup. Direct at its best concurrency: the curve's best.
 best=$(python3 bench/report.py --best-direct "$rows" "$tmp/out")
-blitz_row "tx10k-blitz" tx10k "$big" --calls "$txns"
-if [ -n "$bouncer" ]; then
-  pgbench_row "tx10k-pgbouncer" pgbouncer "$bouncer_port" "$big" simple tx10k -t $((txns / big))
+if ! skipped tx10k; then
+  blitz_row "tx10k-blitz" tx10k "$big" --calls "$txns"
+  if [ -n "$bouncer" ]; then
+    pgbench_row "tx10k-pgbouncer" pgbouncer "$bouncer_port" "$big" simple tx10k -t $((txns / big))
+  fi
+  pgbench_row "tx10k-direct-c$big" direct "$pg_port" "$big" prepared tx10k -t $((txns / big))
+  pgbench_row "tx10k-direct-c$best" direct "$pg_port" "$best" prepared tx10k -t $(( (txns + best - 1) / best ))
 fi
-pgbench_row "tx10k-direct-c$big" direct "$pg_port" "$big" prepared tx10k -t $((txns / big))
-pgbench_row "tx10k-direct-c$best" direct "$pg_port" "$best" prepared tx10k -t $(( (txns + best - 1) / best ))
 
 # For information: blitz at 500 with a pool as large as direct's best
 # concurrency, on a second server (the default pool follows the formula).
-if [ "$best" != "$pool" ]; then
+if [ "$best" != "$pool" ] && ! skipped pool-alt; then
   default_port=$blitz_port default_pid=$blitz_pid
   start_blitz --set "db.pool_size=$best"
   row_pool=$best blitz_row "blitz-pool$best-c$big" pool-alt "$big" --duration "$duration"
@@ -400,6 +510,74 @@ for x in 2 10; do
   rate=$(calc "$peak * $x")
   blitz_row "overload-${x}x" "overload-${x}x" "$big" --rate "$rate" --duration "$duration" --timeout-ms "$timeout_ms"
 done
+
+# The same overload rows pinned: the load generator on the last CPU this
+# script may use, blitz-server and PostgreSQL on the others, so that the
+# load generator takes no CPU from the server. Backends forked later
+# inherit the postmaster's CPUs. Afterwards every process is allowed all
+# of this script's CPUs again.
+read -r loader_cpu service_cpus all_cpus < <(python3 -c 'import os
+c = sorted(os.sched_getaffinity(0)); j = lambda l: ",".join(map(str, l))
+print(c[-1], j(c[:-1]) or "-", j(c))')
+pg_processes() {
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v P="$pg_pid" '
+    { s = $0; sub(/^[^)]*\) /, "", s); split(s, f, " "); if ($1 == P || f[2] == P) print $1 }'
+}
+pin_services() {
+  local p
+  for p in $blitz_pid $(pg_processes); do taskset -a -p -c "$1" "$p" >/dev/null 2>&1 || true; done
+}
+pinning=
+if skipped pinned; then
+  :
+elif [ "$service_cpus" = - ] || ! command -v taskset >/dev/null 2>&1; then
+  say "pinned overload rows skipped: they need taskset and two CPUs"
+else
+  pinning="load generator on CPU $loader_cpu; blitz-server and PostgreSQL on CPU $service_cpus"
+  pin_services "$service_cpus"
+  loader_prefix=(taskset -c "$loader_cpu")
+  for x in 2 10; do
+    rate=$(calc "$peak * $x")
+    blitz_row "overload-${x}x-pinned" overload-pinned "$big" --rate "$rate" --duration "$duration" --timeout-ms "$timeout_ms"
+  done
+  loader_prefix=()
+  pin_services "$all_cpus"
+fi
+
+# Refusals alone: what a refusal costs the server when it does nothing
+# else. A second server with one worker and a queue of four: the load
+# generator's four threads log their connections in one at a time each, so
+# the logins fit. Then a psql session holds pgbench_accounts in SHARE mode:
+# the transfer that reaches the worker waits on it until its deadline, four
+# more wait in the queue, and every other call is refused at admission.
+# Open loop at the 10× rate.
+# with_table_locked COMMAND…: runs COMMAND while that lock is held.
+with_table_locked() {
+  psql -d "dbname=blitz application_name=bench-lock" -c "BEGIN" \
+    -c "LOCK TABLE pgbench_accounts IN SHARE MODE" -c "SELECT pg_sleep(86400)" >/dev/null 2>&1 &
+  local holder=$! rc=0 _
+  for _ in $(seq 100); do
+    [ "$(psql -d blitz -Atc "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+          WHERE a.application_name = 'bench-lock' AND l.granted
+            AND l.relation = 'pgbench_accounts'::regclass")" = 1 ] && break
+    sleep 0.1
+  done
+  "$@" || rc=$?
+  psql -d blitz -Atc "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE application_name = 'bench-lock'" >/dev/null
+  wait "$holder" 2>/dev/null || true
+  return "$rc"
+}
+if ! skipped refusals; then
+  default_port=$blitz_port default_pid=$blitz_pid
+  start_blitz --set invocation.workers=1 --set invocation.queue_capacity=4
+  loader_prefix=(with_table_locked)
+  blitz_row "refusals-10x" refusals "$big" --threads 4 --rate "$(calc "$peak * 10")" \
+    --duration "$duration" --timeout-ms "$timeout_ms"
+  loader_prefix=()
+  stop_blitz
+  blitz_port=$default_port blitz_pid=$default_pid default_pid=
+fi
 
 # Idle connections: a fresh server (default configuration) holding N idle
 # client connections spread over 127.0.0.x source addresses: its threads,
@@ -433,6 +611,8 @@ json.dump({
   "postgres": sh("'$bindir/postgres' --version"), "pgbouncer": "$bouncer", "pgbouncer_note": "$bouncer_note",
   "duration_s": $duration, "scale": $scale, "pool": $pool, "timeout_ms": $timeout_ms,
   "sessions": ${#user[@]} > 0, "clk_tck": $clk_tck,
+  "syscall_method": "$syscall_method", "syscall_duration_s": $syscall_duration,
+  "pinning": "$pinning",
   "router_threads": $router_threads, "workers": $workers,
 }, open(sys.argv[1], "w"))
 PY
