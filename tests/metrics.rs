@@ -71,20 +71,26 @@ fn family<'a>(
     f
 }
 
+/// The sample of family `f` whose labels include `labels`.
+fn with_labels<'f>(
+    f: &'f openmetrics_parser::MetricFamily<OpenMetricsType, OpenMetricsValue>,
+    labels: &[(&str, &str)],
+) -> Option<&'f openmetrics_parser::Sample<OpenMetricsValue>> {
+    f.iter_samples().find(|s| {
+        let set = s.get_labelset().unwrap();
+        labels
+            .iter()
+            .all(|(k, v)| set.get_label_value(k) == Some(*v))
+    })
+}
+
 /// The value of counter `name` with exactly `labels` (0 when absent).
 fn counter(exp: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
     let f = family(exp, name, OpenMetricsType::Counter);
-    f.iter_samples()
-        .find(|s| {
-            let set = s.get_labelset().unwrap();
-            labels
-                .iter()
-                .all(|(k, v)| set.get_label_value(k) == Some(*v))
-        })
-        .map_or(0.0, |s| match &s.value {
-            OpenMetricsValue::Counter(c) => c.value.as_f64(),
-            other => panic!("{name}: not a counter value: {other:?}"),
-        })
+    with_labels(f, labels).map_or(0.0, |s| match &s.value {
+        OpenMetricsValue::Counter(c) => c.value.as_f64(),
+        other => panic!("{name}: not a counter value: {other:?}"),
+    })
 }
 
 fn gauge(exp: &Exposition, name: &str) -> f64 {
@@ -110,17 +116,10 @@ fn histogram(exp: &Exposition, name: &str) -> (u64, Vec<f64>) {
 /// The count of histogram `name`'s series with exactly `labels` (0 when absent).
 fn histogram_count(exp: &Exposition, name: &str, labels: &[(&str, &str)]) -> u64 {
     let f = family(exp, name, OpenMetricsType::Histogram);
-    f.iter_samples()
-        .find(|s| {
-            let set = s.get_labelset().unwrap();
-            labels
-                .iter()
-                .all(|(k, v)| set.get_label_value(k) == Some(*v))
-        })
-        .map_or(0, |s| match &s.value {
-            OpenMetricsValue::Histogram(h) => h.count.expect("a count"),
-            other => panic!("{name}: not a histogram: {other:?}"),
-        })
+    with_labels(f, labels).map_or(0, |s| match &s.value {
+        OpenMetricsValue::Histogram(h) => h.count.expect("a count"),
+        other => panic!("{name}: not a histogram: {other:?}"),
+    })
 }
 
 /// The values of label `label` over the samples of family `name`.

@@ -44,7 +44,7 @@ pub fn connector(tls: &PgTls) -> PgTlsConnector {
     let verifier: Arc<dyn ServerCertVerifier> = match tls.mode {
         PgSslMode::VerifyFull => webpki_verifier(tls, &provider),
         PgSslMode::VerifyCa => Arc::new(AnyName(webpki_verifier(tls, &provider))),
-        _ => Arc::new(Unverified(provider)),
+        _ => Arc::new(Fixed::accepting(provider)),
     };
     let config = builder
         .dangerous()
@@ -134,7 +134,7 @@ fn webpki_verifier(tls: &PgTls, provider: &Arc<CryptoProvider>) -> Arc<dyn Serve
                 "db.url's sslmode={}: no trusted roots ({e})",
                 mode_name(tls.mode)
             );
-            Arc::new(NoRoots(provider.clone()))
+            Arc::new(Fixed::refusing(provider.clone()))
         }
     }
 }
@@ -186,44 +186,32 @@ impl ServerCertVerifier for AnyName {
     }
 }
 
-/// `prefer` / `require`: encrypted, any certificate accepted (the
-/// handshake's signatures are still checked).
+/// A verifier whose verdict on the certificate is fixed: `prefer` /
+/// `require` accept any (encrypted, unverified; the handshake's signatures
+/// are still checked), `verify-*` with no root to trust refuses every one.
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-/// `verify-*` with no root to trust: every certificate is refused.
-#[derive(Debug)]
-struct NoRoots(Arc<CryptoProvider>);
-
-macro_rules! signature_checks {
-    () => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            let algorithms = &self.0.signature_verification_algorithms;
-            rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            let algorithms = &self.0.signature_verification_algorithms;
-            rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    };
+struct Fixed {
+    provider: Arc<CryptoProvider>,
+    accept: bool,
 }
 
-impl ServerCertVerifier for Unverified {
+impl Fixed {
+    fn accepting(provider: Arc<CryptoProvider>) -> Fixed {
+        Fixed {
+            provider,
+            accept: true,
+        }
+    }
+
+    fn refusing(provider: Arc<CryptoProvider>) -> Fixed {
+        Fixed {
+            provider,
+            accept: false,
+        }
+    }
+}
+
+impl ServerCertVerifier for Fixed {
     fn verify_server_cert(
         &self,
         _: &CertificateDer<'_>,
@@ -232,25 +220,37 @@ impl ServerCertVerifier for Unverified {
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        match self.accept {
+            true => Ok(ServerCertVerified::assertion()),
+            false => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+        }
     }
 
-    signature_checks!();
-}
-
-impl ServerCertVerifier for NoRoots {
-    fn verify_server_cert(
+    fn verify_tls12_signature(
         &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer,
-        ))
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
-    signature_checks!();
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
