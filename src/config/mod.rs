@@ -16,6 +16,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+mod limit;
+pub use limit::ActiveLimit;
+
 /// `[server]`: the listening side.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,8 +63,12 @@ pub struct InvocationConfig {
 pub struct DbConfig {
     /// libpq-style URL or key=value connection string.
     pub url: String,
-    /// Pooled connections; 0 means `physical cores × 2 + effective_spindles`.
+    /// Pooled connections (the cap); 0 = automatic: 4 × (`physical cores
+    /// × 2 + effective_spindles`) with `active_limit = "auto"`, else the
+    /// fixed limit.
     pub pool_size: u64,
+    /// Calls holding a connection at once: tuned (`"auto"`) or fixed.
+    pub active_limit: ActiveLimit,
     /// Effective spindle count for the pool-size formula (0 when cached).
     pub effective_spindles: u64,
     /// Longest wait for a pooled connection before -32004.
@@ -178,6 +185,7 @@ impl Default for RawConfig {
             db: DbConfig {
                 url: "postgresql://postgres@127.0.0.1:5432/blitz".into(),
                 pool_size: 0,
+                active_limit: ActiveLimit::Auto,
                 effective_spindles: 0,
                 acquire_timeout_ms: 1000,
                 connect_timeout_s: 5,
@@ -406,10 +414,8 @@ impl Config {
                 spindles,
             } => {
                 let kind = if *physical { "physical" } else { "logical" };
-                format!(
-                    "{} ({kind} cores {cores} × 2 + spindles {spindles})",
-                    self.db.pool_size
-                )
+                let formula = format!("{kind} cores {cores} × 2 + spindles {spindles}");
+                limit::explain_automatic(self.db.pool_size, self.db.active_limit, &formula)
             }
         }
     }
@@ -528,6 +534,7 @@ impl Layers {
     }
 
     fn set(&mut self, key: &str, value: Value, source: Source) -> Result<(), ConfigError> {
+        let value = limit::as_text(key, value);
         let default = self.default_of(key, &source)?;
         if default.type_str() != value.type_str() {
             let expected = match default {
@@ -699,13 +706,8 @@ fn validate(raw: RawConfig, sources: BTreeMap<String, Source>) -> Result<Config,
         600_000,
         " (at least twice db.heartbeat_interval_ms, so one late heartbeat is not a death)",
     )?;
-    check_range(
-        "db.pool_size",
-        db.pool_size,
-        0,
-        10_000,
-        " (0 = cores × 2 + effective_spindles)",
-    )?;
+    check_range("db.pool_size", db.pool_size, 0, 10_000, " (0 = automatic)")?;
+    limit::check(db.active_limit, db.pool_size)?;
     check_range(
         "db.effective_spindles",
         db.effective_spindles,
@@ -838,7 +840,10 @@ fn resolve_pool_size(db: &mut DbConfig) -> PoolSizeOrigin {
             (logical, false)
         }
     };
-    db.pool_size = (cores * 2 + db.effective_spindles).max(1);
+    db.pool_size = limit::automatic_pool_size(
+        db.active_limit,
+        limit::formula(cores, db.effective_spindles),
+    );
     PoolSizeOrigin::Formula {
         cores,
         physical,

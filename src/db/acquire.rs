@@ -13,18 +13,21 @@ use std::time::{Duration, Instant};
 
 use super::deadline::Deadline;
 use super::health::Health;
+use super::limit::{LimitPermit, Limiter};
 use super::pool::{DbConn, Pool, PooledConn};
 use super::sqlstate::{self, Failure};
 use super::watchdog::{CancelReason, Watchdog};
 use crate::cluster::{Cluster, Permit};
 use crate::protocol::RpcError;
 
-/// A pooled connection borrowed through the share's gate: while it lives,
-/// it is one of the at most `share` connections this instance's workers
-/// hold. Given back (then the gate opens) when dropped.
+/// A pooled connection borrowed under the concurrency limit and through
+/// the share's gate: while it lives, it is one of the at most `limit`
+/// (and `share`) connections this instance's workers hold. Given back
+/// (then the gates open, and its hold time is recorded) when dropped.
 pub struct Lease {
     conn: PooledConn,
     _permit: Permit,
+    _held: LimitPermit,
 }
 
 impl Deref for Lease {
@@ -55,6 +58,8 @@ pub struct Database {
     acquire_timeout: Duration,
     /// This instance's place in the connection budget.
     cluster: Arc<Cluster>,
+    /// How many calls may hold a connection at once.
+    limiter: Arc<Limiter>,
 }
 
 impl Database {
@@ -64,6 +69,7 @@ impl Database {
         health: Arc<Health>,
         acquire_timeout: Duration,
         cluster: Arc<Cluster>,
+        limiter: Arc<Limiter>,
     ) -> Database {
         Database {
             pool,
@@ -71,6 +77,7 @@ impl Database {
             watchdog: Watchdog::start(),
             acquire_timeout,
             cluster,
+            limiter,
         }
     }
 
@@ -79,19 +86,30 @@ impl Database {
         &self.cluster
     }
 
+    /// The concurrency limit.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
     /// The `retry_after_ms` of a -32004: the acquire timeout.
     fn retry_after_ms(&self) -> u64 {
         self.acquire_timeout.as_millis() as u64
     }
 
-    /// Borrows a pooled connection through the share's gate, then waits at
-    /// most the acquire timeout or the time left before the deadline for
-    /// the pool. Waiting at the gate is waiting for this instance's share,
+    /// Borrows a pooled connection under the concurrency limit (a permit of
+    /// the [`Limiter`], its hold time counted from the connection in hand)
+    /// and through the share's gate, then waits at most the acquire timeout
+    /// or the time left before the deadline for the pool. Waiting at either
+    /// gate is waiting for this instance's capacity,
     /// like waiting in the queue: it lasts up to the deadline (-32002
     /// then), never -32004, which says the database is unavailable. A
     /// connection opened before the last outage is dropped unused rather
     /// than failed on a call.
     pub fn acquire(&self, deadline: &Deadline) -> Result<Lease, RpcError> {
+        self.limiter.set_share(self.cluster.share().limit());
+        let Some(mut held) = self.limiter.acquire(deadline.remaining()) else {
+            return Err(RpcError::deadline_exceeded(deadline.elapsed_ms()));
+        };
         let Some(permit) = self.cluster.share().acquire(deadline.remaining()) else {
             return Err(RpcError::deadline_exceeded(deadline.elapsed_ms()));
         };
@@ -107,9 +125,11 @@ impl Database {
                 RpcError::db_unavailable(self.retry_after_ms(), e.to_string())
             })?;
             if !conn.predates_outage(&self.health) {
+                held.start_hold();
                 return Ok(Lease {
                     conn,
                     _permit: permit,
+                    _held: held,
                 });
             }
             conn.mark_broken();

@@ -118,11 +118,17 @@ impl Server {
         let (dispatcher, queue) = Dispatcher::new(capacity, limits, stats.clone());
         let health = Arc::new(Health::default());
         let acquire_timeout = Duration::from_millis(config.db.acquire_timeout_ms);
+        let limiter = db::Limiter::new(
+            config.db.active_limit,
+            config.active_limit_start() as usize,
+            config.db.pool_size as usize,
+        );
         let db = Database::new(
             db::build_pool(&config, health.clone(), cluster.clone()),
             health,
             acquire_timeout,
             cluster,
+            limiter,
         );
         let ping_result = methods::ping_result(&instance, &config.auth.mode.to_string());
         let ctx = Arc::new(Context {
