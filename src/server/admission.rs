@@ -14,7 +14,9 @@
 //!
 //! The target of 20 ms is a few typical calls' time at the knee (0.2 to 2
 //! ms each), small beside the default deadline and the 100 ms a served
-//! call should stay under at any overload; the interval of 100 ms is
+//! call should stay under at any overload; where calls hold their
+//! connection longer it is [`TARGET_CALLS`] of them (a closed loop of a
+//! few clients per permit is never refused); the interval of 100 ms is
 //! CoDel's.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -62,14 +64,20 @@ pub struct Dispatcher {
     stats: Arc<Stats>,
     busy_workers: Arc<AtomicUsize>,
     refusal_log: LogThrottle,
-    /// When a job last reached a worker within [`WAIT_TARGET`], µs since
+    /// When a job last reached a worker within the target, µs since
     /// `origin` (0: never).
     short_wait_at_us: AtomicU64,
+    /// The target now, µs: [`WAIT_TARGET`], or [`TARGET_CALLS`] typical
+    /// calls when they are longer.
+    target_us: AtomicU64,
     origin: Instant,
 }
 
 /// The queue wait admission aims at; see the module doc.
 pub const WAIT_TARGET: Duration = Duration::from_millis(20);
+/// The target is at least this many typical calls (connection hold
+/// times): a queue of a few calls per permit is never refused by time.
+pub const TARGET_CALLS: u32 = 4;
 /// How long every job must have waited over the target before the queue
 /// counts as standing.
 pub const WAIT_INTERVAL: Duration = Duration::from_millis(100);
@@ -89,6 +97,7 @@ impl Dispatcher {
             busy_workers: Arc::default(),
             refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
             short_wait_at_us: AtomicU64::new(0),
+            target_us: AtomicU64::new(WAIT_TARGET.as_micros() as u64),
             origin: Instant::now(),
         };
         (dispatcher, rx)
@@ -138,10 +147,14 @@ impl Dispatcher {
         Some(Duration::from_secs_f64(depth as f64 / rate))
     }
 
-    /// Records how long a job waited in the queue before a worker took it
-    /// (worker thread; one atomic store when under the target).
-    pub fn note_queue_wait(&self, waited: Duration) {
-        if waited < WAIT_TARGET {
+    /// Records how long a job waited in the queue before a worker took it,
+    /// and the typical call's connection hold time now (worker thread; a
+    /// few atomic operations).
+    pub fn note_queue_wait(&self, waited: Duration, typical_call: Option<Duration>) {
+        let target = typical_call.map_or(WAIT_TARGET, |t| WAIT_TARGET.max(t * TARGET_CALLS));
+        self.target_us
+            .store(target.as_micros() as u64, Ordering::Relaxed);
+        if waited < target {
             let now = self.origin.elapsed().as_micros() as u64;
             self.short_wait_at_us.store(now.max(1), Ordering::Relaxed);
         }
@@ -162,7 +175,8 @@ impl Dispatcher {
         if wait > timeout {
             return Some((Refusal::Deadline, "deadline shorter than the queue wait"));
         }
-        (wait > WAIT_TARGET && self.queue_is_standing())
+        let target = Duration::from_micros(self.target_us.load(Ordering::Relaxed));
+        (wait > target && self.queue_is_standing())
             .then_some((Refusal::QueueWait, "queue wait over the target"))
     }
 

@@ -198,7 +198,9 @@ pub fn run_job(ctx: &Context, job: Job) -> bool {
         return false;
     }
     let started = Instant::now();
-    ctx.dispatcher.note_queue_wait(started - deadline.arrived);
+    let typical_call = ctx.db.limiter().hold_times().0;
+    ctx.dispatcher
+        .note_queue_wait(started - deadline.arrived, typical_call);
     if deadline.has_passed() || ctx.db.limiter().too_late(deadline.remaining()) {
         responder.reply(Err(RpcError::deadline_exceeded(deadline.elapsed_ms())));
         return false;
