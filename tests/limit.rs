@@ -114,7 +114,9 @@ fn a_standing_queue_is_refused_at_arrival() {
     }
     let mut probe = Rpc::session(&server.addr);
     probe.wait_for_status("calls to complete and the queue to stand", |s| {
-        s["counters"]["completed"].as_u64() >= Some(10) && s["queue"]["depth"].as_u64() > Some(100)
+        // Past the 5th call every job has waited over 4 calls' time (the
+        // target); 35 calls later, far more than 100 ms have passed.
+        s["counters"]["completed"].as_u64() >= Some(40) && s["queue"]["depth"].as_u64() > Some(100)
     });
     let refused = probe.call("api.slow", json!({}));
     assert_eq!(error_code(&refused), -32001, "{refused}");
