@@ -435,13 +435,11 @@ impl Limiter {
         baseline > 0 && remaining < Duration::from_micros(baseline)
     }
 
-    /// Records the instance's share of the connection budget (a hard cap,
-    /// applied to the limit at once; waiters are woken when it rises).
+    /// Records the instance's share of the connection budget: the tuner's
+    /// ceiling at its next step, and the cap of [`Limiter::current`]. (The
+    /// share's gate enforces it on every borrow.)
     pub fn set_share(&self, share: usize) {
-        let before = self.share.swap(share, Ordering::AcqRel);
-        if share > before {
-            self.wake_all();
-        }
+        self.share.store(share, Ordering::Release);
     }
 
     /// Waits until fewer than the limit hold a permit, at most `timeout`;
@@ -456,8 +454,13 @@ impl Limiter {
         })
     }
 
+    /// Takes a permit under the tuned (or fixed) limit. The share is not
+    /// checked here: the share's own gate, right after this one, enforces
+    /// it and is woken when it rises; this gate only learns the share at
+    /// the next acquire, and a waiter here must not wait on a share that
+    /// has since risen.
     fn try_take(&self) -> bool {
-        let limit = self.current();
+        let limit = self.current.load(Ordering::Acquire);
         self.in_use
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < limit).then_some(n + 1)

@@ -179,9 +179,18 @@ fn permits_stop_at_the_limit_and_the_share() {
     assert_eq!(limiter.in_use(), 1);
     assert!(limiter.acquire(Duration::ZERO).is_some());
     limiter.set_share(1);
-    assert_eq!(limiter.current(), 1);
-    assert!(limiter.acquire(Duration::ZERO).is_none(), "the share caps");
+    assert_eq!(limiter.current(), 1, "the share caps the limit in force");
     assert_eq!(limiter.range(), (1, 1));
+    limiter.set_share(0);
+    let waiter = {
+        let limiter = limiter.clone();
+        std::thread::spawn(move || limiter.acquire(Duration::from_secs(30)).is_some())
+    };
+    drop(_b);
+    assert!(
+        waiter.join().unwrap(),
+        "a share of 0 is the share gate's to wait on"
+    );
 }
 
 #[test]
