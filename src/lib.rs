@@ -55,7 +55,8 @@ pub use auth::admin::{Admin, AdminError};
 pub use auth::generate_password;
 pub use client::{CallError, Client, ClientOptions};
 pub use config::{
-    physical_cores, AuthMode, Config, ConfigError, ConfigInputs, PoolSizeOrigin, Source,
+    physical_cores, ActiveLimit, AuthMode, Config, ConfigError, ConfigInputs, PoolSizeOrigin,
+    Source,
 };
 pub use protocol::RpcError;
 pub use server::signals::spawn_signal_thread;

@@ -102,7 +102,12 @@ fn defaults_follow_the_architecture() {
     assert_eq!(c.auth.mode, blitz::AuthMode::Password);
     assert_eq!(c.auth.session_idle_timeout_s, 600);
     let (cores, physical) = expected_cores();
-    assert_eq!(c.db.pool_size, cores * 2);
+    assert_eq!(c.db.pool_size, 4 * cores * 2, "room for active_limit auto");
+    assert_eq!(
+        c.active_limit_start(),
+        cores * 2,
+        "the tuner starts at the formula"
+    );
     assert_eq!(
         c.pool_size_origin,
         PoolSizeOrigin::Formula {
@@ -122,7 +127,7 @@ fn defaults_follow_the_architecture() {
 fn spindles_add_to_the_formula() {
     let c = load(None, &[], &[("db.effective_spindles", "3")]).unwrap();
     let (cores, _) = expected_cores();
-    assert_eq!(c.db.pool_size, cores * 2 + 3);
+    assert_eq!(c.db.pool_size, 4 * (cores * 2 + 3));
     assert!(c.pool_size_explained().contains("+ spindles 3"));
 }
 
@@ -375,8 +380,8 @@ fn server_starts_logs_sizes_and_stops_on_sigterm() {
     let (cores, physical) = expected_cores();
     let kind = if physical { "physical" } else { "logical" };
     let expected = format!(
-        "pool_size={} ({kind} cores {cores} × 2 + spindles 0)",
-        cores * 2
+        "pool_size={} (4 × ({kind} cores {cores} × 2 + spindles 0), room for active_limit auto)",
+        4 * cores * 2
     );
     assert!(
         log.contains(&expected),

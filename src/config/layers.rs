@@ -133,6 +133,7 @@ impl Layers {
     }
 
     fn set(&mut self, key: &str, value: Value, source: Source) -> Result<(), ConfigError> {
+        let value = super::limit::as_text(key, value);
         let default = self.default_of(key, &source)?;
         if default.type_str() != value.type_str() {
             let expected = match default {

@@ -22,16 +22,20 @@
 mod cpu;
 mod error;
 mod layers;
+mod limit;
 mod redact;
 mod resolve;
 mod sections;
+mod tls;
 mod validate;
 
 pub use cpu::physical_cores;
 pub use error::ConfigError;
 pub use layers::Source;
+pub use limit::ActiveLimit;
 pub use resolve::PoolSizeOrigin;
 pub use sections::{AuthConfig, AuthMode, DbConfig, InvocationConfig, MetricsConfig, ServerConfig};
+pub use tls::{read_certificates, read_private_key, split_pg_tls, PgSslMode, PgTls};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,9 +47,6 @@ use toml::Value;
 use layers::Layers;
 use redact::redact_url;
 use sections::RawConfig;
-
-mod tls;
-pub use tls::{read_certificates, read_private_key, split_pg_tls, PgSslMode, PgTls};
 
 /// The effective, validated configuration.
 #[derive(Debug, Clone)]
@@ -227,10 +228,24 @@ impl Config {
                 spindles,
             } => {
                 let kind = if *physical { "physical" } else { "logical" };
-                format!(
-                    "{} ({kind} cores {cores} × 2 + spindles {spindles})",
-                    self.db.pool_size
-                )
+                let formula = format!("{kind} cores {cores} × 2 + spindles {spindles}");
+                limit::explain_automatic(self.db.pool_size, self.db.active_limit, &formula)
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Where the concurrency limit starts: the formula (`cores × 2 +
+    /// effective_spindles`) within the pool, or the fixed limit.
+    pub fn active_limit_start(&self) -> u64 {
+        match self.db.active_limit {
+            ActiveLimit::Fixed(n) => n,
+            ActiveLimit::Auto => {
+                let cores = physical_cores().unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+                });
+                limit::formula(cores, self.db.effective_spindles).min(self.db.pool_size)
             }
         }
     }

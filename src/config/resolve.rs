@@ -62,7 +62,10 @@ fn pool_size(db: &mut DbConfig) -> PoolSizeOrigin {
             (logical, false)
         }
     };
-    db.pool_size = (cores * 2 + db.effective_spindles).max(1);
+    db.pool_size = super::limit::automatic_pool_size(
+        db.active_limit,
+        super::limit::formula(cores, db.effective_spindles),
+    );
     PoolSizeOrigin::Formula {
         cores,
         physical,

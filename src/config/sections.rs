@@ -81,8 +81,12 @@ pub struct InvocationConfig {
 pub struct DbConfig {
     /// libpq-style URL or key=value connection string.
     pub url: String,
-    /// Pooled connections; 0 means `physical cores × 2 + effective_spindles`.
+    /// Pooled connections (the cap); 0 = automatic: 4 × (`physical cores
+    /// × 2 + effective_spindles`) with `active_limit = "auto"`, else the
+    /// fixed limit.
     pub pool_size: u64,
+    /// Calls holding a connection at once: tuned (`"auto"`) or fixed.
+    pub active_limit: super::limit::ActiveLimit,
     /// Effective spindle count for the pool-size formula (0 when cached).
     pub effective_spindles: u64,
     /// Longest wait for a pooled connection before -32004.
@@ -204,6 +208,7 @@ impl Default for RawConfig {
             db: DbConfig {
                 url: "postgresql://postgres@127.0.0.1:5432/blitz".into(),
                 pool_size: 0,
+                active_limit: super::limit::ActiveLimit::Auto,
                 effective_spindles: 0,
                 acquire_timeout_ms: 1000,
                 connect_timeout_s: 5,

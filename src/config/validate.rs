@@ -143,13 +143,7 @@ fn db(db: &DbConfig) -> Result<(), ConfigError> {
             600_000,
             " (at least twice db.heartbeat_interval_ms, so one late heartbeat is not a death)",
         ),
-        (
-            "db.pool_size",
-            db.pool_size,
-            0,
-            10_000,
-            " (0 = cores × 2 + effective_spindles)",
-        ),
+        ("db.pool_size", db.pool_size, 0, 10_000, " (0 = automatic)"),
         (
             "db.effective_spindles",
             db.effective_spindles,
@@ -173,6 +167,7 @@ fn db(db: &DbConfig) -> Result<(), ConfigError> {
             "",
         ),
     ])?;
+    super::limit::check(db.active_limit, db.pool_size)?;
     check_url(&db.url)?;
     check_identifier("db.api_schema", &db.api_schema)
 }

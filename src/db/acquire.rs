@@ -14,17 +14,20 @@ use std::time::{Duration, Instant};
 
 use super::deadline::Deadline;
 use super::health::Health;
+use super::limit::{LimitPermit, Limiter};
 use super::pool::{DbConn, Pool, PooledConn};
 use super::share::{Permit, Share};
 use super::sqlstate::{self, Failure};
 use super::watchdog::{CancelReason, Watchdog};
 
-/// A pooled connection borrowed through the share's gate: while it lives,
-/// it is one of the at most `share` connections this instance's workers
-/// hold. Given back (then the gate opens) when dropped.
+/// A pooled connection borrowed under the concurrency limit and through
+/// the share's gate: while it lives, it is one of the at most `limit`
+/// (and `share`) connections this instance's workers hold. Given back
+/// (then the gates open, and its hold time is recorded) when dropped.
 pub struct Lease {
     conn: PooledConn,
     _permit: Permit,
+    _held: LimitPermit,
 }
 
 impl Deref for Lease {
@@ -55,6 +58,8 @@ pub struct Database {
     acquire_timeout: Duration,
     /// This instance's share of the connection budget.
     share: Arc<Share>,
+    /// How many calls may hold a connection at once.
+    limiter: Arc<Limiter>,
 }
 
 impl Database {
@@ -64,6 +69,7 @@ impl Database {
         health: Arc<Health>,
         acquire_timeout: Duration,
         share: Arc<Share>,
+        limiter: Arc<Limiter>,
     ) -> Database {
         Database {
             pool,
@@ -71,6 +77,7 @@ impl Database {
             watchdog: Watchdog::start(),
             acquire_timeout,
             share,
+            limiter,
         }
     }
 
@@ -85,15 +92,25 @@ impl Database {
         self.acquire_timeout
     }
 
-    /// Borrows a pooled connection through the share's gate, then waits at
-    /// most the acquire timeout or the time left before the deadline for
-    /// the pool. Waiting at the gate is waiting for this instance's share,
-    /// like waiting in the queue: it lasts up to the deadline
-    /// ([`Failure::PastDeadline`] then), never [`Failure::Unavailable`],
-    /// which says the database does not answer (and is reported to
-    /// [`Health`]). A connection opened before the last outage is dropped
-    /// unused rather than failed on a call.
+    /// The concurrency limit.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// Borrows a pooled connection under the concurrency limit (a permit of
+    /// the [`Limiter`], its hold time counted from the connection in hand)
+    /// and through the share's gate, then waits at most the acquire timeout
+    /// or the time left before the deadline for the pool. Waiting at either
+    /// gate is waiting for this instance's capacity, like waiting in the
+    /// queue: it lasts up to the deadline ([`Failure::PastDeadline`] then),
+    /// never [`Failure::Unavailable`], which says the database does not
+    /// answer (and is reported to [`Health`]). A connection opened before
+    /// the last outage is dropped unused rather than failed on a call.
     pub fn acquire(&self, deadline: &Deadline) -> Result<Lease, Failure> {
+        self.limiter.set_share(self.share.limit());
+        let Some(mut held) = self.limiter.acquire(deadline.remaining()) else {
+            return Err(Failure::PastDeadline);
+        };
         let Some(permit) = self.share.acquire(deadline.remaining()) else {
             return Err(Failure::PastDeadline);
         };
@@ -109,9 +126,11 @@ impl Database {
                 Failure::Unavailable(e.to_string())
             })?;
             if !conn.predates_outage(&self.health) {
+                held.start_hold();
                 return Ok(Lease {
                     conn,
                     _permit: permit,
+                    _held: held,
                 });
             }
             conn.mark_broken();

@@ -2,8 +2,8 @@
 //! instance's [`share`] of the connection budget that gates it, whether
 //! the database answers ([`health`]), the one SQLSTATE mapping
 //! ([`sqlstate`]) to a typed [`Failure`], a request's [`Deadline`] and the
-//! acquire/run plumbing under it ([`acquire`]), the statement
-//! [`watchdog`], the [`catalog`] of callable functions, the
+//! acquire/run plumbing under it ([`acquire`]), the concurrency
+//! [`limit`], the statement [`watchdog`], the [`catalog`] of callable functions, the
 //! [`idempotency`] records of keyed calls, the [`chore`] trait of
 //! background work on the housekeeping connection, and TLS to PostgreSQL
 //! as `db.url`'s `sslmode` says (`tls`).
@@ -19,6 +19,7 @@ mod chore;
 mod deadline;
 mod health;
 pub mod idempotency;
+pub mod limit;
 mod pool;
 mod share;
 pub mod sqlstate;
@@ -29,6 +30,7 @@ pub use acquire::{Database, Lease};
 pub use chore::Chore;
 pub use deadline::Deadline;
 pub use health::Health;
+pub use limit::Limiter;
 pub use pool::{build_pool, trim, Connector, DbConn, PooledConn, Registration};
 pub use share::Share;
 pub use sqlstate::Failure;

@@ -2,12 +2,26 @@
 //!
 //! The router calls [`Dispatcher::admit`] on its own thread; a request is
 //! refused at once with -32001 when the connection has too many in flight,
-//! when the queue is full, or when its deadline is shorter than the
-//! estimated queue wait (it would only expire in the queue).
+//! when the queue is full, when its deadline is shorter than the
+//! estimated queue wait (it would only expire in the queue), or when the
+//! queue is *standing* (CoDel's idea): no job that reached a worker in the
+//! last [`WAIT_INTERVAL`] had waited less than [`WAIT_TARGET`], and the
+//! estimated wait of this one is over the target too. A burst is absorbed
+//! (the queue drained recently); a queue that stays long is refused, so the
+//! calls served wait about the target rather than the whole queue, and the
+//! refused caller hears it at once and may go to another instance.
+//! `invocation.queue_capacity` stays the bound on memory.
+//!
+//! The target of 20 ms is a few typical calls' time at the knee (0.2 to 2
+//! ms each), small beside the default deadline and the 100 ms a served
+//! call should stay under at any overload; where calls hold their
+//! connection longer it is [`TARGET_CALLS`] of them (a closed loop of a
+//! few clients per permit is never refused); the interval of 100 ms is
+//! CoDel's.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::RwLock;
@@ -50,7 +64,23 @@ pub struct Dispatcher {
     stats: Arc<Stats>,
     busy_workers: Arc<AtomicUsize>,
     refusal_log: LogThrottle,
+    /// When a job last reached a worker within the target, µs since
+    /// `origin` (0: never).
+    short_wait_at_us: AtomicU64,
+    /// The target now, µs: [`WAIT_TARGET`], or [`TARGET_CALLS`] typical
+    /// calls when they are longer.
+    target_us: AtomicU64,
+    origin: Instant,
 }
+
+/// The queue wait admission aims at; see the module doc.
+pub const WAIT_TARGET: Duration = Duration::from_millis(20);
+/// The target is at least this many typical calls (connection hold
+/// times): a queue of a few calls per permit is never refused by time.
+pub const TARGET_CALLS: u32 = 4;
+/// How long every job must have waited over the target before the queue
+/// counts as standing.
+pub const WAIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How often a refusal burst is logged at most.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -66,6 +96,9 @@ impl Dispatcher {
             stats,
             busy_workers: Arc::default(),
             refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
+            short_wait_at_us: AtomicU64::new(0),
+            target_us: AtomicU64::new(WAIT_TARGET.as_micros() as u64),
+            origin: Instant::now(),
         };
         (dispatcher, rx)
     }
@@ -114,6 +147,39 @@ impl Dispatcher {
         Some(Duration::from_secs_f64(depth as f64 / rate))
     }
 
+    /// Records how long a job waited in the queue before a worker took it,
+    /// and the typical call's connection hold time now (worker thread; a
+    /// few atomic operations).
+    pub fn note_queue_wait(&self, waited: Duration, typical_call: Option<Duration>) {
+        let target = typical_call.map_or(WAIT_TARGET, |t| WAIT_TARGET.max(t * TARGET_CALLS));
+        self.target_us
+            .store(target.as_micros() as u64, Ordering::Relaxed);
+        if waited < target {
+            let now = self.origin.elapsed().as_micros() as u64;
+            self.short_wait_at_us.store(now.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// No job reached a worker within the target for a whole interval.
+    fn queue_is_standing(&self) -> bool {
+        let now = self.origin.elapsed().as_micros() as u64;
+        let last = self.short_wait_at_us.load(Ordering::Relaxed);
+        now.saturating_sub(last) > WAIT_INTERVAL.as_micros() as u64
+    }
+
+    /// Why a request with `timeout` cannot wait in the queue now, if so:
+    /// its deadline is shorter than the expected wait, or the queue is
+    /// standing and the expected wait is over the target.
+    fn refused_by_time(&self, timeout: Duration) -> Option<(Refusal, &'static str)> {
+        let wait = self.estimated_wait()?;
+        if wait > timeout {
+            return Some((Refusal::Deadline, "deadline shorter than the queue wait"));
+        }
+        let target = Duration::from_micros(self.target_us.load(Ordering::Relaxed));
+        (wait > target && self.queue_is_standing())
+            .then_some((Refusal::QueueWait, "queue wait over the target"))
+    }
+
     fn overloaded(&self, reason: Refusal, method: &str) -> RpcError {
         self.stats.count_refusal(reason);
         self.stats
@@ -149,10 +215,10 @@ impl Dispatcher {
             .timeout_ms
             .map_or(self.limits.default_timeout, Duration::from_millis);
         let deadline = Deadline::starting_now(timeout);
-        if self.estimated_wait().is_some_and(|wait| wait > timeout) {
+        if let Some((refusal, reason)) = self.refused_by_time(timeout) {
             return responder.reply(Err(self
-                .overloaded(Refusal::Deadline, &request.method)
-                .with("reason", "deadline shorter than the queue wait")));
+                .overloaded(refusal, &request.method)
+                .with("reason", reason)));
         }
         let job = Job {
             request,

@@ -126,7 +126,12 @@ impl Server {
         let acquire_timeout = Duration::from_millis(config.db.acquire_timeout_ms);
         let share = cluster.share().clone();
         let pool = db::build_pool(&config, health.clone(), share.clone(), cluster.clone());
-        let db = Database::new(pool, health, acquire_timeout, share);
+        let limiter = db::Limiter::new(
+            config.db.active_limit,
+            config.active_limit_start() as usize,
+            config.db.pool_size as usize,
+        );
+        let db = Database::new(pool, health, acquire_timeout, share, limiter);
         let ping_result = methods::ping_result(&instance, &config.auth.mode.to_string());
         let ctx = Arc::new(Context {
             ping_result,

@@ -130,7 +130,8 @@ pub fn route(ctx: &Context, request: Request, mut responder: Responder) {
 }
 
 /// Answers one job (worker thread): -32003 past the drain deadline, -32002
-/// if its own deadline passed while queued, else runs its method (then it
+/// if its own deadline passed while queued or less time is left than a
+/// typical call holds its connection (the limiter's baseline), else runs its method (then it
 /// returns true). A panic is answered -32603 and logged with the request id.
 pub fn run_job(ctx: &Context, job: Job) -> bool {
     let Job {
@@ -145,7 +146,10 @@ pub fn run_job(ctx: &Context, job: Job) -> bool {
         return false;
     }
     let started = Instant::now();
-    if deadline.has_passed() {
+    let typical_call = ctx.db.limiter().hold_times().0;
+    ctx.dispatcher
+        .note_queue_wait(started - deadline.arrived, typical_call);
+    if deadline.has_passed() || ctx.db.limiter().too_late(deadline.remaining()) {
         ctx.stats
             .count_unrun_call(&request.method, code::DEADLINE_EXCEEDED);
         responder.reply(Err(RpcError::deadline_exceeded(deadline.elapsed_ms())));

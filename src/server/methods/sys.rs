@@ -50,6 +50,7 @@ pub fn status(ctx: &Context) -> Value {
             "max": ctx.config.server.max_clients,
             "outbox_bytes": ctx.connections.outbox_bytes(),
         },
+        "active_limit": ctx.db.limiter().status(),
         "router_threads": ctx.config.server.router_threads,
         "database": {"available": !ctx.db.health.is_down()},
         "functions": ctx.catalog.len(),

@@ -152,6 +152,8 @@ pub enum Refusal {
     InFlightLimit,
     /// -32001: the deadline was shorter than the expected queue wait.
     Deadline,
+    /// -32001: the queue was standing and the expected wait over the target.
+    QueueWait,
     /// -32003: the server is draining.
     Draining,
     /// -32005: `max_clients` connections were open.
@@ -160,10 +162,11 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, in the order the counters are kept.
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::QueueFull,
         Refusal::InFlightLimit,
         Refusal::Deadline,
+        Refusal::QueueWait,
         Refusal::Draining,
         Refusal::MaxClients,
     ];
@@ -174,6 +177,7 @@ impl Refusal {
             Refusal::QueueFull => "queue_full",
             Refusal::InFlightLimit => "in_flight_limit",
             Refusal::Deadline => "deadline_shorter_than_queue_wait",
+            Refusal::QueueWait => "queue_wait_over_target",
             Refusal::Draining => "draining",
             Refusal::MaxClients => "max_clients",
         }

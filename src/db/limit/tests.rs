@@ -1,0 +1,211 @@
+//! The tuner against a simulated database with a knee, and the limiter's
+//! permits.
+
+use super::*;
+
+/// A database whose throughput rises linearly up to `knee` concurrent
+/// calls (each holds its connection `base`), then falls 4 % per call past
+/// it down to 30 %; hold time grows past the knee (Little's law).
+#[derive(Debug, Clone, Copy)]
+struct SimulatedDb {
+    knee: usize,
+    base: Duration,
+    /// Calls the clients keep in flight (closed loop); `usize::MAX`: saturated.
+    demand: usize,
+    /// A deterministic ±2 % noise on throughput (an LCG's state).
+    noise: u64,
+}
+
+impl SimulatedDb {
+    fn new(knee: usize) -> SimulatedDb {
+        SimulatedDb {
+            knee,
+            base: Duration::from_millis(2),
+            demand: usize::MAX,
+            noise: 12345,
+        }
+    }
+
+    fn jitter(&mut self) -> f64 {
+        self.noise = self.noise.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let unit = (self.noise >> 33) as f64 / (1u64 << 31) as f64; // 0..1
+        1.0 + (unit - 0.5) * 0.04
+    }
+
+    /// One window at `limit`.
+    fn window(&mut self, limit: usize) -> Sample {
+        let n = limit.min(self.demand).max(1) as f64;
+        let knee = self.knee as f64;
+        let per_s = 1.0 / self.base.as_secs_f64();
+        let throughput = if n <= knee {
+            n * per_s
+        } else {
+            knee * per_s * (1.0 - 0.04 * (n - knee)).max(0.3)
+        } * self.jitter();
+        let completions = (throughput * WINDOW.as_secs_f64()) as u64;
+        let hold = n / throughput;
+        Sample {
+            span: WINDOW,
+            completions,
+            hold_total: Duration::from_secs_f64(hold * completions as f64),
+        }
+    }
+}
+
+/// Runs `windows` windows; returns the limit after each.
+fn run(tuner: &mut Tuner, db: &mut SimulatedDb, windows: usize, ceiling: usize) -> Vec<usize> {
+    (0..windows)
+        .map(|_| {
+            let sample = db.window(tuner.limit());
+            tuner.step(&sample, ceiling)
+        })
+        .collect()
+}
+
+/// Asserts the second half of `limits` within `low..=high`, apart from
+/// the one-window baseline re-probes (at half the limit, one per
+/// [`REPROBE_WINDOWS`]).
+fn assert_settled(limits: &[usize], low: usize, high: usize) {
+    let tail = &limits[limits.len() / 2..];
+    let outside: Vec<_> = tail
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !(low..=high).contains(*l))
+        .collect();
+    let reprobes = tail.len() / REPROBE_WINDOWS as usize + 1;
+    assert!(
+        outside.len() <= reprobes && outside.iter().all(|(_, &l)| l >= low / 2),
+        "settled in {low}..={high} but for {reprobes} re-probes: {outside:?} in {limits:?}"
+    );
+}
+
+#[test]
+fn it_settles_at_the_knee_from_the_formula_and_stays_within_a_step() {
+    let mut tuner = Tuner::new(4);
+    let mut db = SimulatedDb::new(8);
+    let limits = run(&mut tuner, &mut db, 400, 64);
+    let reached = limits.iter().position(|&l| l == 8).unwrap();
+    assert!(
+        reached <= 20,
+        "at the knee after {reached} windows: {limits:?}"
+    );
+    assert_settled(&limits, 7, 9);
+    let at_knee = limits[200..].iter().filter(|&&l| l == 8).count();
+    assert!(at_knee >= 120, "mostly at the knee: {at_knee} of 200");
+}
+
+#[test]
+fn it_follows_the_knee_up_and_down() {
+    let mut tuner = Tuner::new(4);
+    let mut db = SimulatedDb::new(8);
+    run(&mut tuner, &mut db, 100, 64);
+    db.knee = 20;
+    let limits = run(&mut tuner, &mut db, 200, 64);
+    assert_settled(&limits, 18, 22);
+    db.knee = 6;
+    let limits = run(&mut tuner, &mut db, 200, 64);
+    let down = limits.iter().position(|&l| l <= 7).unwrap();
+    assert!(down <= 20, "within 5 s (20 windows): {down}, {limits:?}");
+    assert_settled(&limits, 5, 7);
+}
+
+#[test]
+fn it_does_not_move_at_low_traffic() {
+    let mut tuner = Tuner::new(4);
+    let mut db = SimulatedDb::new(8);
+    run(&mut tuner, &mut db, 100, 64);
+    db.demand = 3; // fewer than half the permits in use
+    let limits = run(&mut tuner, &mut db, 400, 64);
+    assert!(limits.iter().all(|&l| l <= 9), "no growth: {limits:?}");
+    assert!(
+        limits.iter().all(|&l| l == limits[0]),
+        "frozen once a running probe is undone: {limits:?}"
+    );
+    // No calls at all: nothing to judge, nothing moves.
+    let idle = Sample {
+        span: WINDOW,
+        ..Sample::default()
+    };
+    let frozen = tuner.limit();
+    for _ in 0..50 {
+        assert_eq!(tuner.step(&idle, 64), frozen);
+    }
+    // The clients come back: back at the knee soon.
+    db.demand = usize::MAX;
+    let limits = run(&mut tuner, &mut db, 40, 64);
+    assert!(
+        limits[20..].iter().all(|&l| (7..=9).contains(&l)),
+        "{limits:?}"
+    );
+}
+
+#[test]
+fn a_falling_ceiling_is_a_hard_cap_at_once() {
+    let mut tuner = Tuner::new(4);
+    let mut db = SimulatedDb::new(12);
+    run(&mut tuner, &mut db, 100, 64);
+    assert!(tuner.limit() >= 10);
+    let limits = run(&mut tuner, &mut db, 100, 3);
+    assert!(limits.iter().all(|&l| l <= 3), "{limits:?}");
+    assert!(limits[50..].iter().all(|&l| l >= 2), "{limits:?}");
+    let limits = run(&mut tuner, &mut db, 200, 64);
+    assert_settled(&limits, 11, 13);
+    assert_eq!(Tuner::new(4).step(&db.window(4), 0), 1, "floor 1");
+}
+
+#[test]
+fn the_baseline_is_remeasured_under_sustained_load() {
+    let mut tuner = Tuner::new(4);
+    let mut db = SimulatedDb::new(8);
+    run(&mut tuner, &mut db, 50, 64);
+    let measured = tuner.baseline().unwrap();
+    assert!(measured <= Duration::from_micros(2100), "{measured:?}");
+    // The database gets twice as slow for good: the baseline follows
+    // within a few re-probes instead of keeping the old minimum.
+    db.base = Duration::from_millis(4);
+    run(&mut tuner, &mut db, 3 * REPROBE_WINDOWS as usize, 64);
+    let now = tuner.baseline().unwrap();
+    assert!(now >= Duration::from_micros(3500), "{now:?}");
+    assert!(now <= Duration::from_micros(4500), "{now:?}");
+}
+
+#[test]
+fn permits_stop_at_the_limit_and_the_share() {
+    let limiter = Limiter::new(ActiveLimit::Fixed(2), 2, 4);
+    let a = limiter.acquire(Duration::ZERO).unwrap();
+    let _b = limiter.acquire(Duration::ZERO).unwrap();
+    assert!(limiter.acquire(Duration::from_millis(5)).is_none());
+    drop(a);
+    assert_eq!(limiter.in_use(), 1);
+    assert!(limiter.acquire(Duration::ZERO).is_some());
+    limiter.set_share(1);
+    assert_eq!(limiter.current(), 1, "the share caps the limit in force");
+    assert_eq!(limiter.range(), (1, 1));
+    limiter.set_share(0);
+    let waiter = {
+        let limiter = limiter.clone();
+        std::thread::spawn(move || limiter.acquire(Duration::from_secs(30)).is_some())
+    };
+    drop(_b);
+    assert!(
+        waiter.join().unwrap(),
+        "a share of 0 is the share gate's to wait on"
+    );
+}
+
+#[test]
+fn a_waiter_gets_the_permit_given_back() {
+    let limiter = Limiter::new(ActiveLimit::Auto, 1, 4);
+    let held = limiter.acquire(Duration::ZERO).unwrap();
+    let waiter = {
+        let limiter = limiter.clone();
+        std::thread::spawn(move || limiter.acquire(Duration::from_secs(30)).is_some())
+    };
+    while limiter.waiters.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    drop(held);
+    assert!(waiter.join().unwrap());
+    assert_eq!(limiter.mode(), "auto");
+    assert_eq!(limiter.range(), (1, 4));
+}

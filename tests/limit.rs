@@ -1,0 +1,204 @@
+//! The concurrency limit and admission by time, end to end against a real
+//! PostgreSQL: `db.active_limit` as configured, a fixed limit holding as
+//! many connections as it says, auto mode moving toward a knee the test
+//! creates (and away when it moves), and a standing queue refused at
+//! arrival. The tests that load the server take turns (`ONE_AT_A_TIME`):
+//! the machine's cores are shared.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use blitz::{ActiveLimit, Config};
+use serde_json::{json, Value};
+use support::{error_code, result, Rpc, Server};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+#[test]
+fn active_limit_is_auto_or_a_number_within_the_pool() {
+    let auto = Config::with_flags(&[]).unwrap();
+    assert_eq!(auto.db.active_limit, ActiveLimit::Auto);
+    let fixed = Config::with_flags(&[("db.active_limit", "3"), ("db.pool_size", "4")]).unwrap();
+    assert_eq!(fixed.db.active_limit, ActiveLimit::Fixed(3));
+    let follows = Config::with_flags(&[("db.active_limit", "6")]).unwrap();
+    assert_eq!(follows.db.pool_size, 6, "pool_size 0 = the fixed limit");
+    assert_eq!(follows.invocation.workers, 6, "workers 0 = the pool");
+    let file = std::env::temp_dir().join(format!("blitz-limit-{}.toml", std::process::id()));
+    std::fs::write(&file, "[db]\nactive_limit = 2\n").unwrap();
+    let inputs = blitz::ConfigInputs {
+        file: Some(file.clone()),
+        ..Default::default()
+    };
+    let from_file = Config::load(&inputs).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(
+        from_file.db.active_limit,
+        ActiveLimit::Fixed(2),
+        "a number in TOML"
+    );
+    for (value, fragments) in [
+        ("zero", &["db.active_limit", "zero", "\"auto\""][..]),
+        ("0", &["db.active_limit", "0", "1 to 10000"][..]),
+    ] {
+        let e = Config::with_flags(&[("db.active_limit", value)]).unwrap_err();
+        for f in fragments {
+            assert!(e.to_string().contains(f), "{e} lacks {f}");
+        }
+    }
+    let e = Config::with_flags(&[("db.active_limit", "9"), ("db.pool_size", "8")]).unwrap_err();
+    assert!(e.to_string().contains("db.active_limit = 9"), "{e}");
+    assert!(e.to_string().contains("db.pool_size (8)"), "{e}");
+}
+
+const FIXTURES: &str = "CREATE SCHEMA blitz_api;
+CREATE FUNCTION blitz_api.hold() RETURNS int LANGUAGE plpgsql
+  AS 'BEGIN PERFORM pg_advisory_xact_lock_shared(42); RETURN 1; END';
+CREATE FUNCTION blitz_api.slow() RETURNS int LANGUAGE plpgsql
+  AS 'BEGIN PERFORM pg_sleep(0.02); RETURN 1; END';
+CREATE FUNCTION blitz_api.knee() RETURNS int LANGUAGE plpgsql
+  AS 'BEGIN PERFORM pg_advisory_xact_lock(7); PERFORM pg_sleep(0.002); RETURN 1; END';";
+
+fn active_limit(rpc: &mut Rpc) -> Value {
+    result(&rpc.call("sys.status", json!({})))["active_limit"].clone()
+}
+
+#[test]
+fn a_fixed_limit_holds_that_many_connections_and_no_more() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let settings = [("db.pool_size", "3"), ("db.active_limit", "2")];
+    let (db, server) = Server::on_fresh_db(FIXTURES, &settings);
+    let mut watcher = Rpc::session(&server.addr);
+    let limit = active_limit(&mut watcher);
+    assert_eq!(limit["mode"], "fixed");
+    assert_eq!(
+        (&limit["current"], &limit["min"], &limit["max"]),
+        (&json!(2), &json!(2), &json!(2))
+    );
+    let mut locker = db.connect();
+    locker.execute("SELECT pg_advisory_lock(42)", &[]).unwrap();
+    let mut callers: Vec<Rpc> = (0..3).map(|_| Rpc::session(&server.addr)).collect();
+    for caller in &mut callers {
+        caller.send("api.hold", json!({}));
+    }
+    db.wait_until_running("hold", 2);
+    let status = watcher.wait_for_status("three workers busy", |s| s["workers"]["busy"] == 3);
+    assert_eq!(
+        status["active_limit"]["in_use"], 2,
+        "the third waits: {status}"
+    );
+    assert_eq!(status["pool"]["in_use"], 2, "{status}");
+    locker
+        .execute("SELECT pg_advisory_unlock(42)", &[])
+        .unwrap();
+    for caller in &mut callers {
+        assert_eq!(result(&caller.read_reply().expect("a reply")), 1);
+    }
+}
+
+#[test]
+fn a_standing_queue_is_refused_at_arrival() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let settings = [
+        ("db.pool_size", "1"),
+        ("invocation.queue_capacity", "1000"),
+        ("server.max_in_flight_per_connection", "1000"),
+    ];
+    let (_db, server) = Server::on_fresh_db(FIXTURES, &settings);
+    let mut flood = Rpc::session(&server.addr);
+    let burst = 300; // 20 ms each on one connection: about 6 s of work
+    for _ in 0..burst {
+        flood.send("api.slow", json!({}));
+    }
+    let mut probe = Rpc::session(&server.addr);
+    probe.wait_for_status("calls to complete and the queue to stand", |s| {
+        // Past the 5th call every job has waited over 4 calls' time (the
+        // target); 35 calls later, far more than 100 ms have passed.
+        s["counters"]["completed"].as_u64() >= Some(40) && s["queue"]["depth"].as_u64() > Some(100)
+    });
+    let refused = probe.call("api.slow", json!({}));
+    assert_eq!(error_code(&refused), -32001, "{refused}");
+    assert_eq!(
+        refused["error"]["data"]["reason"],
+        "queue wait over the target"
+    );
+    let id = probe.send_with("api.slow", json!({}), json!({"timeout_ms": 200}));
+    let short = probe.read_reply().unwrap();
+    assert_eq!(short["id"], id);
+    assert_eq!(error_code(&short), -32001, "{short}");
+    assert_eq!(
+        short["error"]["data"]["reason"],
+        "deadline shorter than the queue wait"
+    );
+    // Both were answered at once: while most of the burst still waited.
+    let depth = result(&probe.call("sys.status", json!({})))["queue"]["depth"].clone();
+    assert!(
+        depth.as_u64() > Some(50),
+        "queue depth after the refusals: {depth}"
+    );
+    for _ in 0..burst {
+        assert_eq!(result(&flood.read_reply().expect("a reply")), 1);
+    }
+}
+
+/// `n` clients calling `method` in a closed loop until `stop` is set.
+fn closed_loop(
+    addr: &str,
+    method: &'static str,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let (addr, stop) = (addr.to_string(), stop.clone());
+            std::thread::spawn(move || {
+                let mut rpc = Rpc::session(&addr);
+                while !stop.load(Ordering::Acquire) {
+                    rpc.call(method, json!({}));
+                }
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn auto_moves_toward_a_knee_and_away_when_it_moves() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let settings = [("db.pool_size", "8"), ("db.active_limit", "auto")];
+    let (db, server) = Server::on_fresh_db(FIXTURES, &settings);
+    let mut watcher = Rpc::session(&server.addr);
+    let start = active_limit(&mut watcher);
+    assert_eq!(
+        (&start["mode"], &start["min"], &start["max"]),
+        (&json!("auto"), &json!(1), &json!(8))
+    );
+    let started_at = start["current"].as_u64().unwrap();
+    // One call at a time gets through api.knee (an exclusive advisory lock):
+    // its knee is 1, every permit past it only waits.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = closed_loop(&server.addr, "api.knee", 16, &stop);
+    if started_at > 2 {
+        watcher.wait_for_status("the limit to come down toward 1", |s| {
+            s["active_limit"]["current"].as_u64() <= Some(2)
+        });
+    }
+    // The lock goes: each call now sleeps 2 ms on its own, and throughput
+    // grows with every permit up to the ceiling.
+    db.execute(
+        "CREATE OR REPLACE FUNCTION blitz_api.knee() RETURNS int LANGUAGE plpgsql
+           AS 'BEGIN PERFORM pg_sleep(0.005); RETURN 1; END'",
+    );
+    let risen = watcher.wait_for_status("the limit to rise past 3", |s| {
+        s["active_limit"]["current"].as_u64() >= Some(4)
+    });
+    assert!(
+        risen["active_limit"]["current"].as_u64() <= Some(8),
+        "{risen}"
+    );
+    stop.store(true, Ordering::Release);
+    for client in clients {
+        client.join().unwrap();
+    }
+}
