@@ -4,8 +4,8 @@
 //! refused at once with -32001 when the connection has too many in flight,
 //! when the queue is full, when its deadline is shorter than the
 //! estimated queue wait (it would only expire in the queue), or when the
-//! queue is *standing* (CoDel's idea): no job that reached a worker in the
-//! last [`WAIT_INTERVAL`] had waited less than [`WAIT_TARGET`], and the
+//! queue is *standing* (CoDel's idea): every job that reached a worker in
+//! the last [`WAIT_INTERVAL`] had waited more than [`WAIT_TARGET`], and the
 //! estimated wait of this one is over the target too. A burst is absorbed
 //! (the queue drained recently); a queue that stays long is refused, so the
 //! calls served wait about the target rather than the whole queue, and the
@@ -64,9 +64,9 @@ pub struct Dispatcher {
     stats: Arc<Stats>,
     busy_workers: Arc<AtomicUsize>,
     refusal_log: LogThrottle,
-    /// When a job last reached a worker within the target, µs since
-    /// `origin` (0: never).
-    short_wait_at_us: AtomicU64,
+    /// Since when every job that reached a worker had waited over the
+    /// target, µs since `origin` (0: the last one waited less).
+    above_since_us: AtomicU64,
     /// The target now, µs: [`WAIT_TARGET`], or [`TARGET_CALLS`] typical
     /// calls when they are longer.
     target_us: AtomicU64,
@@ -96,7 +96,7 @@ impl Dispatcher {
             stats,
             busy_workers: Arc::default(),
             refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
-            short_wait_at_us: AtomicU64::new(0),
+            above_since_us: AtomicU64::new(0),
             target_us: AtomicU64::new(WAIT_TARGET.as_micros() as u64),
             origin: Instant::now(),
         };
@@ -155,16 +155,20 @@ impl Dispatcher {
         self.target_us
             .store(target.as_micros() as u64, Ordering::Relaxed);
         if waited < target {
+            self.above_since_us.store(0, Ordering::Relaxed);
+        } else if self.above_since_us.load(Ordering::Relaxed) == 0 {
             let now = self.origin.elapsed().as_micros() as u64;
-            self.short_wait_at_us.store(now.max(1), Ordering::Relaxed);
+            self.above_since_us.store(now.max(1), Ordering::Relaxed);
         }
     }
 
-    /// No job reached a worker within the target for a whole interval.
+    /// Every job that reached a worker for a whole interval had waited
+    /// over the target. An idle server, or one whose last job waited less,
+    /// has no standing queue: a burst after a quiet spell is absorbed.
     fn queue_is_standing(&self) -> bool {
+        let since = self.above_since_us.load(Ordering::Relaxed);
         let now = self.origin.elapsed().as_micros() as u64;
-        let last = self.short_wait_at_us.load(Ordering::Relaxed);
-        now.saturating_sub(last) > WAIT_INTERVAL.as_micros() as u64
+        since != 0 && now.saturating_sub(since) > WAIT_INTERVAL.as_micros() as u64
     }
 
     /// Why a request with `timeout` cannot wait in the queue now, if so:
