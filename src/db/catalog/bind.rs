@@ -31,7 +31,7 @@ pub struct PreparedCall {
     /// The called function's `pg_proc` OID.
     pub oid: Oid,
     /// Which arguments are passed and how: for params by name, bit `i` set
-    /// for each argument `i` passed; by position, [`POSITIONAL`] plus their
+    /// for each argument `i` passed; by position, `POSITIONAL` plus their
     /// number. One function's calls of one shape share one `sql`.
     pub shape: u128,
 }
