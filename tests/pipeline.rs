@@ -35,6 +35,7 @@ CREATE FUNCTION blitz_api.always_conflict() RETURNS void LANGUAGE plpgsql AS $$
 CREATE FUNCTION blitz_api.fail(msg text) RETURNS void LANGUAGE plpgsql AS $$
   BEGIN RAISE EXCEPTION '%', msg USING ERRCODE = 'P0001'; END $$;
 CREATE FUNCTION blitz_api.count_victims() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM victims';
+CREATE FUNCTION blitz_api.backend_pid() RETURNS int LANGUAGE sql AS 'SELECT pg_backend_pid()';
 CREATE FUNCTION blitz_api.hold() RETURNS int LANGUAGE plpgsql AS
   'BEGIN PERFORM pg_advisory_xact_lock(42); RETURN 1; END';
 "#;
@@ -454,8 +455,30 @@ fn deadlines_bound_running_and_queued_calls() {
         "took {:?}",
         start.elapsed()
     );
-    // The connection whose statement was cancelled is replaced; calls go on.
+    // The connection whose statement was cancelled is kept; calls go on.
     assert_eq!(result(&running.call("api.add", json!({"a": 4}))), 4);
+}
+
+#[test]
+fn a_call_cancelled_at_its_deadline_leaves_its_connection_usable() {
+    let (_db, server) = setup(&[("db.pool_size", "1")]);
+    let mut rpc = Rpc::session(&server.addr);
+    let backend = result(&rpc.call("api.backend_pid", json!({}))).clone();
+    assert!(backend.is_i64(), "{backend}");
+    for round in 0..3 {
+        let id = rpc.send_with(
+            "api.sleep_ms",
+            json!({"ms": 10_000}),
+            json!({"timeout_ms": 1000}),
+        );
+        let reply = rpc.read_reply().unwrap();
+        assert_eq!(reply["id"], id, "{reply}");
+        assert_eq!(error_code(&reply), -32002, "round {round}: {reply}");
+        // The one pooled connection is the same backend: no reconnect, and
+        // the cancel did not reach the statements after it.
+        assert_eq!(rpc.call("api.backend_pid", json!({}))["result"], backend);
+        assert_eq!(result(&rpc.call("api.add", json!({"a": round}))), round);
+    }
 }
 
 /// Holds the one worker on advisory lock 42 (taken on `locker`) with a

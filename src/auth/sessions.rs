@@ -6,9 +6,10 @@
 //!   the queries that create, find and end sessions, and the batched
 //!   `last_used` writes ([`Sessions::touch`]), flushed off the request path
 //!   by the housekeeper's [`SessionWriter`] chore on its own connection.
-//! - [`run_in_session`]: runs an api call's statement so that `blitz.enter`
-//!   checks the session and sets `blitz.user`, `blitz.session` (and the
-//!   role) in the call's own transaction, in the same round trip.
+//! - [`run_in_session`]: runs an api call's statement so that
+//!   the session check (with `auth.set_role`, `blitz.enter`) checks
+//!   the session and sets `blitz.user`, `blitz.session` (and the role) in
+//!   the call's own transaction, in the same round trip.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -19,11 +20,12 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use postgres::types::{Oid, ToSql, Type};
 use postgres::{Client, GenericClient};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::migrations;
 use crate::config::{AuthConfig, AuthMode};
-use crate::db::{Chore, DbConn};
+use crate::db::{Chore, DbConn, StatementKey};
 use crate::logging::LogThrottle;
 
 /// The identity bound to a connection by `session.login` or `session.join`.
@@ -315,6 +317,9 @@ pub struct EnterArgs {
 /// `blitz.enter` as a statement of its own (the `auth.set_role` path).
 const ENTER: &str = "SELECT blitz.enter($1, $2, $3, $4, $5)::text::json";
 
+/// The types of the session check's params.
+const ENTER_CALL_TYPES: [Type; 3] = [Type::TEXT, Type::INT4, Type::INT4];
+
 impl EnterArgs {
     /// The arguments that admit the session `key` to a call of function `callee`.
     pub fn new(sessions: &Sessions, key: &str, callee: Oid) -> EnterArgs {
@@ -332,6 +337,11 @@ impl EnterArgs {
         [Type::TEXT, Type::INT4, Type::INT4, Type::BOOL, Type::OID]
     }
 
+    /// The session check's params: key, idle seconds, max lifetime.
+    fn call_params(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.key, &self.idle_s, &self.max_life_s]
+    }
+
     fn params(&self) -> [&(dyn ToSql + Sync); 5] {
         [
             &self.key,
@@ -343,15 +353,53 @@ impl EnterArgs {
     }
 }
 
-/// Runs an api call's statement (one row, one `json` column) inside the
-/// session that `enter` describes; `blitz.enter` checks the session, sets
+/// An api call's statement as [`run_in_session`] takes it.
+pub struct CallStatement<'a> {
+    /// Names the statement in the connection's cache; [`run_in_session`]
+    /// adds its own wrapping bits ([`IN_SESSION`], [`AS_ROLE`]).
+    pub key: StatementKey,
+    /// Builds the SQL text (one row, one `json` column, params `$1..$n`)
+    /// and the params' types: called only when the connection has not
+    /// prepared the statement yet.
+    pub text: &'a dyn Fn() -> (String, Vec<Type>),
+    /// The values of `$1..$n`.
+    pub params: &'a [&'a (dyn ToSql + Sync)],
+}
+
+/// The session check inside a call's statement, with the session key,
+/// idle seconds and max lifetime in `$k`, `$k+1`, `$k+2`: one index probe
+/// of `blitz.sessions` and of `blitz.users` (the rule of a live session is
+/// `blitz.session_live`'s, inlined) that sets `blitz.user` and
+/// `blitz.session`. It is planned with the statement and cached with it:
+/// no PL/pgSQL runs on a live session. When the session is dead the
+/// subquery has no row and `blitz.enter` (which finds it dead too) raises
+/// BZ006.
+fn session_check(k: usize) -> String {
+    let (key, idle, life) = (k, k + 1, k + 2);
+    format!(
+        "COALESCE((SELECT pg_catalog.set_config('blitz.user', s.user_name, true) IS NOT NULL \
+                      AND pg_catalog.set_config('blitz.session', s.key, true) IS NOT NULL \
+                     FROM blitz.sessions s JOIN blitz.users u ON u.name = s.user_name \
+                    WHERE s.key = ${key}::text AND NOT u.disabled \
+                      AND blitz.session_live(s.last_used, s.created, ${idle}::int4, ${life}::int4)), \
+                  blitz.enter(${key}::text, ${idle}::int4, ${life}::int4, false, 0))"
+    )
+}
+
+/// The wrapping bit of a call wrapped with the session check, in one statement.
+pub const IN_SESSION: u8 = 1 << 6;
+/// The wrapping bit of a call run on its own after `blitz.enter` set the role.
+pub const AS_ROLE: u8 = 1 << 7;
+
+/// Runs an api call's statement inside the session that `enter`
+/// describes, and returns its result as JSON text; the session check sets
 /// `blitz.user`, `blitz.session` and, with `auth.set_role`, the role, and
 /// raises BZ006 (→ -32006) for a dead session.
 ///
 /// Without `set_role` this is one statement, one round trip: the call is
-/// wrapped in a LATERAL subquery that refers to `blitz.enter`'s result, so
-/// PostgreSQL must evaluate `blitz.enter` first (`OFFSET 0` keeps the
-/// planner from flattening either side).
+/// wrapped in a LATERAL subquery that refers to the session check's
+/// result (`session_check`), so PostgreSQL must evaluate the check first
+/// (`OFFSET 0` keeps the planner from flattening either side).
 ///
 /// With `set_role` the call must also be *planned* under the user's role
 /// (row-level security and privileges are applied when a statement is
@@ -361,41 +409,44 @@ impl EnterArgs {
 pub fn run_in_session(
     db: &mut DbConn,
     enter: &EnterArgs,
-    sql: &str,
-    types: &[Type],
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Option<Value>, postgres::Error> {
+    call: &CallStatement,
+) -> Result<Option<Box<RawValue>>, postgres::Error> {
     if enter.set_role {
-        return run_as_role(db, enter, sql, types, params);
+        return run_as_role(db, enter, call);
     }
-    let n = params.len();
-    let wrapped = format!(
-        "SELECT c.* FROM (SELECT blitz.enter(${}, ${}, ${}, ${}, ${}) AS ok OFFSET 0) AS e \
-         CROSS JOIN LATERAL (SELECT * FROM ({sql}) AS c WHERE e.ok OFFSET 0) AS c",
-        n + 1,
-        n + 2,
-        n + 3,
-        n + 4,
-        n + 5
-    );
-    let mut all_types = types.to_vec();
-    all_types.extend(EnterArgs::types());
-    let mut all_params = params.to_vec();
-    all_params.extend(enter.params());
-    db.query_json(&wrapped, &all_types, &all_params)
+    let n = call.params.len();
+    let wrapped = || {
+        let (sql, mut types) = (call.text)();
+        types.extend(ENTER_CALL_TYPES);
+        let check = session_check(n + 1);
+        let sql = format!(
+            "SELECT c.* FROM (SELECT {check} AS ok OFFSET 0) AS e \
+             CROSS JOIN LATERAL (SELECT * FROM ({sql}) AS c WHERE e.ok OFFSET 0) AS c"
+        );
+        (sql, types)
+    };
+    let mut params = call.params.to_vec();
+    params.extend(enter.call_params());
+    let key = StatementKey {
+        wrapping: call.key.wrapping | IN_SESSION,
+        ..call.key
+    };
+    db.query_raw_json(key, wrapped, &params)
 }
 
 fn run_as_role(
     db: &mut DbConn,
     enter: &EnterArgs,
-    sql: &str,
-    types: &[Type],
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Option<Value>, postgres::Error> {
+    call: &CallStatement,
+) -> Result<Option<Box<RawValue>>, postgres::Error> {
+    let key = StatementKey {
+        wrapping: call.key.wrapping | AS_ROLE,
+        ..call.key
+    };
     db.client().batch_execute("BEGIN")?;
     let outcome = db
         .query_json(ENTER, &EnterArgs::types(), &enter.params())
-        .and_then(|_| db.query_json(sql, types, params));
+        .and_then(|_| db.query_raw_json(key, call.text, call.params));
     match outcome {
         Ok(value) => db.client().batch_execute("COMMIT").map(|()| value),
         Err(e) => {

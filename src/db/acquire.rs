@@ -18,7 +18,7 @@ use super::limit::{LimitPermit, Limiter};
 use super::pool::{DbConn, Pool, PooledConn};
 use super::share::{Permit, Share};
 use super::sqlstate::{self, Failure};
-use super::watchdog::{CancelReason, Watchdog};
+use super::watchdog::{CancelReason, Fired, Watchdog};
 
 /// A pooled connection borrowed under the concurrency limit and through
 /// the share's gate: while it lives, it is one of the at most `limit`
@@ -173,8 +173,10 @@ impl Database {
     /// Runs `work` on `conn` with the watchdog armed for the deadline, or
     /// for `drain` (the drain deadline once shutdown began) if that comes
     /// first; returns its result and whether a cancel was sent. A
-    /// connection that was sent a cancel is marked broken: a late cancel
-    /// must not reach its next statement.
+    /// connection that was sent a cancel stays in the pool when the one
+    /// request sent was spent on this work (`cancel_spent`); otherwise
+    /// it is marked broken, since a late cancel must not reach its next
+    /// statement.
     pub fn guarded<T>(
         &self,
         conn: &mut PooledConn,
@@ -185,15 +187,16 @@ impl Database {
         let cancel_at = drain.map_or(deadline.at, |d| deadline.at.min(d));
         let guard = self.watchdog.arm(cancel_at, conn.cancel_token());
         let result = work(conn);
-        let past_drain = drain.is_some_and(|d| Instant::now() >= d);
-        let fired = guard.disarm().map(|reason| match past_drain {
-            true => CancelReason::Shutdown,
-            false => reason,
-        });
-        if fired.is_some() {
+        let fired = guard.disarm();
+        if fired.is_some_and(|f| !cancel_spent(&result, f)) {
             conn.mark_broken();
         }
-        (result, fired)
+        let past_drain = drain.is_some_and(|d| Instant::now() >= d);
+        let reason = fired.map(|f| match past_drain {
+            true => CancelReason::Shutdown,
+            false => f.reason,
+        });
+        (result, reason)
     }
 
     /// Runs `work` (one or a few quick statements) on `conn` under the
@@ -224,4 +227,16 @@ impl Database {
         }
         failure
     }
+}
+
+/// Whether the cancel requests the watchdog sent (`fired`) are all spent:
+/// exactly one was sent and the work ended with `57014` (query cancelled),
+/// so that request cancelled this work, PostgreSQL rolled the transaction
+/// back, and none is left on its way to the connection's next statement.
+fn cancel_spent<T>(result: &Result<T, postgres::Error>, fired: Fired) -> bool {
+    let cancelled = match result {
+        Err(e) => e.code() == Some(&postgres::error::SqlState::QUERY_CANCELED),
+        Ok(_) => false,
+    };
+    fired.sends == 1 && cancelled
 }

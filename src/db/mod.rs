@@ -31,7 +31,7 @@ pub use chore::Chore;
 pub use deadline::Deadline;
 pub use health::Health;
 pub use limit::Limiter;
-pub use pool::{build_pool, trim, Connector, DbConn, PooledConn, Registration};
+pub use pool::{build_pool, trim, Connector, DbConn, PooledConn, Registration, StatementKey};
 pub use share::Share;
 pub use sqlstate::Failure;
 pub use watchdog::CancelReason;

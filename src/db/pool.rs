@@ -1,5 +1,5 @@
 //! The r2d2 pool of PostgreSQL connections: each [`DbConn`] keeps its own
-//! prepared-statement cache and a "broken" flag the pool honours, and knows
+//! prepared-statement caches and a "broken" flag the pool honours, and knows
 //! whether it was opened before the last outage.
 //!
 //! The pool obeys this instance's [`Share`] of the connection budget: it
@@ -14,9 +14,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postgres::types::{ToSql, Type};
+use postgres::types::{Json, ToSql, Type};
 use postgres::{Client, Statement};
 use r2d2_postgres::PostgresConnectionManager;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::health::Health;
@@ -33,10 +34,29 @@ pub type PooledConn = r2d2::PooledConnection<Manager>;
 /// Prepared statements kept per connection before the cache is emptied.
 const STATEMENT_CACHE_LIMIT: usize = 512;
 
-/// One PostgreSQL connection with its prepared-statement cache.
+/// Names one statement of an api call without its text: the function, the
+/// shape of the call (which arguments, how passed: the catalogue's
+/// `PreparedCall::shape`) and how it is wrapped (`wrapping`: session,
+/// idempotency key, role; the caller's own numbering). The same key always
+/// stands for the same SQL text on every connection of a process, so a
+/// statement found under it is reused without building or hashing the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatementKey {
+    /// The called function's `pg_proc` OID.
+    pub function: u32,
+    /// Which arguments the call passes, and how.
+    pub shape: u128,
+    /// How the call's statement is wrapped.
+    pub wrapping: u8,
+}
+
+/// One PostgreSQL connection with its prepared-statement caches.
 pub struct DbConn {
     client: Client,
+    /// Statements by their SQL text.
     statements: HashMap<String, Statement>,
+    /// Statements of api calls, by [`StatementKey`].
+    calls: HashMap<StatementKey, Statement>,
     broken: bool,
     outage_epoch: u64,
     /// Counts this connection against the share until it is closed.
@@ -73,9 +93,41 @@ impl DbConn {
         Ok(rows.first().and_then(|r| r.get::<_, Option<Value>>(0)))
     }
 
+    /// Runs the api call statement named `key` (prepared once per
+    /// connection from the SQL text and parameter types `statement` gives,
+    /// then reused) and returns the first column of the first row as JSON
+    /// text, checked but not parsed into a value (`None` for no row or SQL
+    /// NULL). With a cached statement this is one round trip.
+    pub fn query_raw_json(
+        &mut self,
+        key: StatementKey,
+        statement: impl FnOnce() -> (String, Vec<Type>),
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Box<RawValue>>, postgres::Error> {
+        let statement = match self.calls.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let (sql, types) = statement();
+                let s = self.client.prepare_typed(&sql, &types)?;
+                if self.calls.len() >= STATEMENT_CACHE_LIMIT {
+                    self.calls.clear();
+                }
+                self.calls.insert(key, s.clone());
+                s
+            }
+        };
+        let rows = self.client.query(&statement, params)?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let text: Option<Json<Box<RawValue>>> = row.try_get(0)?;
+        Ok(text.map(|Json(raw)| raw))
+    }
+
     /// Forgets every cached statement (after a function changed shape).
     pub fn forget_statements(&mut self) {
         self.statements.clear();
+        self.calls.clear();
     }
 
     /// Makes the pool drop this connection instead of reusing it.
@@ -165,6 +217,7 @@ impl r2d2::ManageConnection for Manager {
         Ok(DbConn {
             client,
             statements: HashMap::new(),
+            calls: HashMap::new(),
             broken: false,
             outage_epoch,
             _slot: slot,

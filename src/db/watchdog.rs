@@ -3,15 +3,18 @@
 //! costs no extra `SET statement_timeout` round trip on the common path.
 //!
 //! [`Watchdog::arm`] returns a [`Guard`]; dropping it disarms the timer and
-//! waits for a cancel already under way, so a late cancel can never reach
-//! the connection's next statement. A connection whose statement was
-//! cancelled is dropped from the pool by the caller (see [`Guard::disarm`]).
+//! waits for a cancel already under way to be sent. [`Guard::disarm`] says
+//! how many cancel requests were sent ([`Fired`]): the caller keeps the
+//! connection when exactly one was and the statement ended with `57014`
+//! (that one request was spent on it), and drops it otherwise, since a
+//! request still on its way could reach the connection's next statement.
 //!
 //! A cancel request can be lost: PostgreSQL cancels whatever the backend
 //! runs when the request arrives, and nothing if the statement has not
 //! reached it yet (a worker descheduled under load), or the request's own
-//! connection can fail. So a fired timer fires again every [`RESEND`] until
-//! its guard is disarmed.
+//! connection can fail. So a fired timer fires again after [`RESEND`],
+//! then after twice that, and so on, [`MAX_SENDS`] requests in all (each
+//! opens a TCP connection to PostgreSQL).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,14 +33,27 @@ pub enum CancelReason {
     Shutdown,
 }
 
-/// How often a cancel is sent again while its statement still runs.
+/// How long after the first cancel request a second is sent while its
+/// statement still runs; each further wait doubles.
 const RESEND: Duration = Duration::from_millis(250);
+
+/// The most cancel requests sent for one statement.
+pub const MAX_SENDS: u32 = 4;
+
+/// What a timer did: why it fired, and how many cancel requests it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fired {
+    /// Why the statement was cancelled.
+    pub reason: CancelReason,
+    /// Cancel requests sent (1 to [`MAX_SENDS`]).
+    pub sends: u32,
+}
 
 /// One armed timer.
 struct Armed {
     token: CancelToken,
-    /// Set when the cancel was sent; held locked while it is being sent.
-    fired: Mutex<Option<CancelReason>>,
+    /// Set when a cancel was sent; held locked while it is being sent.
+    fired: Mutex<Option<Fired>>,
     /// The guard was disarmed (set under the schedule's lock): never fire again.
     done: AtomicBool,
 }
@@ -70,9 +86,9 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Disarms the timer and says whether (and why) the cancel was sent.
-    /// Once this returns, no cancel for this timer can be sent any more.
-    pub fn disarm(self) -> Option<CancelReason> {
+    /// Disarms the timer and says whether (why, how often) a cancel was
+    /// sent. Once this returns, no cancel for this timer can be sent any more.
+    pub fn disarm(self) -> Option<Fired> {
         self.stop_timer();
         let fired = *self.armed.fired.lock();
         fired
@@ -160,11 +176,8 @@ impl Watchdog {
             std::mem::take(&mut state.timers)
         };
         for ((_, id), armed) in timers {
-            fire(&armed, reason);
-            let mut state = self.shared.state.lock();
-            if !armed.done.load(Ordering::Acquire) {
-                self.schedule(&mut state, Instant::now() + RESEND, id, armed);
-            }
+            let resend = fire(&armed, reason);
+            self.reschedule(id, armed, resend);
         }
     }
 
@@ -189,29 +202,53 @@ impl Watchdog {
             state.due.remove(&key.1);
             // Lock `fired` before releasing the schedule, so a guard dropped
             // meanwhile waits for this cancel to be sent.
-            let mut fired = armed.fired.lock();
+            let fired = armed.fired.lock();
             drop(state);
-            let again = fired.is_some();
-            fired.get_or_insert(CancelReason::Deadline);
-            if again {
-                log::debug!(
-                    "statement still running {RESEND:?} after its cancel; cancelling again"
-                );
-            }
-            send_cancel(&armed.token);
-            drop(fired);
+            let reason = fired.map_or(CancelReason::Deadline, |f| f.reason);
+            let resend = send(&armed, fired, reason);
+            self.reschedule(key.1, armed, resend);
             state = self.shared.state.lock();
-            if !armed.done.load(Ordering::Acquire) {
-                self.schedule(&mut state, Instant::now() + RESEND, key.1, armed);
-            }
+        }
+    }
+
+    /// Puts timer `id` back on the schedule to fire again after `resend`,
+    /// unless it was disarmed meanwhile or has sent its last request.
+    fn reschedule(&self, id: u64, armed: Arc<Armed>, resend: Option<Duration>) {
+        let mut state = self.shared.state.lock();
+        if let Some(wait) = resend.filter(|_| !armed.done.load(Ordering::Acquire)) {
+            self.schedule(&mut state, Instant::now() + wait, id, armed);
         }
     }
 }
 
-fn fire(armed: &Armed, reason: CancelReason) {
-    let mut fired = armed.fired.lock();
-    *fired = Some(reason);
+/// Sends `armed`'s cancel now for `reason`; the wait before the next one
+/// (`None`: that was the last).
+fn fire(armed: &Armed, reason: CancelReason) -> Option<Duration> {
+    send(armed, armed.fired.lock(), reason)
+}
+
+/// Sends one cancel request with `fired` (`armed`'s record) held locked,
+/// records it, and returns the wait before the next one.
+fn send(
+    armed: &Armed,
+    mut fired: parking_lot::MutexGuard<'_, Option<Fired>>,
+    reason: CancelReason,
+) -> Option<Duration> {
+    let sends = fired.map_or(0, |f| f.sends);
+    if sends >= MAX_SENDS {
+        return None;
+    }
+    if sends > 0 {
+        log::debug!("statement still running after {sends} cancel requests; cancelling again");
+    }
     send_cancel(&armed.token);
+    let sends = sends + 1;
+    *fired = Some(Fired { reason, sends });
+    if sends == MAX_SENDS {
+        log::warn!("a statement still runs after {MAX_SENDS} cancel requests; sending no more");
+        return None;
+    }
+    Some(RESEND * 2u32.pow(sends - 1))
 }
 
 fn send_cancel(token: &CancelToken) {

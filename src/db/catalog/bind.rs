@@ -18,7 +18,8 @@ use super::value::{convert_scalar, SqlParam};
 /// `json` column of the single row (`None` → JSON `null`). [`PreparedCall::run`]
 /// does exactly that. The same function called with the same set of argument
 /// names always gives the same `sql` and `param_types`, so statements can be
-/// cached per connection keyed by `sql`.
+/// cached per connection keyed by `sql`, or by (`oid`, `shape`) without
+/// looking at the text.
 #[derive(Debug, Clone)]
 pub struct PreparedCall {
     /// The statement; identifiers from the catalogue, values only as `$n`.
@@ -29,7 +30,15 @@ pub struct PreparedCall {
     pub params: Vec<SqlParam>,
     /// The called function's `pg_proc` OID.
     pub oid: Oid,
+    /// Which arguments are passed and how: for params by name, bit `i` set
+    /// for each argument `i` passed; by position, `POSITIONAL` plus their
+    /// number. One function's calls of one shape share one `sql`.
+    pub shape: u128,
 }
+
+/// The bit of [`PreparedCall::shape`] that says params came by position
+/// (PostgreSQL functions take at most 100 arguments: bits 0–99 are theirs).
+pub const POSITIONAL: u128 = 1 << 127;
 
 impl PreparedCall {
     /// The params as the slice `postgres` query functions take.
@@ -59,9 +68,10 @@ impl Function {
         match supplied {
             Supplied::Named(map) => {
                 self.check_names(map)?;
-                for arg in &self.args {
+                for (i, arg) in self.args.iter().enumerate() {
                     if let Some(value) = map.get(&arg.name).filter(|_| !arg.name.is_empty()) {
                         call.push(arg, Some(&arg.name), value)?;
+                        call.shape |= 1 << i;
                     } else if !arg.has_default {
                         return Err(self.missing(arg, true));
                     }
@@ -83,6 +93,7 @@ impl Function {
                 for (arg, value) in self.args.iter().zip(list.iter()) {
                     call.push(arg, None, value)?;
                 }
+                call.shape = POSITIONAL | list.len() as u128;
                 if let Some(arg) = self.args.get(list.len()).filter(|a| !a.has_default) {
                     return Err(self.missing(arg, false));
                 }
@@ -151,6 +162,7 @@ struct CallBuilder {
     args: Vec<String>,
     types: Vec<Type>,
     params: Vec<SqlParam>,
+    shape: u128,
 }
 
 impl CallBuilder {
@@ -181,6 +193,7 @@ impl CallBuilder {
             param_types: self.types,
             params: self.params,
             oid: function.oid,
+            shape: self.shape,
         }
     }
 }

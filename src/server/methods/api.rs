@@ -1,35 +1,40 @@
 //! `api.<name>`: one call of PostgreSQL function `<api_schema>.<name>` as
 //! one transaction, on a worker, with its deadline enforced by the
-//! watchdog and serialization failures retried.
+//! watchdog and serialization failures retried. The statement is prepared
+//! once per connection and (function, argument shape), and its result
+//! passes through as the JSON text PostgreSQL sent.
 
 use std::time::Duration;
 
+use postgres::types::Type;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::method::Call;
-use crate::auth::sessions::{run_in_session, EnterArgs};
+use crate::auth::sessions::{run_in_session, CallStatement, EnterArgs};
 use crate::db::catalog::PreparedCall;
 use crate::db::idempotency::{self, KeyedCall};
-use crate::db::{Deadline, Failure, PooledConn};
+use crate::db::{Deadline, Failure, PooledConn, StatementKey};
 use crate::protocol::{code, RpcError};
 use crate::server::context::Context;
 
 /// Calls `<api_schema>.<name>` with `params` (object, array or null) as
 /// `session`'s user.
-pub fn call(call: &Call) -> Result<Value, RpcError> {
+pub fn call(call: &Call) -> Result<Box<RawValue>, RpcError> {
     let (ctx, deadline) = (call.ctx, call.deadline);
     let session = call.session_key()?;
     let name = &call.request.method["api.".len()..];
     let params = &call.request.params()?;
     let mut conn = ctx.acquire(deadline)?;
-    let mut catalog = ctx.catalog_loaded(&mut conn, deadline)?;
-    if catalog.prepare(name, params).is_none() {
-        catalog = ctx.catalog_refreshed(&mut conn, deadline)?;
+    let catalog = ctx.catalog_loaded(&mut conn, deadline)?;
+    let prepared = match catalog.prepare(name, params) {
+        Some(prepared) => prepared,
+        None => ctx
+            .catalog_refreshed(&mut conn, deadline)?
+            .prepare(name, params)
+            .ok_or_else(|| RpcError::method_not_found(&format!("api.{name}")))?,
     }
-    let prepared = catalog
-        .prepare(name, params)
-        .ok_or_else(|| RpcError::method_not_found(&format!("api.{name}")))?
-        .map_err(|e| RpcError::invalid_params(e.param.as_deref(), e.message))?;
+    .map_err(|e| RpcError::invalid_params(e.param.as_deref(), e.message))?;
     let keyed = call.request.idempotency_key.as_deref().map(|key| {
         let ttl = ctx.config.invocation.idempotency_ttl_s;
         KeyedCall::new(key, &call.request.method, params, ttl)
@@ -63,18 +68,21 @@ fn run(
     session: &str,
     keyed: Option<&KeyedCall>,
     deadline: &Deadline,
-) -> Result<Value, RpcError> {
+) -> Result<Box<RawValue>, RpcError> {
     let enter = EnterArgs::new(&ctx.sessions, session, call.oid);
     let mut params = call.param_refs();
-    let mut types = call.param_types.clone();
-    let sql = match keyed {
-        None => std::borrow::Cow::Borrowed(call.sql.as_str()),
-        Some(k) => {
-            let sql = k.statement(&call.sql, params.len());
-            params.extend(k.params());
-            types.extend(KeyedCall::types());
-            std::borrow::Cow::Owned(sql)
-        }
+    if let Some(k) = keyed {
+        params.extend(k.params());
+    }
+    let text = || statement_text(call, keyed);
+    let statement = CallStatement {
+        key: StatementKey {
+            function: call.oid,
+            shape: call.shape,
+            wrapping: u8::from(keyed.is_some()),
+        },
+        text: &text,
+        params: &params,
     };
     let max_retries = ctx.config.invocation.max_retries as u32;
     let mut attempt = 1u32;
@@ -85,14 +93,14 @@ fn run(
         }
         let drain = ctx.shutdown.drain_deadline();
         let (result, fired) = ctx.db.guarded(conn, deadline, drain, |db| {
-            run_in_session(db, &enter, &sql, &types, &params)
+            run_in_session(db, &enter, &statement)
         });
         let error = match result {
-            Ok(value) => {
+            Ok(raw) => {
                 ctx.db.health.report_up();
                 return match keyed {
-                    None => Ok(value.unwrap_or(Value::Null)),
-                    Some(k) => idempotency::outcome(k, value),
+                    None => Ok(raw.unwrap_or_else(null)),
+                    Some(k) => idempotency::outcome(k, parse(raw)?).and_then(raw_of),
                 };
             }
             Err(e) => e,
@@ -126,6 +134,37 @@ fn run(
             });
         }
     }
+}
+
+/// The SQL text and parameter types of `call`'s statement, keyed by
+/// [`idempotency`] when `keyed` is given.
+fn statement_text(call: &PreparedCall, keyed: Option<&KeyedCall>) -> (String, Vec<Type>) {
+    let mut types = call.param_types.clone();
+    match keyed {
+        None => (call.sql.clone(), types),
+        Some(k) => {
+            types.extend(KeyedCall::types());
+            (k.statement(&call.sql, call.params.len()), types)
+        }
+    }
+}
+
+/// JSON `null` as raw JSON text.
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is JSON")
+}
+
+/// A raw result parsed into a value (for an idempotency outcome).
+fn parse(raw: Option<Box<RawValue>>) -> Result<Option<Value>, RpcError> {
+    raw.map(|r| serde_json::from_str(r.get()))
+        .transpose()
+        .map_err(|e| RpcError::internal(format!("the database returned invalid JSON: {e}")))
+}
+
+/// A value rendered as raw JSON text.
+fn raw_of(value: Value) -> Result<Box<RawValue>, RpcError> {
+    serde_json::value::to_raw_value(&value)
+        .map_err(|e| RpcError::internal(format!("a result cannot be rendered: {e}")))
 }
 
 /// After a keyed statement failed: records `reply` if it is an outcome to

@@ -28,6 +28,17 @@ pub enum Runs {
     Template(fn(&Context) -> &RawValue),
     /// Admitted to the queue and run on a worker.
     Queued(fn(&Call) -> Result<Value, RpcError>),
+    /// Admitted to the queue and run on a worker; the result is JSON text
+    /// passed into the reply as it is.
+    QueuedRaw(fn(&Call) -> Result<Box<RawValue>, RpcError>),
+}
+
+/// What a method run on a worker answers.
+pub enum Answer {
+    /// A result value, rendered into the reply.
+    Value(Value),
+    /// A result already JSON text, copied into the reply.
+    Raw(Box<RawValue>),
 }
 
 /// One row of the method table.

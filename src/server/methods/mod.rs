@@ -23,13 +23,11 @@ mod method;
 mod session;
 mod sys;
 
-pub use method::{Call, Method, Runs};
+pub use method::{Answer, Call, Method, Runs};
 pub use sys::ping_result;
 
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
-
-use serde_json::Value;
 
 use super::admission::Job;
 use super::context::Context;
@@ -92,7 +90,7 @@ pub static METHODS: &[Method] = &[
     },
     Method {
         name: "api.",
-        runs: Runs::Queued(api::call),
+        runs: Runs::QueuedRaw(api::call),
         needs_session: true,
         summary: "",
         params: &[],
@@ -182,24 +180,28 @@ pub fn run_job(ctx: &Context, job: Job) -> bool {
         executed: started.elapsed(),
         end_to_end: deadline.arrived.elapsed(),
     });
-    responder.reply(outcome);
+    match outcome {
+        Ok(Answer::Raw(raw)) => responder.reply_raw(&raw),
+        Ok(Answer::Value(value)) => responder.reply(Ok(value)),
+        Err(e) => responder.reply(Err(e)),
+    }
     true
 }
 
-fn execute(call: &Call) -> Result<Value, RpcError> {
+fn execute(call: &Call) -> Result<Answer, RpcError> {
     let Some(method) = lookup(&call.request.method) else {
         return Err(RpcError::method_not_found(&call.request.method));
     };
-    if !matches!(method.runs, Runs::Queued(_)) && method.needs_session {
+    if !matches!(method.runs, Runs::Queued(_) | Runs::QueuedRaw(_)) && method.needs_session {
         // A router method queued only to check the request's own session.
         if let Some(key) = &call.request.session {
             session::verify(call, key)?;
         }
     }
     match method.runs {
-        Runs::Queued(run) => run(call),
-        Runs::OnRouter(answer) => Ok(answer(call.ctx)),
-        Runs::Template(answer) => serde_json::from_str(answer(call.ctx).get())
-            .map_err(|e| RpcError::internal(format!("a result template is not JSON: {e}"))),
+        Runs::Queued(run) => run(call).map(Answer::Value),
+        Runs::QueuedRaw(run) => run(call).map(Answer::Raw),
+        Runs::OnRouter(answer) => Ok(Answer::Value(answer(call.ctx))),
+        Runs::Template(answer) => Ok(Answer::Raw(answer(call.ctx).to_owned())),
     }
 }
