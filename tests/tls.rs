@@ -515,3 +515,19 @@ fn the_thin_client_verifies_against_ca_and_refuses_a_private_ca_with_tls() {
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("certificate"), "{err}");
 }
+
+#[test]
+fn blitz_bench_speaks_tls_with_ca() {
+    let files = TlsFiles::new("bench");
+    let (_db, server) = tls_server(&files, &[]);
+    let target = format!("localhost:{}", port(&server));
+    let mut cmd = Command::new(bin("blitz"));
+    cmd.args(["--server", &target, "--ca"])
+        .arg(&files.ca_file)
+        .args(["bench", "-c", "8", "--threads", "2", "--calls", "400"])
+        .args(["--method", "sys.ping", "--json", "--quiet"]);
+    let (code, out, err) = support::run(cmd);
+    assert_eq!(code, 0, "{out}{err}\n{}", server.log());
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+    assert_eq!(report["ok"], 400, "{report}");
+}
