@@ -153,3 +153,42 @@ impl Write for TlsWriter<'_> {
         send_records(&mut self.session.state.lock(), self.socket).map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::tls::{ServerTls, TlsFiles};
+    use crate::test_certs::{temp_dir, TestCa};
+
+    fn session() -> TlsSession {
+        let ca = TestCa::new("blitz test CA");
+        let (cert, key) = ca
+            .leaf("s", &["localhost"])
+            .write(&temp_dir("session"), "s");
+        let files = TlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        };
+        TlsSession::new(ServerTls::load(files).unwrap().new_connection())
+    }
+
+    #[test]
+    fn plaintext_fails_the_handshake_and_leaves_an_alert_to_send() {
+        let session = session();
+        let mut plain = Vec::new();
+        let line = b"{\"jsonrpc\":\"2.0\",\"method\":\"sys.ping\",\"id\":1}\n";
+        assert!(session.receive(line, &mut plain).is_err());
+        assert!(plain.is_empty(), "nothing of it reaches the framing");
+        assert!(session.wants_write(), "rustls' alert");
+    }
+
+    #[test]
+    fn a_new_session_is_handshaking_and_has_nothing_to_send() {
+        let session = session();
+        assert!(session.is_handshaking());
+        assert!(!session.wants_write());
+        let mut plain = Vec::new();
+        assert_eq!(session.receive(b"", &mut plain), Ok(Received::Open));
+    }
+}
