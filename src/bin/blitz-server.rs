@@ -220,12 +220,13 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = blitz::spawn_signal_thread(stop_tx, tls) {
+    if let Err(e) = blitz::spawn_signal_thread(stop_tx, tls.clone()) {
         eprintln!("blitz-server: cannot install the SIGINT/SIGTERM/SIGHUP handler: {e}");
         return ExitCode::FAILURE;
     }
     blitz::raise_fd_limit(&config);
     match Server::bind(config).and_then(|mut server| {
+        server.set_tls(tls);
         if let Err(refusal) = server.join() {
             return Ok(Err(refusal));
         }

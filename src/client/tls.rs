@@ -63,6 +63,11 @@ impl ClientTls {
         })
     }
 
+    /// The rustls configuration (for clients that drive rustls themselves).
+    pub fn config(&self) -> Arc<ClientConfig> {
+        self.config.clone()
+    }
+
     /// Runs the handshake with `server` (`host:port`) on `tcp`.
     pub(super) fn connect(&self, server: &str, mut tcp: TcpStream) -> io::Result<Stream> {
         let host = server.rsplit_once(':').map_or(server, |(h, _)| h);

@@ -27,11 +27,6 @@ pub(super) struct ServerTlsKeys<'a> {
     pub password_mode: bool,
 }
 
-/// Whether the listeners can speak TLS. The router's event loops do not
-/// drive rustls yet, so a configured certificate is refused rather than
-/// accepted and ignored.
-const ROUTER_SPEAKS_TLS: bool = false;
-
 /// Checks the TLS keys of `[server]` against each other, their files and
 /// the listeners (`(key, address)` of every JSON-RPC listen address).
 pub(super) fn check_server(
@@ -45,14 +40,6 @@ pub(super) fn check_server(
         ));
     }
     let tls = check_files(keys)?;
-    if tls && !ROUTER_SPEAKS_TLS {
-        return Err(
-            "config keys server.tls_cert_file and server.tls_key_file are set, but this \
-             build's listeners do not speak TLS yet: unset them (and server.tls_client_ca_file), \
-             or terminate TLS in a proxy in front and set server.allow_plaintext = true"
-                .into(),
-        );
-    }
     check_plaintext_passwords(keys, tls, listeners)
 }
 

@@ -52,6 +52,7 @@ use admission::{Dispatcher, Job, Limits};
 use context::Context;
 use router::{RouterHandles, RouterThreads};
 use stats::Stats;
+use tls::ServerTls;
 use workers::Crew;
 
 /// Binds `addr` (the port is taken; connections are refused until
@@ -87,6 +88,8 @@ pub struct Server {
     housekeeping_stop: Arc<AtomicBool>,
     /// Keeps the registry and runs the background chores (started by [`Server::join`]).
     housekeeper: Option<Housekeeper>,
+    /// The listeners' TLS configuration (see [`Server::set_tls`]).
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Server {
@@ -156,6 +159,7 @@ impl Server {
             queue,
             housekeeping_stop,
             housekeeper,
+            tls: None,
         })
     }
 
@@ -171,6 +175,12 @@ impl Server {
             Err(JoinError::NoRoom(message) | JoinError::Refused(message)) => Err(message),
             Err(e) => Err(format!("cannot join the instance registry: {e:?}")),
         }
+    }
+
+    /// Makes `server.listen` and `server.http_listen` speak TLS with `tls`
+    /// (the configuration SIGHUP reloads); without it they are plaintext.
+    pub fn set_tls(&mut self, tls: Option<Arc<ServerTls>>) {
+        self.tls = tls;
     }
 
     /// The addresses of `wire` actually bound (port 0 resolved).
@@ -288,6 +298,8 @@ impl Server {
             stats: self.ctx.stats.clone(),
             shutdown: self.ctx.shutdown.clone(),
             route: Box::new(move |request, responder| methods::route(&ctx, request, responder)),
+            tls: self.tls.clone(),
+            tls_failures: Default::default(),
         }
     }
 }

@@ -290,10 +290,9 @@ fn run(args: &Args) -> Result<(), Failure> {
     match &args.command {
         Command::Login(login) => run_login(args, &servers, login),
         Command::Logout => run_logout(args, &servers),
-        Command::Bench(_) if args.trust().is_some() => Err(Failure::Usage(
-            "blitz bench does not speak TLS yet: drop --ca / --tls".into(),
-        )),
-        Command::Bench(bench_args) => bench::run_bench(servers, args.timeout_ms, bench_args),
+        Command::Bench(bench_args) => {
+            bench::run_bench(servers, args.timeout_ms, args.trust(), bench_args)
+        }
         command => run_call(args, &servers, command),
     }
 }

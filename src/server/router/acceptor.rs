@@ -10,7 +10,8 @@
 //! connection, which long-lived connections make negligible (measured in
 //! the README: 10,000 connections opened in about a second).
 //!
-//! A refused connection gets one -32005 line, its write side is shut (FIN),
+//! A refused connection gets one -32005 line (on a TLS listener, where
+//! the acceptor runs no handshake, it is closed without one), its write side is shut (FIN),
 //! and its input is read and discarded until the client closes (at most
 //! [`REFUSAL_DRAIN`], [`REFUSAL_DRAIN_BYTES`]): closing a socket with
 //! unread input makes the kernel send a reset, which can destroy the line
@@ -32,6 +33,7 @@ use super::collector::ReplyCollector;
 use super::connection::{Connection, Home};
 use super::handles::RouterHandles;
 use super::responder::Responder;
+use super::tls::TlsSession;
 use crate::logging::LogThrottle;
 use crate::protocol::framing::{Framing, Wire};
 use crate::protocol::{null_id, RpcError};
@@ -191,9 +193,11 @@ impl Acceptor {
         wire: Wire,
     ) {
         let home = self.homes[self.next_home % self.homes.len()].clone();
+        let tls = (self.router.tls.as_ref()).map(|tls| TlsSession::new(tls.new_connection()));
         let conn = Arc::new(Connection::new(
             self.next_number,
             stream,
+            tls,
             peer,
             home.clone(),
             self.router.handles(),
@@ -213,6 +217,10 @@ impl Acceptor {
     /// One -32005 reply (a line, or an HTTP 503), FIN, then drain (see the module doc).
     fn refuse(&mut self, conn: Arc<Connection>, max: u64, wire: Wire) {
         self.router.stats.count_refusal(Refusal::MaxClients);
+        if conn.tls().is_some() {
+            // No handshake here: a TLS client is closed without the line.
+            return conn.close();
+        }
         let responder = match wire {
             Wire::Stream => Responder::new(&conn, None, Some(null_id())),
             // An HTTP client gets a 503 response (Connection: close) with it.

@@ -23,6 +23,7 @@ use mio::net::TcpStream;
 use parking_lot::Mutex;
 
 use super::outbox::{Flushed, Outbox, Pushed, QueuedBytes, WRITE_TIMEOUT};
+use super::tls::TlsSession;
 use crate::auth::sessions::Session;
 use crate::protocol::framing::Framing;
 use crate::server::shutdown::Shutdown;
@@ -140,6 +141,8 @@ pub struct Connection {
     /// The client's address.
     pub peer: SocketAddr,
     stream: TcpStream,
+    /// The TLS session, on a TLS listener: every byte goes through it.
+    tls: Option<TlsSession>,
     outbox: Outbox,
     home: Arc<Home>,
     handles: Handles,
@@ -161,10 +164,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Wraps an accepted nonblocking socket served by the loop at `home`.
+    /// Wraps an accepted nonblocking socket served by the loop at `home`,
+    /// speaking TLS through `tls` if given.
     pub fn new(
         number: u64,
         stream: TcpStream,
+        tls: Option<TlsSession>,
         peer: SocketAddr,
         home: Arc<Home>,
         handles: Handles,
@@ -173,6 +178,7 @@ impl Connection {
             number,
             peer,
             stream,
+            tls,
             outbox: Outbox::new(handles.write_timeout, handles.queued_bytes.clone()),
             home,
             handles,
@@ -195,6 +201,21 @@ impl Connection {
     /// The socket (the event loop reads it; writes go through the outbox).
     pub fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// The TLS session, on a TLS listener (the event loop feeds it what it reads).
+    pub fn tls(&self) -> Option<&TlsSession> {
+        self.tls.as_ref()
+    }
+
+    /// Whether the TLS handshake is still under way (never on plaintext).
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(TlsSession::is_handshaking)
+    }
+
+    /// Whether every reply (and, with TLS, every record) is on the socket.
+    pub fn is_written(&self) -> bool {
+        self.outbox.is_empty() && !self.tls.as_ref().is_some_and(TlsSession::wants_write)
     }
 
     /// The session bound by `session.login` or `session.join`, if any.
@@ -283,8 +304,25 @@ impl Connection {
         }
     }
 
+    /// One write of the outbox, through TLS if the connection speaks it:
+    /// records left in rustls count as a full socket ([`Flushed::Blocked`]).
+    fn write_once(&self) -> Flushed {
+        let Some(tls) = &self.tls else {
+            return self.outbox.flush(&self.stream);
+        };
+        match tls.send(&self.stream) {
+            Err(_) => return Flushed::Failed,
+            Ok(false) => return Flushed::Blocked,
+            Ok(true) => {}
+        }
+        match self.outbox.flush(tls.writer(&self.stream)) {
+            Flushed::Done | Flushed::Busy if tls.wants_write() => Flushed::Blocked,
+            flushed => flushed,
+        }
+    }
+
     fn write_or_hand_over(self: &Arc<Self>) {
-        match self.outbox.flush(&self.stream) {
+        match self.write_once() {
             Flushed::Done if self.paused.load(Ordering::Acquire) => {
                 self.home.hand_over(self.clone()); // the loop reads again
             }
@@ -296,7 +334,7 @@ impl Connection {
 
     /// One write of what is queued, by the event loop.
     pub fn flush_from_loop(&self) -> Flushed {
-        let flushed = self.outbox.flush(&self.stream);
+        let flushed = self.write_once();
         if flushed == Flushed::Failed {
             self.give_up("the client closed the connection");
         }
@@ -365,8 +403,12 @@ impl Connection {
         let _ = self.stream.shutdown(SocketShutdown::Both);
     }
 
-    /// Closes both directions (idle timeout, shutdown, end of the connection).
+    /// Closes both directions (idle timeout, shutdown, end of the
+    /// connection), with a TLS close_notify if the socket takes it.
     pub fn close(&self) {
+        if let (Some(tls), false) = (&self.tls, self.broken.load(Ordering::Acquire)) {
+            tls.close(&self.stream);
+        }
         self.broken.store(true, Ordering::Release);
         self.outbox.close();
         let _ = self.stream.shutdown(SocketShutdown::Both);

@@ -14,11 +14,25 @@
 //! ready sockets. A client whose outbox is full is not read until its
 //! replies are written (it cannot make the server buffer without end).
 //!
+//! TLS: what the loop reads from a TLS connection's socket goes to its
+//! [`TlsSession`](super::tls::TlsSession) and the plaintext that comes out
+//! to the framing; replies go through the session on their way out (see
+//! [`connection`](super::connection)). A full handshake costs a signature,
+//! so a turn serves at most [`HANDSHAKES_PER_TURN`] reads of connections
+//! still handshaking; the others wait for the next turn, after the sockets
+//! that became ready meanwhile (a storm of new clients cannot hold up
+//! `sys.ping` on open connections by more than that many signatures). A
+//! failed handshake (a plaintext client on a TLS port, a client certificate
+//! refused) gets rustls' alert and is closed, counted, and logged at most
+//! once per [`TLS_LOG_EVERY`].
+//!
 //! About once a second ([`TICK`]) the loop walks its connections: it closes
 //! those idle for `idle_timeout_s` with nothing in flight (or with a text
 //! half sent), those that left their replies unread for the write
 //! timeout ([`WRITE_TIMEOUT`](super::outbox::WRITE_TIMEOUT)), and those that sent
-//! end of file and have every reply written. No timer per connection.
+//! end of file and have every reply written, and TLS connections whose
+//! handshake is not done within `server.tls_handshake_timeout_ms` (the walk
+//! then runs at least that often). No timer per connection.
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -33,6 +47,8 @@ use super::connection::{mark_event_loop_thread, Connection, Home};
 use super::handles::RouterHandles;
 use super::outbox::Flushed;
 use super::requests::handle_frame;
+use super::tls::Received;
+use crate::logging::LogThrottle;
 use crate::protocol::framing::Framing;
 
 /// The waker's token (connections use their slab index).
@@ -46,6 +62,12 @@ pub const TEXTS_PER_TURN: usize = 64;
 
 /// How often the loop walks its connections for timeouts.
 pub const TICK: Duration = Duration::from_secs(1);
+
+/// Reads of connections still in their TLS handshake served per turn.
+pub const HANDSHAKES_PER_TURN: usize = 16;
+
+/// At most one log line about failed TLS handshakes per this interval.
+pub const TLS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 1024;
@@ -77,6 +99,13 @@ pub struct EventLoop {
     home: Arc<Home>,
     conns: Slab<Entry>,
     buf: Vec<u8>,
+    /// The plaintext of what was read from a TLS connection.
+    plain: Vec<u8>,
+    /// Reads of handshaking connections served this turn.
+    handshakes: usize,
+    /// How often the loop walks its connections (at most [`TICK`]).
+    tick_every: Duration,
+    tls_warnings: LogThrottle,
     /// Connections to serve again next turn (input left, or replies left).
     again: Vec<Token>,
     turn: u64,
@@ -93,15 +122,24 @@ impl EventLoop {
         let poll = Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
         let write_timeout = router.handles().write_timeout;
+        let handshake_timeout = Duration::from_millis(router.config.tls_handshake_timeout_ms);
+        let tick_every = match router.tls {
+            Some(_) => TICK.min(handshake_timeout).max(Duration::from_millis(10)),
+            None => TICK,
+        };
         Ok(EventLoop {
             router,
             poll,
             home: Arc::new(Home::new(waker)),
             conns: Slab::new(),
             buf: vec![0; READ_CHUNK],
+            plain: Vec::new(),
+            handshakes: 0,
+            tick_every,
+            tls_warnings: LogThrottle::new(TLS_LOG_EVERY),
             again: Vec::new(),
             turn: 0,
-            next_tick: Instant::now() + TICK,
+            next_tick: Instant::now() + tick_every,
             stopping: None,
             write_timeout,
         })
@@ -138,6 +176,7 @@ impl EventLoop {
     /// then the inbox; true once the loop is done.
     fn one_turn(&mut self, events: &Events) -> bool {
         self.turn += 1;
+        self.handshakes = 0;
         let again = std::mem::take(&mut self.again);
         for event in events.iter() {
             match event.token() {
@@ -163,7 +202,7 @@ impl EventLoop {
         self.take_inbox();
         let now = Instant::now();
         if now >= self.next_tick {
-            self.next_tick = now + TICK;
+            self.next_tick = now + self.tick_every;
             self.tick(now);
         }
         self.stopping
@@ -191,6 +230,12 @@ impl EventLoop {
         if conn.pause_for_response() {
             return self.flush(t); // HTTP: the next request waits for this response
         }
+        if conn.is_handshaking() {
+            if self.handshakes >= HANDSHAKES_PER_TURN {
+                return self.again.push(Token(t)); // a storm: the next turn
+            }
+            self.handshakes += 1;
+        }
         conn.set_paused(false);
         let mut budget = TEXTS_PER_TURN;
         let mut more = false;
@@ -215,10 +260,20 @@ impl EventLoop {
                 }
                 Ok(n) => {
                     entry.last_read = Instant::now();
-                    let input = &self.buf[..n];
+                    let full = n == self.buf.len();
+                    let mut input = &self.buf[..n];
+                    let mut closed = Received::Open;
+                    if let Some(tls) = conn.tls() {
+                        self.plain.clear();
+                        match tls.receive(input, &mut self.plain) {
+                            Ok(received) => closed = received,
+                            Err(e) => return self.tls_failed(t, &e),
+                        }
+                        input = &self.plain;
+                    }
                     let used =
                         handle_input(&self.router, &conn, &mut entry.framing, input, &mut budget);
-                    if used < n {
+                    if used < input.len() {
                         entry.backlog.clear();
                         entry.backlog.extend_from_slice(&input[used..]);
                         entry.backlog_at = 0;
@@ -226,7 +281,14 @@ impl EventLoop {
                     // A short read drained the socket (epoll reports new data
                     // anew), unless the end of file is behind it; a full
                     // one may have left some: come back.
-                    more = used < n || n == self.buf.len() || entry.hup;
+                    more = used < input.len() || full || entry.hup;
+                    if closed == Received::Closed && !more {
+                        entry.eof = true; // close_notify: the end of the client's input
+                        if let Some(frame) = entry.framing.at_eof() {
+                            handle_frame(&self.router, &conn, frame);
+                        }
+                        conn.set_read_closed();
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => more = true,
@@ -256,7 +318,7 @@ impl EventLoop {
         let done = conn.is_broken()
             || ((entry.eof || conn.is_read_closed() || self.stopping.is_some())
                 && conn.in_flight() == 0
-                && conn.outbox().is_empty());
+                && conn.is_written());
         if done {
             self.remove(t);
         } else if conn.is_paused() && !conn.outbox().is_full() && !conn.awaits_response() {
@@ -340,6 +402,7 @@ impl EventLoop {
     /// Timeouts: idle clients, clients that do not read, finished ones.
     fn tick(&mut self, now: Instant) {
         let idle = Duration::from_secs(self.router.config.idle_timeout_s);
+        let handshake_timeout = Duration::from_millis(self.router.config.tls_handshake_timeout_ms);
         let mut closing = Vec::new();
         for (t, entry) in &self.conns {
             let conn = &entry.conn;
@@ -354,15 +417,52 @@ impl EventLoop {
                 && (conn.in_flight() == 0 || entry.framing.has_partial())
             {
                 closing.push((t, Some("idle timeout")));
-            } else if entry.eof && conn.in_flight() == 0 && outbox.is_empty() {
+            } else if entry.eof && conn.in_flight() == 0 && conn.is_written() {
                 closing.push((t, None));
+            } else if conn.is_handshaking()
+                && conn
+                    .tls()
+                    .is_some_and(|tls| now >= tls.started() + handshake_timeout)
+            {
+                closing.push((t, Some("TLS handshake timeout")));
             }
         }
         for (t, why) in closing {
+            if why == Some("TLS handshake timeout") {
+                self.count_tls_failure(t, why.unwrap_or_default());
+            }
             if let Some(why) = why {
                 self.conns[t].conn.give_up(why);
             }
             self.remove(t);
+        }
+    }
+
+    /// A TLS handshake or record failed on connection `t`: rustls' alert is
+    /// sent if the socket takes it, and the connection is closed and counted.
+    fn tls_failed(&mut self, t: usize, why: &str) {
+        self.count_tls_failure(t, why);
+        let conn = &self.conns[t].conn;
+        if let Some(tls) = conn.tls() {
+            let _ = tls.send(conn.stream());
+        }
+        conn.give_up(&format!("TLS: {why}"));
+        self.remove(t);
+    }
+
+    /// Counts a failed handshake and logs it (throttled: one line per burst).
+    fn count_tls_failure(&self, t: usize, why: &str) {
+        use std::sync::atomic::Ordering;
+        let total = self.router.tls_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.tls_warnings.ready() {
+            let conn = &self.conns[t].conn;
+            log::warn!(
+                "TLS failed with {} (connection {}): {why}; {total} TLS failures since start \
+                 (a plaintext client on a TLS port?); at most one such line per {} s per router thread",
+                conn.peer,
+                conn.number,
+                self.tls_warnings.every_s()
+            );
         }
     }
 }

@@ -1,7 +1,9 @@
 //! [`RouterHandles`]: what every router thread is given — the `[server]`
-//! limits, the open connections, the counters, the lifecycle state, and the
-//! [`RouteFn`] each request read is handed to (the method table's `route`).
+//! limits, the open connections, the counters, the lifecycle state, the
+//! [`RouteFn`] each request read is handed to (the method table's `route`),
+//! and the listeners' TLS configuration.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::connection::Handles;
@@ -11,6 +13,7 @@ use crate::config::ServerConfig;
 use crate::protocol::Request;
 use crate::server::shutdown::Shutdown;
 use crate::server::stats::Stats;
+use crate::server::tls::ServerTls;
 
 /// The function the router hands each request it has read, with the
 /// [`Responder`] that owes its one reply.
@@ -30,6 +33,10 @@ pub struct RouterHandles {
     pub shutdown: Arc<Shutdown>,
     /// The method table's routing.
     pub route: Box<RouteFn>,
+    /// The listeners' TLS configuration (`None`: plaintext listeners).
+    pub tls: Option<Arc<ServerTls>>,
+    /// TLS handshakes that failed or timed out (plaintext clients among them).
+    pub tls_failures: AtomicU64,
 }
 
 impl RouterHandles {

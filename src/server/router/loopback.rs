@@ -53,7 +53,14 @@ pub fn loopback() -> (Arc<Connection>, std::net::TcpStream, StandIn) {
     );
     handles.write_timeout = WRITE_TIMEOUT;
     let stream = TcpStream::from_std(server_side);
-    let conn = Arc::new(Connection::new(1, stream, peer, home.clone(), handles));
+    let conn = Arc::new(Connection::new(
+        1,
+        stream,
+        None,
+        peer,
+        home.clone(),
+        handles,
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let done = stop.clone();
     let thread = std::thread::spawn(move || {

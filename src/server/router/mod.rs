@@ -15,7 +15,10 @@
 //! what every router thread is given: [`handles`]; from frames to
 //! dispatched requests: [`requests`], and for HTTP, [`http`].
 //!
-//! The files build on each other one way: `outbox`, then `connection`,
+//! With TLS, each connection's [`tls`] session sits between the socket and
+//! the framing (and the outbox): the loops drive rustls sans-IO.
+//!
+//! The files build on each other one way: `outbox` and `tls`, then `connection`,
 //! then `registry`, `responder` and `collector`, then `handles`, then
 //! `http` and `requests`, then the threads, `event_loop` and `acceptor`.
 //!
@@ -36,6 +39,7 @@ pub mod outbox;
 pub mod registry;
 pub mod requests;
 pub mod responder;
+pub mod tls;
 
 use std::io;
 use std::net::TcpListener;

@@ -23,8 +23,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-
 use super::connect::{open, Open, Opened};
 use super::http_client::{http_body, http_post};
 use super::options::{Options, Stop};
@@ -32,6 +30,7 @@ use super::poller::Poller;
 use super::progress::Shared;
 use super::requests::{parse_reply, Outcome, RequestTemplate};
 use super::tally::{micros, ThreadResult};
+use super::wire::Wire;
 
 /// Longest wait for replies still outstanding once sending stopped, beyond
 /// the calls' own deadline.
@@ -48,6 +47,8 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 pub(super) struct ThreadPlan {
     pub(super) opts: Options,
     pub(super) addrs: Vec<SocketAddr>,
+    /// The host name of each of `addrs`, as in `--server` (TLS checks it).
+    pub(super) names: Vec<String>,
     /// Global indices of this thread's connections.
     pub(super) indices: Vec<usize>,
     pub(super) request: RequestTemplate,
@@ -57,7 +58,7 @@ pub(super) struct ThreadPlan {
 
 /// One client connection of a thread.
 struct Conn {
-    stream: TcpStream,
+    stream: Wire,
     /// Bytes read and not yet split into lines.
     input: Vec<u8>,
     /// Bytes to send; `written` of them are gone.
@@ -104,7 +105,9 @@ impl ThreadPlan {
         let mut conns = Vec::with_capacity(self.indices.len());
         for &i in &self.indices {
             let addr = self.addrs[i % self.addrs.len()];
-            match open(addr, self.opts.user.as_deref(), self.opts.http) {
+            let name = &self.names[i % self.names.len()];
+            let tls = self.opts.tls.as_ref().map(|config| (config, name.as_str()));
+            match open(addr, tls, self.opts.user.as_deref(), self.opts.http) {
                 Ok(opened) => {
                     self.shared.ready.fetch_add(1, Ordering::AcqRel);
                     conns.push(Conn::new(opened));
@@ -148,7 +151,7 @@ impl ThreadPlan {
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(DEFAULT_DEADLINE);
-        let mut poller = match Poller::new(conns.iter_mut().map(|c| &mut c.stream)) {
+        let mut poller = match Poller::new(conns.iter_mut().map(|c| c.stream.socket())) {
             Ok(p) => p,
             Err(e) => {
                 for c in conns.iter_mut() {
@@ -214,7 +217,7 @@ impl ThreadPlan {
                 let c = &mut conns[i];
                 if !c.alive {
                     // Broken earlier: stop hearing about it.
-                    poller.remove(&mut c.stream);
+                    poller.remove(c.stream.socket());
                     continue;
                 }
                 if writable {
@@ -292,13 +295,14 @@ impl ThreadPlan {
         poller: &mut Poller,
         result: &mut ThreadResult,
     ) {
-        let was_waiting = c.written < c.output.len() && c.waiting_writable;
+        let was_waiting =
+            (c.written < c.output.len() || c.stream.is_sending()) && c.waiting_writable;
         match flush(c) {
             Ok(()) => {
-                let waiting = c.written < c.output.len();
+                let waiting = c.written < c.output.len() || c.stream.is_sending();
                 if waiting != was_waiting {
                     c.waiting_writable = waiting;
-                    if let Err(e) = poller.want_write(&mut c.stream, i, waiting) {
+                    if let Err(e) = poller.want_write(c.stream.socket(), i, waiting) {
                         self.broken(c, result, format!("cannot poll: {e}"));
                     }
                 }
@@ -341,7 +345,7 @@ impl ThreadPlan {
     ) -> bool {
         let mut chunk = [0u8; 16 * 1024];
         loop {
-            match (&c.stream).read(&mut chunk) {
+            match c.stream.read(&mut chunk) {
                 Ok(0) => {
                     let why = if c.pending.is_empty() {
                         "the server closed the connection"
@@ -355,7 +359,8 @@ impl ThreadPlan {
                     c.input.extend_from_slice(&chunk[..n]);
                     // A short read drained the socket; poll says when there
                     // is more (saves a read that would only say WouldBlock).
-                    if n < chunk.len() {
+                    // Not so over TLS: rustls may hold more, so read on.
+                    if n < chunk.len() && !c.stream.is_tls() {
                         break;
                     }
                 }
@@ -459,7 +464,7 @@ impl ThreadPlan {
         c.alive = false;
         result.lost += c.pending.len() as u64;
         c.pending.clear();
-        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        c.stream.shutdown();
         result.connection_error(&self.shared, why);
     }
 }
@@ -467,7 +472,7 @@ impl ThreadPlan {
 /// Writes as much of the pending output as the socket takes.
 fn flush(c: &mut Conn) -> io::Result<()> {
     while c.written < c.output.len() {
-        match (&c.stream).write(&c.output[c.written..]) {
+        match c.stream.write(&c.output[c.written..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => c.written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -477,5 +482,5 @@ fn flush(c: &mut Conn) -> io::Result<()> {
     }
     c.output.clear();
     c.written = 0;
-    Ok(())
+    c.stream.send_records()
 }

@@ -54,6 +54,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         let plan = ThreadPlan {
             opts: opts.clone(),
             addrs: addrs.clone(),
+            names: opts.servers.iter().map(|s| host_of(s)).collect(),
             indices,
             request: request.clone(),
             shared: shared.clone(),
@@ -194,6 +195,14 @@ fn validate(opts: &Options) -> Result<(), BenchError> {
         return usage("--scale must be at least 1");
     }
     Ok(())
+}
+
+/// The host of `host:port` (brackets of an IPv6 address removed).
+fn host_of(server: &str) -> String {
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// The first address of every server.

@@ -8,7 +8,8 @@
 //! [`requests`] (calls rendered, replies classified), [`connect`] (a
 //! connection readied and logged in), [`progress`] (counters shared by the
 //! threads), [`tally`] (what one thread measured), [`engine`] (one
-//! event-loop thread), [`load`] (the run: threads, measured phase, report).
+//! event-loop thread), [`load`] (the run: threads, measured phase, report);
+//! [`wire`] (a connection's bytes, plaintext or TLS) under [`connect`].
 
 mod connect;
 mod cpu;
@@ -22,11 +23,14 @@ mod report;
 mod requests;
 mod tally;
 mod timer;
+mod wire;
 
 use std::io::Write;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+
+use blitz::client::{ClientTls, Trust};
 
 use crate::failure::Failure;
 use options::{BenchError, Options, Params, Stop};
@@ -144,19 +148,26 @@ impl BenchArgs {
             postgres_pid: self.postgres_pid,
             progress: !self.quiet,
             http: self.http,
+            tls: None,
         })
     }
 }
 
 /// Runs `blitz bench` and prints its report (text, or JSON with `--json`).
+/// Over TLS with `trust` (`--ca` / `--tls`).
 pub fn run_bench(
     servers: Vec<String>,
     timeout_ms: Option<u64>,
+    trust: Option<Trust>,
     bench_args: &BenchArgs,
 ) -> Result<(), Failure> {
-    let options = bench_args
+    let mut options = bench_args
         .options(servers, timeout_ms)
         .map_err(Failure::Usage)?;
+    if let Some(trust) = trust {
+        let tls = ClientTls::new(&trust).map_err(|e| Failure::Usage(e.to_string()))?;
+        options.tls = Some(tls.config());
+    }
     let report = load::run(&options).map_err(|e| match e {
         BenchError::Usage(m) => Failure::Usage(m),
         BenchError::Connect(m) => Failure::Connect(m),

@@ -59,6 +59,8 @@ pub struct Options {
     pub progress: bool,
     /// Speak JSON-RPC over HTTP/1.1 to `servers` (see the module doc).
     pub http: bool,
+    /// Speak TLS with this client configuration (`--ca` / `--tls`).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Why a run could not be made at all (a run that ran reports its errors).
@@ -100,6 +102,7 @@ impl Options {
             postgres_pid: None,
             progress: false,
             http: false,
+            tls: None,
         }
     }
 }
