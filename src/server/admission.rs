@@ -17,7 +17,7 @@ use super::router::responder::Responder;
 use super::stats::Stats;
 use crate::db::Deadline;
 use crate::logging::LogThrottle;
-use crate::protocol::{Request, RpcError};
+use crate::protocol::{Overload, OverloadReason, OverloadTemplate, Request, RpcError};
 
 /// A request admitted to the queue, with its reply obligation and deadline.
 pub struct Job {
@@ -50,6 +50,8 @@ pub struct Dispatcher {
     stats: Arc<Stats>,
     busy_workers: Arc<AtomicUsize>,
     refusal_log: LogThrottle,
+    /// The -32001 reply, rendered once.
+    overload: OverloadTemplate,
 }
 
 /// How often a refusal burst is logged at most.
@@ -62,10 +64,11 @@ impl Dispatcher {
         let dispatcher = Dispatcher {
             sender: RwLock::new(Some(tx)),
             capacity,
-            limits,
             stats,
             busy_workers: Arc::default(),
             refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
+            overload: OverloadTemplate::new(capacity, &limits.instance),
+            limits,
         };
         (dispatcher, rx)
     }
@@ -114,17 +117,23 @@ impl Dispatcher {
         Some(Duration::from_secs_f64(depth as f64 / rate))
     }
 
-    fn overloaded(&self, reason: Refusal, method: &str) -> RpcError {
+    /// Answers `request` with -32001 from the template.
+    fn refuse(&self, reason: Refusal, request: &Request, responder: Responder) {
         self.stats.count_refusal(reason);
         self.stats
-            .count_unrun_call(method, crate::protocol::code::OVERLOADED);
+            .count_unrun_call(&request.method, crate::protocol::code::OVERLOADED);
         self.log_refusal_burst();
-        RpcError::overloaded(
-            self.retry_after_ms(),
-            self.depth(),
-            self.capacity,
-            &self.limits.instance,
-        )
+        let reason = match reason {
+            Refusal::InFlightLimit => OverloadReason::InFlightLimit,
+            Refusal::Deadline => OverloadReason::Deadline,
+            _ => OverloadReason::QueueFull,
+        };
+        let overload = Overload {
+            reason,
+            retry_after_ms: self.retry_after_ms(),
+            queue_depth: self.depth(),
+        };
+        responder.refuse(&self.overload, &overload);
     }
 
     fn log_refusal_burst(&self) {
@@ -141,18 +150,14 @@ impl Dispatcher {
     /// Queues `request` or answers it at once with the reason it cannot be.
     pub fn admit(&self, request: Request, mut responder: Responder) {
         if !responder.count_in_flight(self.limits.max_in_flight) {
-            return responder.reply(Err(self
-                .overloaded(Refusal::InFlightLimit, &request.method)
-                .with("reason", "in-flight limit of this connection")));
+            return self.refuse(Refusal::InFlightLimit, &request, responder);
         }
         let timeout = request
             .timeout_ms
             .map_or(self.limits.default_timeout, Duration::from_millis);
         let deadline = Deadline::starting_now(timeout);
         if self.estimated_wait().is_some_and(|wait| wait > timeout) {
-            return responder.reply(Err(self
-                .overloaded(Refusal::Deadline, &request.method)
-                .with("reason", "deadline shorter than the queue wait")));
+            return self.refuse(Refusal::Deadline, &request, responder);
         }
         let job = Job {
             request,
@@ -168,9 +173,7 @@ impl Dispatcher {
             Ok(()) => self.stats.bump_accepted(),
             Err(TrySendError::Full(job)) => {
                 drop(sender);
-                job.responder.reply(Err(self
-                    .overloaded(Refusal::QueueFull, &job.request.method)
-                    .with("reason", "queue full")))
+                self.refuse(Refusal::QueueFull, &job.request, job.responder)
             }
             Err(TrySendError::Disconnected(job)) => {
                 self.stats.count_refusal(Refusal::Draining);
