@@ -100,10 +100,10 @@ impl Dispatcher {
         self.wait_for(self.depth())
     }
 
-    /// The `retry_after_ms` to suggest to a refused client: about the time
-    /// the queue needs to drain halfway at its recent pace.
-    pub fn retry_after_ms(&self) -> u64 {
-        let depth = self.depth();
+    /// The `retry_after_ms` to suggest to a client refused with `depth`
+    /// jobs queued: about the time the queue needs to drain halfway at its
+    /// recent pace.
+    pub fn retry_after_ms(&self, depth: usize) -> u64 {
         match self.wait_for(depth) {
             Some(wait) => (wait.as_millis() as u64 / 2).clamp(1, 60_000),
             None => (100 * depth / self.capacity.max(1)).max(10) as u64,
@@ -128,10 +128,11 @@ impl Dispatcher {
             Refusal::Deadline => OverloadReason::Deadline,
             _ => OverloadReason::QueueFull,
         };
+        let queue_depth = self.depth();
         let overload = Overload {
             reason,
-            retry_after_ms: self.retry_after_ms(),
-            queue_depth: self.depth(),
+            retry_after_ms: self.retry_after_ms(queue_depth),
+            queue_depth,
         };
         responder.refuse(&self.overload, &overload);
     }
