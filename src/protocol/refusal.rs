@@ -20,15 +20,18 @@ pub enum OverloadReason {
     InFlightLimit,
     /// The request's deadline was shorter than the expected queue wait.
     Deadline,
+    /// The queue stood over its wait target and this request would too.
+    QueueWait,
     /// The queue was full.
     QueueFull,
 }
 
 impl OverloadReason {
     /// Every reason, in the order the template keeps their texts.
-    const ALL: [OverloadReason; 3] = [
+    const ALL: [OverloadReason; 4] = [
         OverloadReason::InFlightLimit,
         OverloadReason::Deadline,
+        OverloadReason::QueueWait,
         OverloadReason::QueueFull,
     ];
 
@@ -37,6 +40,7 @@ impl OverloadReason {
         match self {
             OverloadReason::InFlightLimit => "in-flight limit of this connection",
             OverloadReason::Deadline => "deadline shorter than the queue wait",
+            OverloadReason::QueueWait => "queue wait over the target",
             OverloadReason::QueueFull => "queue full",
         }
     }
@@ -65,7 +69,7 @@ pub struct OverloadTemplate {
     /// From after the id up to the value of `queue_depth`.
     after_id: Box<[u8]>,
     /// Per reason: from after `queue_depth` up to the value of `retry_after_ms`.
-    after_depth: [Box<[u8]>; 3],
+    after_depth: [Box<[u8]>; OverloadReason::ALL.len()],
 }
 
 /// The start of every reply, up to the id.

@@ -126,7 +126,10 @@ impl Dispatcher {
         let reason = match reason {
             Refusal::InFlightLimit => OverloadReason::InFlightLimit,
             Refusal::Deadline => OverloadReason::Deadline,
-            _ => OverloadReason::QueueFull,
+            // Draining and max_clients are not -32001 and never come here.
+            Refusal::QueueFull | Refusal::Draining | Refusal::MaxClients => {
+                OverloadReason::QueueFull
+            }
         };
         let queue_depth = self.depth();
         let overload = Overload {
