@@ -234,7 +234,7 @@ pub fn write_raw_result(out: &mut Vec<u8>, id: &RawValue, result: &RawValue) {
 pub fn write_error(out: &mut Vec<u8>, id: &RawValue, error: &RpcError) {
     write_head(out, id, b"error");
     out.extend_from_slice(b"{\"code\":");
-    out.extend_from_slice(error.code.to_string().as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(error.code).as_bytes());
     out.extend_from_slice(b",\"message\":");
     serde_json::to_writer(&mut *out, &error.message).expect("a string always renders");
     out.extend_from_slice(b",\"data\":");

@@ -31,7 +31,7 @@ use super::router::responder::Responder;
 use super::stats::Stats;
 use crate::db::Deadline;
 use crate::logging::LogThrottle;
-use crate::protocol::{Request, RpcError};
+use crate::protocol::{Overload, OverloadReason, OverloadTemplate, Request, RpcError};
 
 /// A request admitted to the queue, with its reply obligation and deadline.
 pub struct Job {
@@ -71,6 +71,8 @@ pub struct Dispatcher {
     /// calls when they are longer.
     target_us: AtomicU64,
     origin: Instant,
+    /// The -32001 reply, rendered once.
+    overload: OverloadTemplate,
 }
 
 /// The queue wait admission aims at; see the module doc.
@@ -92,13 +94,14 @@ impl Dispatcher {
         let dispatcher = Dispatcher {
             sender: RwLock::new(Some(tx)),
             capacity,
-            limits,
             stats,
             busy_workers: Arc::default(),
             refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
             above_since_us: AtomicU64::new(0),
             target_us: AtomicU64::new(WAIT_TARGET.as_micros() as u64),
             origin: Instant::now(),
+            overload: OverloadTemplate::new(capacity, &limits.instance),
+            limits,
         };
         (dispatcher, rx)
     }
@@ -130,10 +133,10 @@ impl Dispatcher {
         self.wait_for(self.depth())
     }
 
-    /// The `retry_after_ms` to suggest to a refused client: about the time
-    /// the queue needs to drain halfway at its recent pace.
-    pub fn retry_after_ms(&self) -> u64 {
-        let depth = self.depth();
+    /// The `retry_after_ms` to suggest to a client refused with `depth`
+    /// jobs queued: about the time the queue needs to drain halfway at its
+    /// recent pace.
+    pub fn retry_after_ms(&self, depth: usize) -> u64 {
         match self.wait_for(depth) {
             Some(wait) => (wait.as_millis() as u64 / 2).clamp(1, 60_000),
             None => (100 * depth / self.capacity.max(1)).max(10) as u64,
@@ -184,17 +187,28 @@ impl Dispatcher {
             .then_some((Refusal::QueueWait, "queue wait over the target"))
     }
 
-    fn overloaded(&self, reason: Refusal, method: &str) -> RpcError {
+    /// Answers `request` with -32001 from the template.
+    fn refuse(&self, reason: Refusal, request: &Request, responder: Responder) {
         self.stats.count_refusal(reason);
         self.stats
-            .count_unrun_call(method, crate::protocol::code::OVERLOADED);
+            .count_unrun_call(&request.method, crate::protocol::code::OVERLOADED);
         self.log_refusal_burst();
-        RpcError::overloaded(
-            self.retry_after_ms(),
-            self.depth(),
-            self.capacity,
-            &self.limits.instance,
-        )
+        let reason = match reason {
+            Refusal::InFlightLimit => OverloadReason::InFlightLimit,
+            Refusal::Deadline => OverloadReason::Deadline,
+            Refusal::QueueWait => OverloadReason::QueueWait,
+            // Draining and max_clients are not -32001 and never come here.
+            Refusal::QueueFull | Refusal::Draining | Refusal::MaxClients => {
+                OverloadReason::QueueFull
+            }
+        };
+        let queue_depth = self.depth();
+        let overload = Overload {
+            reason,
+            retry_after_ms: self.retry_after_ms(queue_depth),
+            queue_depth,
+        };
+        responder.refuse(&self.overload, &overload);
     }
 
     fn log_refusal_burst(&self) {
@@ -211,18 +225,14 @@ impl Dispatcher {
     /// Queues `request` or answers it at once with the reason it cannot be.
     pub fn admit(&self, request: Request, mut responder: Responder) {
         if !responder.count_in_flight(self.limits.max_in_flight) {
-            return responder.reply(Err(self
-                .overloaded(Refusal::InFlightLimit, &request.method)
-                .with("reason", "in-flight limit of this connection")));
+            return self.refuse(Refusal::InFlightLimit, &request, responder);
         }
         let timeout = request
             .timeout_ms
             .map_or(self.limits.default_timeout, Duration::from_millis);
         let deadline = Deadline::starting_now(timeout);
-        if let Some((refusal, reason)) = self.refused_by_time(timeout) {
-            return responder.reply(Err(self
-                .overloaded(refusal, &request.method)
-                .with("reason", reason)));
+        if let Some((refusal, _)) = self.refused_by_time(timeout) {
+            return self.refuse(refusal, &request, responder);
         }
         let job = Job {
             request,
@@ -238,9 +248,7 @@ impl Dispatcher {
             Ok(()) => self.stats.bump_accepted(),
             Err(TrySendError::Full(job)) => {
                 drop(sender);
-                job.responder.reply(Err(self
-                    .overloaded(Refusal::QueueFull, &job.request.method)
-                    .with("reason", "queue full")))
+                self.refuse(Refusal::QueueFull, &job.request, job.responder)
             }
             Err(TrySendError::Disconnected(job)) => {
                 self.stats.count_refusal(Refusal::Draining);

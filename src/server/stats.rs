@@ -6,12 +6,13 @@
 //! `sys.status` reads them, so there is one counting mechanism. The
 //! router's threads touch only atomics here, so a storm of refusals does
 //! not make them wait for each other or for the workers: each counter is
-//! one atomic, and the pace of the workers is published to an atomic by
-//! the workers, which alone take the one short lock around the latency
-//! windows. The
-//! per-method series of `api.` calls are kept per thread (see
-//! [`super::metrics::calls`]), so recording one takes no lock another
-//! worker takes.
+//! one atomic, and each worker publishes its pace to atomics of its own.
+//! What a worker records (latency windows, pace) goes to a slot of its
+//! own thread, behind a lock only it and a reader of the statistics take;
+//! the per-method series and the histograms of `/metrics` are kept per
+//! thread too (see [`super::metrics::calls`] and
+//! [`super::metrics::completions`]), so recording a call takes no lock
+//! another worker takes. Readers merge the slots.
 //!
 //! That pace is measured as a worker's *cycle*: the time from taking one
 //! job to taking the next while the queue was never empty in between. It
@@ -20,7 +21,9 @@
 //! the execution time alone misses; that judges only until a worker has
 //! been saturated.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -44,7 +47,7 @@ pub struct Completion<'a> {
     pub end_to_end: Duration,
 }
 
-/// What the workers record about each completion.
+/// What one worker records about its completions and cycles.
 #[derive(Debug)]
 struct Recent {
     queue_wait: Window,
@@ -52,16 +55,37 @@ struct Recent {
     rate: RateMeter,
 }
 
+/// One recording thread's part of the statistics.
+#[derive(Debug)]
+struct Slot {
+    recent: Mutex<Recent>,
+    /// Jobs per second this worker completes (f64 bits; 0 = unknown), and
+    /// when that was last measured (µs since `started`).
+    rate_bits: AtomicU64,
+    rate_at_us: AtomicU64,
+}
+
+/// Recording threads that get a slot of their own; more share the last.
+const SLOTS: usize = 256;
+
+/// Distinguishes the [`Stats`] of one process (tests make several).
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's slot in each [`Stats`] it recorded into.
+    static OWN_SLOTS: RefCell<Vec<(u64, Arc<Slot>)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// All statistics of one server instance.
 pub struct Stats {
     /// The counters, gauges and histograms, also exposed on `/metrics`:
     /// the counters of `sys.status` are read from them.
     pub metrics: Metrics,
-    recent: Mutex<Recent>,
-    /// Jobs per second one worker completes (f64 bits; 0 = unknown), and
-    /// when that was last measured (µs since `started`).
-    worker_rate_bits: AtomicU64,
-    worker_rate_at_us: AtomicU64,
+    id: u64,
+    /// The recording threads' slots, set once each, in the order taken.
+    slots: Box<[OnceLock<Arc<Slot>>]>,
+    /// Slots taken so far (may pass [`SLOTS`]: the extra share the last).
+    taken: AtomicUsize,
     started: Instant,
 }
 
@@ -77,18 +101,35 @@ const WORKER_RATE_FRESH: Duration = Duration::from_secs(2);
 impl Stats {
     /// Fresh statistics.
     pub fn new() -> Stats {
-        let now = Instant::now();
         Stats {
             metrics: Metrics::new(),
-            recent: Mutex::new(Recent {
-                queue_wait: Window::new(now),
-                execution: Window::new(now),
-                rate: RateMeter::new(now),
-            }),
-            worker_rate_bits: AtomicU64::new(0),
-            worker_rate_at_us: AtomicU64::new(0),
-            started: now,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+            taken: AtomicUsize::new(0),
+            started: Instant::now(),
         }
+    }
+
+    /// The calling thread's slot, taken on its first record.
+    fn own_slot(&self) -> Arc<Slot> {
+        OWN_SLOTS.with(|own| {
+            let mut own = own.borrow_mut();
+            if let Some((_, slot)) = own.iter().find(|(id, _)| *id == self.id) {
+                return slot.clone();
+            }
+            let i = self.taken.fetch_add(1, Ordering::AcqRel).min(SLOTS - 1);
+            let slot = self.slots[i].get_or_init(|| Arc::new(Slot::new(self.started)));
+            own.push((self.id, slot.clone()));
+            slot.clone()
+        })
+    }
+
+    /// The slots taken so far.
+    fn taken_slots(&self) -> impl Iterator<Item = &Slot> {
+        let taken = self.taken.load(Ordering::Acquire).min(SLOTS);
+        self.slots[..taken]
+            .iter()
+            .filter_map(|slot| slot.get().map(|s| &**s))
     }
 
     /// Counts one request admitted to the queue.
@@ -126,45 +167,55 @@ impl Stats {
         self.metrics
             .count_api_call(done.method, done.error, Some(done.end_to_end));
         let now = Instant::now();
-        let mut recent = self.recent.lock();
+        let slot = self.own_slot();
+        let mut recent = slot.recent.lock();
         recent.queue_wait.record(now, queued);
         recent.execution.record(now, executed);
         recent.rate.record_completion(now, executed);
-        self.publish_worker_rate(now, &mut recent.rate);
+        self.publish_worker_rate(now, &slot, &mut recent.rate);
     }
 
     /// Records a worker's cycle: the time from taking one job to taking
     /// the next one, which was already waiting.
     pub fn record_cycle(&self, cycle: Duration) {
         let now = Instant::now();
-        let mut recent = self.recent.lock();
+        let slot = self.own_slot();
+        let mut recent = slot.recent.lock();
         recent.rate.record_cycle(now, cycle);
-        self.publish_worker_rate(now, &mut recent.rate);
+        self.publish_worker_rate(now, &slot, &mut recent.rate);
     }
 
-    fn publish_worker_rate(&self, now: Instant, meter: &mut RateMeter) {
+    fn publish_worker_rate(&self, now: Instant, slot: &Slot, meter: &mut RateMeter) {
         let rate = meter.worker_rate(now).unwrap_or(0.0);
-        self.worker_rate_bits
-            .store(rate.to_bits(), Ordering::Relaxed);
+        slot.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
         let at = now.duration_since(self.started).as_micros() as u64;
-        self.worker_rate_at_us.store(at, Ordering::Relaxed);
+        slot.rate_at_us.store(at, Ordering::Relaxed);
     }
 
     /// Completions per second over the last few seconds (0 when idle).
     pub fn completion_rate(&self) -> f64 {
-        self.recent.lock().rate.per_second(Instant::now())
+        let now = Instant::now();
+        self.taken_slots()
+            .map(|slot| slot.recent.lock().rate.per_second(now))
+            .sum()
     }
 
     /// Jobs per second one busy worker takes off the queue, measured over
-    /// the last two seconds; `None` when too few calls ran recently to
-    /// judge. Lock-free: the router asks this for every request it admits.
+    /// the last two seconds (the mean over the workers that measured one);
+    /// `None` when too few calls ran recently to judge. Lock-free: the
+    /// router asks this for every request it admits.
     pub fn worker_rate(&self) -> Option<f64> {
-        let at = Duration::from_micros(self.worker_rate_at_us.load(Ordering::Relaxed));
-        if self.started.elapsed().saturating_sub(at) > WORKER_RATE_FRESH {
-            return None;
+        let now = self.started.elapsed();
+        let (mut sum, mut workers) = (0.0, 0);
+        for slot in self.taken_slots() {
+            let at = Duration::from_micros(slot.rate_at_us.load(Ordering::Relaxed));
+            let rate = f64::from_bits(slot.rate_bits.load(Ordering::Relaxed));
+            if now.saturating_sub(at) <= WORKER_RATE_FRESH && rate > 0.0 {
+                sum += rate;
+                workers += 1;
+            }
         }
-        let rate = f64::from_bits(self.worker_rate_bits.load(Ordering::Relaxed));
-        (rate > 0.0).then_some(rate)
+        (workers > 0).then(|| sum / workers as f64)
     }
 
     /// Seconds since the server started.
@@ -172,16 +223,19 @@ impl Stats {
         self.started.elapsed()
     }
 
-    /// Counters, errors by code and latency percentiles as JSON. The
-    /// workers' lock is held only to copy the two minute histograms.
+    /// Counters, errors by code and latency percentiles as JSON. Each
+    /// worker's lock is held only to add its two minute histograms.
     pub fn to_json(&self) -> Value {
         let m = &self.metrics;
         let now = Instant::now();
-        let mut recent = self.recent.lock();
-        let queue_wait = recent.queue_wait.last_minute(now);
-        let execution = recent.execution.last_minute(now);
-        let completion_rate = recent.rate.per_second(now);
-        drop(recent);
+        let (mut queue_wait, mut execution) = (new_histogram(), new_histogram());
+        let mut completion_rate = 0.0;
+        for slot in self.taken_slots() {
+            let mut recent = slot.recent.lock();
+            let _ = queue_wait.add(recent.queue_wait.last_minute(now));
+            let _ = execution.add(recent.execution.last_minute(now));
+            completion_rate += recent.rate.per_second(now);
+        }
         let (queue_wait, execution) = (percentiles(&queue_wait), percentiles(&execution));
         let errors: serde_json::Map<String, Value> = m
             .errors_by_code()
@@ -205,6 +259,20 @@ impl Stats {
                 "execution": execution,
             },
         })
+    }
+}
+
+impl Slot {
+    fn new(origin: Instant) -> Slot {
+        Slot {
+            recent: Mutex::new(Recent {
+                queue_wait: Window::new(origin),
+                execution: Window::new(origin),
+                rate: RateMeter::new(origin),
+            }),
+            rate_bits: AtomicU64::new(0),
+            rate_at_us: AtomicU64::new(0),
+        }
     }
 }
 
@@ -356,9 +424,9 @@ impl Window {
     }
 
     /// The values recorded in the last minute.
-    fn last_minute(&mut self, now: Instant) -> Histogram {
+    fn last_minute(&mut self, now: Instant) -> &Histogram {
         self.expire(now);
-        self.minute.clone()
+        &self.minute
     }
 }
 
@@ -384,12 +452,12 @@ mod tests {
         for ms in 1..=100 {
             w.record(t0, Duration::from_millis(ms));
         }
-        let p = percentiles(&w.last_minute(t0));
+        let p = percentiles(w.last_minute(t0));
         assert_eq!(p["count"], 100);
         let (p50, p99) = (p["p50"].as_f64().unwrap(), p["p99"].as_f64().unwrap());
         assert!((50.0..=50.5).contains(&p50), "{p50}");
         assert!((99.0..=100.0).contains(&p99), "{p99}");
-        let later = percentiles(&w.last_minute(t0 + Duration::from_secs(WINDOW_SECONDS + 1)));
+        let later = percentiles(w.last_minute(t0 + Duration::from_secs(WINDOW_SECONDS + 1)));
         assert_eq!(later, json!({"count": 0, "p50": null, "p99": null}));
     }
 
@@ -406,7 +474,7 @@ mod tests {
         let minute = w.last_minute(at);
         assert_eq!(minute.len(), 120, "seconds 30 to 89, two values each");
         assert!(minute.equivalent(minute.min(), 31_000), "{}", minute.min());
-        let p50 = percentiles(&minute)["p50"].as_f64().unwrap();
+        let p50 = percentiles(minute)["p50"].as_f64().unwrap();
         assert!((60.0..=61.0).contains(&p50), "{p50}");
     }
 
@@ -451,6 +519,35 @@ mod tests {
         }
         let rate = r.worker_rate(t0 + Duration::from_millis(500)).unwrap();
         assert!((249.0..=251.0).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn each_worker_records_in_its_own_slot_and_readers_merge_them() {
+        let stats = Arc::new(Stats::new());
+        let completion = |ms| Completion {
+            method: "api.add",
+            error: None,
+            queued: Duration::from_millis(1),
+            executed: Duration::from_millis(ms),
+            end_to_end: Duration::from_millis(ms + 1),
+        };
+        let worker = |ms: u64| {
+            let stats = stats.clone();
+            std::thread::spawn(move || {
+                for _ in 0..MIN_RATE_SAMPLES {
+                    stats.record_completion(&completion(ms));
+                }
+            })
+        };
+        // One worker at 10 ms a call (100/s), one at 20 ms (50/s).
+        worker(10).join().unwrap();
+        worker(20).join().unwrap();
+        assert_eq!(stats.taken_slots().count(), 2);
+        let rate = stats.worker_rate().expect("both measured a pace");
+        assert!((74.0..=76.0).contains(&rate), "{rate}");
+        let latency = stats.to_json()["latency_ms_last_minute"].clone();
+        assert_eq!(latency["execution"]["count"], 2 * MIN_RATE_SAMPLES);
+        assert_eq!(latency["queue_wait"]["count"], 2 * MIN_RATE_SAMPLES);
     }
 
     #[test]

@@ -14,9 +14,12 @@
 //! - [`gauges`]: the gauges, read from their sources at each scrape.
 //! - [`calls`]: the per-method series of `api.` calls, kept per thread and
 //!   merged at each scrape.
+//! - [`completions`]: the latency histograms of finished requests, kept
+//!   per thread and merged at each scrape.
 //! - [`listener`]: the HTTP listener (a mio event loop on one thread).
 
 pub mod calls;
+pub mod completions;
 pub mod gauges;
 pub mod labels;
 pub mod listener;
@@ -31,11 +34,11 @@ use std::time::Duration;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::db::catalog::Catalog;
-use calls::{ApiCalls, LATENCY_BUCKETS};
+use calls::ApiCalls;
+use completions::Completions;
 use gauges::GaugeSet;
 use labels::{reply_code_index, REPLY_CODES};
 
@@ -52,9 +55,7 @@ pub struct Metrics {
     retries: Counter,
     sessions_created: Counter,
     gauges: GaugeSet,
-    queue_wait: Histogram,
-    execution: Histogram,
-    end_to_end: Histogram,
+    completions: Arc<Completions>,
     api_calls: Arc<ApiCalls>,
 }
 
@@ -119,28 +120,8 @@ impl Metrics {
         );
         let gauges = GaugeSet::default();
         gauges.register(&mut registry);
-        // Named with their unit but without a UNIT line: strict OpenMetrics
-        // parsers (openmetrics-parser) refuse a unit on a histogram.
-        let histogram = |r: &mut Registry, name: &str, help: &str| {
-            let h = Histogram::new(LATENCY_BUCKETS);
-            r.register(name, help, h.clone());
-            h
-        };
-        let queue_wait = histogram(
-            &mut registry,
-            "queue_wait_seconds",
-            "Time requests waited in the queue before a worker took them",
-        );
-        let execution = histogram(
-            &mut registry,
-            "execution_seconds",
-            "Time a worker spent on a request",
-        );
-        let end_to_end = histogram(
-            &mut registry,
-            "request_duration_seconds",
-            "Time from reading a queued request to handing over its reply",
-        );
+        let completions = Arc::new(Completions::new());
+        registry.register_collector(completions.collector());
         let api_calls = Arc::new(ApiCalls::new());
         registry.register_collector(api_calls.collector());
         Metrics {
@@ -152,9 +133,7 @@ impl Metrics {
             retries,
             sessions_created,
             gauges,
-            queue_wait,
-            execution,
-            end_to_end,
+            completions,
             api_calls,
         }
     }
@@ -191,9 +170,7 @@ impl Metrics {
     /// and time from arrival to the reply handed over.
     pub fn observe_completion(&self, queued: Duration, executed: Duration, end_to_end: Duration) {
         self.completed.inc();
-        self.queue_wait.observe(queued.as_secs_f64());
-        self.execution.observe(executed.as_secs_f64());
-        self.end_to_end.observe(end_to_end.as_secs_f64());
+        self.completions.observe(queued, executed, end_to_end);
     }
 
     /// Counts one reply to `method` in its per-method series when it is an

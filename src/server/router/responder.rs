@@ -7,6 +7,8 @@
 //! reply goes to the connection, or to the [`ReplyCollector`] of the
 //! requests read with it (a batch, an HTTP request).
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
@@ -14,7 +16,9 @@ use serde_json::Value;
 
 use super::collector::ReplyCollector;
 use super::connection::Connection;
-use crate::protocol::{write_error, write_raw_result, write_result, Id, RpcError};
+use crate::protocol::{
+    code, write_error, write_raw_result, write_result, Id, Overload, OverloadTemplate, RpcError,
+};
 use crate::server::metrics::MethodKind;
 
 /// Where a reply goes.
@@ -34,6 +38,38 @@ pub enum Outcome<'a> {
     Raw(&'a RawValue),
     /// An error.
     Error(&'a RpcError),
+    /// A -32001 from the server's template.
+    Overload(&'a OverloadTemplate, &'a Overload),
+}
+
+impl Outcome<'_> {
+    /// The error code, `None` for a result.
+    fn error_code(&self) -> Option<i64> {
+        match self {
+            Outcome::Result(_) | Outcome::Raw(_) => None,
+            Outcome::Error(e) => Some(e.code),
+            Outcome::Overload(..) => Some(code::OVERLOADED),
+        }
+    }
+
+    /// The error itself, `None` for a result.
+    fn error(&self) -> Option<Cow<'_, RpcError>> {
+        match self {
+            Outcome::Result(_) | Outcome::Raw(_) => None,
+            Outcome::Error(e) => Some(Cow::Borrowed(*e)),
+            Outcome::Overload(template, overload) => Some(Cow::Owned(template.to_error(overload))),
+        }
+    }
+
+    /// Appends the reply to request `id` (no `\n`).
+    fn write(&self, out: &mut Vec<u8>, id: &RawValue) {
+        match self {
+            Outcome::Result(v) => write_result(out, id, v),
+            Outcome::Raw(raw) => write_raw_result(out, id, raw),
+            Outcome::Error(e) => write_error(out, id, e),
+            Outcome::Overload(template, overload) => template.write(out, id, overload),
+        }
+    }
 }
 
 /// The obligation to answer one request exactly once.
@@ -115,30 +151,33 @@ impl Responder {
         self.send(Outcome::Raw(result));
     }
 
+    /// Sends the one reply, a -32001 rendered from `template`.
+    pub fn refuse(mut self, template: &OverloadTemplate, overload: &Overload) {
+        self.send(Outcome::Overload(template, overload));
+    }
+
     /// The one reply path: count, render, deliver.
     fn send(&mut self, outcome: Outcome) {
         self.answered = true;
         let conn = self.connection().clone();
-        let error = match &outcome {
-            Outcome::Error(e) => Some(*e),
-            _ => None,
-        };
         conn.handles()
             .stats
-            .count_reply(self.kind, error.map(|e| e.code));
-        let text = self.id.as_deref().map(|id| render(id, &outcome));
+            .count_reply(self.kind, outcome.error_code());
         // The request is done: free its in-flight slot before the client
         // can see the reply, or a client that sends its next request on
         // reading it may be refused for a slot this one still held.
         let was_last = std::mem::take(&mut self.counted) && conn.end();
+        let id = self.id.as_deref();
         match &self.target {
             Target::Connection(conn) => {
-                if let Some(mut text) = text {
-                    text.push(b'\n');
-                    conn.deliver(&text);
+                if let Some(id) = id {
+                    with_line(id, &outcome, |line| conn.deliver(line));
                 }
             }
-            Target::Collector(collector) => collector.add(text.as_deref(), error),
+            Target::Collector(collector) => {
+                let text = id.map(|id| render(id, &outcome));
+                collector.add(text.as_deref(), outcome.error().as_deref());
+            }
         }
         if was_last {
             conn.done_if_read_closed();
@@ -146,15 +185,33 @@ impl Responder {
     }
 }
 
-/// A reply as one JSON text, rendered into one buffer with room for the
-/// `\n` that ends it on the stream.
+thread_local! {
+    /// The buffer this thread renders reply lines in before they are
+    /// copied to an outbox: kept, so that a reply allocates nothing.
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A line buffer above this capacity is freed rather than kept.
+const LINE_CAPACITY: usize = 64 * 1024;
+
+/// Renders the reply to `id` as one line (ending in `\n`) in this thread's
+/// buffer and gives it to `deliver`.
+fn with_line(id: &RawValue, outcome: &Outcome, deliver: impl FnOnce(&[u8])) {
+    // Taken out of the cell, not borrowed: `deliver` may reply again.
+    let mut line = LINE.take();
+    line.clear();
+    outcome.write(&mut line, id);
+    line.push(b'\n');
+    deliver(&line);
+    if line.capacity() <= LINE_CAPACITY {
+        LINE.set(line);
+    }
+}
+
+/// A reply as one JSON text, rendered into a buffer of its own.
 fn render(id: &RawValue, outcome: &Outcome) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    match outcome {
-        Outcome::Result(v) => write_result(&mut out, id, v),
-        Outcome::Raw(raw) => write_raw_result(&mut out, id, raw),
-        Outcome::Error(e) => write_error(&mut out, id, e),
-    }
+    outcome.write(&mut out, id);
     out
 }
 

@@ -1,0 +1,192 @@
+//! The latency histograms of the requests the workers finish:
+//! `blitz_queue_wait_seconds`, `blitz_execution_seconds` and
+//! `blitz_request_duration_seconds`.
+//!
+//! Each thread that records a completion keeps its own three histograms
+//! behind a mutex only it and the scraper take (a prometheus-client
+//! histogram locks inside, so one shared by every worker would be a lock
+//! they all take per call); the collector registered in the registry merges
+//! them when the exposition is written.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+use super::calls::LATENCY_BUCKETS;
+
+/// Observations of one duration, by bucket of [`LATENCY_BUCKETS`].
+#[derive(Debug, Clone, Default)]
+struct Latencies {
+    /// Per bucket, then above the last.
+    buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    sum: f64,
+}
+
+impl Latencies {
+    fn observe(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[bucket] += 1;
+        self.sum += seconds;
+    }
+
+    fn add(&mut self, other: &Latencies) {
+        self.buckets
+            .iter_mut()
+            .zip(other.buckets)
+            .for_each(|(a, b)| *a += b);
+        self.sum += other.sum;
+    }
+
+    /// The buckets as the encoder takes them: (upper bound, count in it).
+    fn bounded_buckets(&self) -> Vec<(f64, u64)> {
+        LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.buckets)
+            .collect()
+    }
+}
+
+/// One thread's histograms: queue wait, execution, end to end.
+type Table = [Latencies; 3];
+
+/// The families, in the order of a [`Table`]: name and help.
+const FAMILIES: [(&str, &str); 3] = [
+    (
+        "queue_wait_seconds",
+        "Time requests waited in the queue before a worker took them",
+    ),
+    ("execution_seconds", "Time a worker spent on a request"),
+    (
+        "request_duration_seconds",
+        "Time from reading a queued request to handing over its reply",
+    ),
+];
+
+/// Distinguishes the [`Completions`] of one process (tests make several).
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's table of each [`Completions`] it recorded into.
+    static OWN_TABLES: RefCell<Vec<(u64, Arc<Mutex<Table>>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The completion histograms of one server instance; see the module doc.
+#[derive(Debug)]
+pub struct Completions {
+    id: u64,
+    /// Every thread's table (a thread's is added on its first completion).
+    tables: Mutex<Vec<Arc<Mutex<Table>>>>,
+}
+
+impl Default for Completions {
+    fn default() -> Self {
+        Completions::new()
+    }
+}
+
+impl Completions {
+    /// No completions yet.
+    pub fn new() -> Completions {
+        Completions {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            tables: Mutex::default(),
+        }
+    }
+
+    /// Observes one completion: time queued, executing, end to end.
+    /// Takes only this thread's own table.
+    pub fn observe(&self, queued: Duration, executed: Duration, end_to_end: Duration) {
+        OWN_TABLES.with(|own| {
+            let mut own = own.borrow_mut();
+            let index = match own.iter().position(|(id, _)| *id == self.id) {
+                Some(i) => i,
+                None => {
+                    let table = Arc::<Mutex<Table>>::default();
+                    self.tables.lock().push(table.clone());
+                    own.push((self.id, table));
+                    own.len() - 1
+                }
+            };
+            let mut table = own[index].1.lock();
+            for (latencies, took) in table.iter_mut().zip([queued, executed, end_to_end]) {
+                latencies.observe(took);
+            }
+        });
+    }
+
+    /// Every thread's tables added up.
+    fn merged(&self) -> Table {
+        let mut merged = Table::default();
+        for table in self.tables.lock().iter() {
+            let table = table.lock();
+            for (sum, latencies) in merged.iter_mut().zip(table.iter()) {
+                sum.add(latencies);
+            }
+        }
+        merged
+    }
+
+    /// The collector that writes the merged histograms into the exposition.
+    pub fn collector(self: &Arc<Self>) -> Box<dyn Collector> {
+        Box::new(CompletionsCollector(self.clone()))
+    }
+}
+
+/// Writes the histograms of a [`Completions`] at each encoding.
+#[derive(Debug)]
+struct CompletionsCollector(Arc<Completions>);
+
+impl Collector for CompletionsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let merged = self.0.merged();
+        for ((name, help), latencies) in FAMILIES.iter().zip(merged.iter()) {
+            // Named with their unit but without a UNIT line: strict
+            // OpenMetrics parsers (openmetrics-parser) refuse a unit on a
+            // histogram.
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            let count = latencies.buckets.iter().sum();
+            family.encode_histogram::<NoLabelSet>(
+                latencies.sum,
+                count,
+                &latencies.bounded_buckets(),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_observe_apart_and_the_merge_adds_them_up() {
+        let completions = Arc::new(Completions::new());
+        let on_thread = completions.clone();
+        let ms = Duration::from_millis;
+        std::thread::spawn(move || on_thread.observe(ms(1), ms(3), ms(60_000)))
+            .join()
+            .unwrap();
+        completions.observe(ms(1), ms(4), ms(5));
+        assert_eq!(completions.tables.lock().len(), 2);
+        let [queue_wait, execution, end_to_end] = completions.merged();
+        assert_eq!(queue_wait.buckets[3], 2, "1 ms is in the 1 ms bucket");
+        assert_eq!(execution.buckets[5], 2, "3 and 4 ms are in the 5 ms bucket");
+        assert_eq!(end_to_end.buckets[LATENCY_BUCKETS.len()], 1, "above 30 s");
+        assert!((end_to_end.sum - 60.005).abs() < 1e-9);
+    }
+}
