@@ -16,8 +16,9 @@
 //! ms each), small beside the default deadline and the 100 ms a served
 //! call should stay under at any overload; where calls hold their
 //! connection longer it is [`TARGET_CALLS`] of them (a closed loop of a
-//! few clients per permit is never refused); the interval of 100 ms is
-//! CoDel's.
+//! few clients per permit is never refused), and for each request at
+//! least [`DEADLINE_SHARE`]'s fraction of its own deadline; the interval
+//! of 100 ms is CoDel's.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -80,6 +81,11 @@ pub const WAIT_TARGET: Duration = Duration::from_millis(20);
 /// The target is at least this many typical calls (connection hold
 /// times): a queue of a few calls per permit is never refused by time.
 pub const TARGET_CALLS: u32 = 4;
+/// A request's own target is at least this fraction of its deadline
+/// (1/20: 50 ms for a 1 s deadline, 1.5 s for the default 30 s): a caller
+/// that states a short deadline is refused early, one that gives the queue
+/// time (a burst of logins, a batch job) is not refused a wait it accepts.
+pub const DEADLINE_SHARE: u32 = 20;
 /// How long every job must have waited over the target before the queue
 /// counts as standing.
 pub const WAIT_INTERVAL: Duration = Duration::from_millis(100);
@@ -182,7 +188,8 @@ impl Dispatcher {
         if wait > timeout {
             return Some((Refusal::Deadline, "deadline shorter than the queue wait"));
         }
-        let target = Duration::from_micros(self.target_us.load(Ordering::Relaxed));
+        let target = Duration::from_micros(self.target_us.load(Ordering::Relaxed))
+            .max(timeout / DEADLINE_SHARE);
         (wait > target && self.queue_is_standing())
             .then_some((Refusal::QueueWait, "queue wait over the target"))
     }
