@@ -131,6 +131,7 @@ impl Server {
             config.active_limit_start() as usize,
             config.db.pool_size as usize,
         );
+        share.attach_limiter(limiter.clone());
         let db = Database::new(pool, health, acquire_timeout, share, limiter);
         let ping_result = methods::ping_result(&instance, &config.auth.mode.to_string());
         let ctx = Arc::new(Context {
