@@ -360,6 +360,8 @@ fn named(key: &str, addr: impl std::fmt::Display, e: io::Error) -> io::Error {
 /// The gauges of `/metrics`, read now.
 fn gauge_values(ctx: &Context) -> metrics::Gauges {
     let pool = ctx.db.pool.state();
+    let (hold, baseline) = ctx.db.limiter().hold_times();
+    let seconds = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
     metrics::Gauges {
         queue_depth: ctx.dispatcher.depth() as u64,
         queue_capacity: ctx.dispatcher.capacity() as u64,
@@ -369,6 +371,9 @@ fn gauge_values(ctx: &Context) -> metrics::Gauges {
         pool_share: ctx.db.share().limit() as u64,
         pool_idle: u64::from(pool.idle_connections),
         pool_in_use: u64::from(pool.connections - pool.idle_connections),
+        active_limit: ctx.db.limiter().current() as u64,
+        hold_seconds: seconds(hold),
+        hold_baseline_seconds: seconds(baseline),
         connections_open: ctx.connections.len() as u64,
         database_up: u64::from(!ctx.db.health.is_down()),
         draining: u64::from(ctx.shutdown.is_stopping()),
