@@ -1,10 +1,11 @@
 //! The concurrency limit and admission by time, end to end against a real
 //! PostgreSQL: `db.active_limit` as configured, a fixed limit holding as
 //! many connections as it says, auto mode moving toward a knee the test
-//! creates (and away when it moves), the sum of two instances' limits
-//! never above their budget while the second joins, and a standing queue
-//! refused at arrival. The tests that load the server take turns (`ONE_AT_A_TIME`):
-//! the machine's cores are shared.
+//! creates (and away when it moves, closing the idle connections above
+//! it), the sum of two instances' limits never above their budget while
+//! the second joins, and a standing queue refused at arrival. The tests
+//! that load the server take turns (`ONE_AT_A_TIME`): the machine's cores
+//! are shared.
 
 mod support;
 
@@ -168,7 +169,11 @@ fn closed_loop(
 #[test]
 fn auto_moves_toward_a_knee_and_away_when_it_moves() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let settings = [("db.pool_size", "8"), ("db.active_limit", "auto")];
+    let settings = [
+        ("db.pool_size", "8"),
+        ("db.active_limit", "auto"),
+        ("db.heartbeat_interval_ms", "300"),
+    ];
     let (db, server) = Server::on_fresh_db(FIXTURES, &settings);
     let mut watcher = Rpc::session(&server.addr);
     let start = active_limit(&mut watcher);
@@ -199,6 +204,20 @@ fn auto_moves_toward_a_knee_and_away_when_it_moves() {
         risen["active_limit"]["current"].as_u64() <= Some(8),
         "{risen}"
     );
+    // The knee comes back: the limit falls, and the housekeeper closes the
+    // connections it no longer lets through (r2d2 alone would keep them
+    // idle for 10 minutes).
+    watcher.wait_for_status("4 connections open", |s| {
+        s["pool"]["open"].as_u64() >= Some(4)
+    });
+    db.execute(
+        "CREATE OR REPLACE FUNCTION blitz_api.knee() RETURNS int LANGUAGE plpgsql
+           AS 'BEGIN PERFORM pg_advisory_xact_lock(7); PERFORM pg_sleep(0.002); RETURN 1; END'",
+    );
+    watcher.wait_for_status("idle connections above the limit closed", |s| {
+        let current = s["active_limit"]["current"].as_u64().unwrap();
+        current <= 2 && s["pool"]["open"].as_u64() <= Some(3)
+    });
     stop.store(true, Ordering::Release);
     for client in clients {
         client.join().unwrap();
