@@ -112,6 +112,10 @@ def auto_figures(outdir, marks):
             "low_end": low[-1]["limit"] if low else None, "back_s": back_s}
 
 
+def verdict(value, ok):
+    return "–" if value is None else ("met" if ok(value) else "MISSED")
+
+
 def section(rows, outdir, meta, fmt, ms):
     """(title, headers, body, note) for report.py, or None without limit rows."""
     sweep = [r for r in rows if r["kind"] == "limit-sweep" and r.get("tps") is not None]
@@ -126,32 +130,37 @@ def section(rows, outdir, meta, fmt, ms):
     for r in fixed + [r for r in sweep if r["id"] == "limit-auto"]:
         name = (f"auto (settled at {fmt(auto['knee'])}, pool {r['pool']})" if r["id"] == "limit-auto"
                 else f"fixed {r['pool']}")
-        body.append([name, fmt(r["tps"]), f"{r['tps'] / best['tps']:.2f}" if best else "–",
+        body.append([name, fmt(r["tps"]), fmt(r["tps"] / best["tps"], 2) if best else "–",
                      ms(r.get("p50_ms")), ms(r.get("p99_ms")), "", ""])
-    ratio = lambda a, b: f"{a / b:.2f}" if a is not None and b else "–"
+    div = lambda a, b: a / b if a is not None and b else None
     a = by_id.get("limit-auto")
-    body.append(["auto / best fixed", ratio(a and a.get("tps"), best and best["tps"]), "", "", "",
-                 "≥ 0.97", ""])
+    auto_ratio = div(a and a.get("tps"), best and best["tps"])
+    body.append(["auto / best fixed", fmt(auto_ratio, 2), "", "", "", "≥ 0.97",
+                 verdict(auto_ratio, lambda v: v >= 0.97)])
     body.append(["auto: time to settle from start (s)", fmt(auto["settle_s"], 1), "", "", "",
-                 "≤ 30", ""])
+                 "≤ 30", verdict(auto["settle_s"], lambda v: v <= 30)])
     if slow:
         body.append(["slowdown: limit before → during", f"{fmt(slow['before'])} → {fmt(slow['during'])}",
                      "", "", "", "", ""])
         body.append(["slowdown: limit adapts within (s)", fmt(slow["adapt_s"], 1), "", "", "",
-                     "≤ 5", ""])
+                     "≤ 5", verdict(slow["adapt_s"], lambda v: v <= 5)])
+        doubled = div(slow["p99_during"], slow["p99_before"])
         body.append(["slowdown: served p99 before · during (worst) ms",
                      f"{ms(slow['p99_before'])} · {ms(slow['p99_during'])} ({ms(slow['p99_worst'])})",
-                     "", "", "", "≤ 2× before", ""])
+                     "", "", "", "≤ 2× before", verdict(doubled, lambda v: v <= 2)])
     body.append(["after low traffic (limit at its end): back within (s)",
-                 f"{fmt(auto['back_s'], 1)} (limit {fmt(auto['low_end'])})", "", "", "", "≤ 30", ""])
+                 f"{fmt(auto['back_s'], 1)} (limit {fmt(auto['low_end'])})", "", "", "", "≤ 30",
+                 verdict(auto["back_s"], lambda v: v <= 30)])
     peak = by_id.get("blitz-c500")
     for x in (2, 10):
         r = by_id.get(f"overload-{x}x")
         if r and r.get("tps") is not None:
+            good = div(r.get("goodput"), peak and peak.get("tps"))
+            met = (r.get("p99_ms") or 0) <= 100 and (x != 2 or (good or 0) >= 0.95)
             body.append([f"{x}× overload: served p50 · p99 ms, goodput / peak",
-                         f"{ms(r.get('p50_ms'))} · {ms(r.get('p99_ms'))}",
-                         ratio(r.get("goodput"), peak and peak.get("tps")), "", "",
-                         "p99 ≤ 100" + (", goodput ≥ 0.95" if x == 2 else ""), ""])
+                         f"{ms(r.get('p50_ms'))} · {ms(r.get('p99_ms'))}", fmt(good, 2), "", "",
+                         "p99 ≤ 100" + (", goodput ≥ 0.95" if x == 2 else ""),
+                         "met" if met else "MISSED"])
     headers = ["limit / measure", "tps or value", "/ best fixed", "p50 ms", "p99 ms", "target", ""]
     note = ("500 clients closed loop, one server per row beside the default one; fixed N: "
             "db.active_limit = db.pool_size = N (formula, 2×, 4×, 8×). The limit is sampled from "
