@@ -261,7 +261,7 @@ stop_blitz() {
   blitz_pid=
 }
 start_blitz
-status=$("$blitz_bin" --server "127.0.0.1:$blitz_port" call sys.status)
+status=$("$blitz_bin" --server "127.0.0.1:$blitz_port" status)
 pool=$(printf '%s' "$status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pool"]["size"])')
 workers=$(printf '%s' "$status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["workers"]["total"])')
 router_threads=$(printf '%s' "$status" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("router_threads", 0))')

@@ -340,14 +340,15 @@ fn run_call(args: &Args, servers: &[String], command: &Command) -> Result<(), Fa
         return say(&instances_table(instances));
     }
     let text = serde_json::to_string_pretty(&result).expect("a JSON value serializes");
-    match command {
-        Command::Status => say(&format!("{}\n{text}", limit_line(&result["active_limit"]))),
-        _ => say(&text),
+    if let (Command::Status, Some(limit)) = (command, result.get("active_limit")) {
+        eprintln!("{}", limit_line(limit));
     }
+    say(&text)
 }
 
-/// `blitz status`'s first line: the concurrency limit, its range and the
-/// hold times the tuner reads (from `sys.status`'s `active_limit`).
+/// `blitz status`'s line on stderr (stdout stays the JSON): the
+/// concurrency limit, its range and the hold times the tuner reads (from
+/// `sys.status`'s `active_limit`).
 fn limit_line(limit: &Value) -> String {
     let ms = |v: &Value| v.as_f64().map_or("-".into(), |ms| format!("{ms} ms"));
     format!(
@@ -662,7 +663,7 @@ mod tests {
     }
 
     #[test]
-    fn status_leads_with_the_limit_and_its_hold_times() {
+    fn status_line_shows_the_limit_and_its_hold_times() {
         let limit = json!({"mode": "auto", "current": 5, "min": 1, "max": 16,
             "in_use": 3, "hold_ms": 2.5, "baseline_hold_ms": null});
         assert_eq!(
