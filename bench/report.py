@@ -8,7 +8,8 @@ bench/run.sh calls it:
   report.py --peak ROWS OUTDIR ID         the ok/s of row ID (an integer)
   report.py --report ROWS OUTDIR META RESULTS
                                           prints the table; writes RESULTS/latest.md,
-                                          latest.csv and tps.svg
+                                          latest.csv and tps.svg (and, with the limit
+                                          rows, bench/limit_report.py's files)
 
 ROWS holds one JSON object per line as run.sh wrote it; OUTDIR holds each
 row's ID.out and ID.err: pgbench's text (plus its sampled per-transaction
@@ -26,6 +27,8 @@ import math
 import os
 import re
 import sys
+
+import limit_report
 
 # ----------------------------------------------------------------- parsing
 
@@ -236,6 +239,8 @@ def label(r):
         return f"blitz, {x} overload" + (", pinned" if r["kind"] == "overload-pinned" else "")
     if r["kind"] == "refusals":
         return "blitz, refusals alone"
+    if r["kind"].startswith("limit"):
+        return f"blitz, {r['id']} (pool {r['pool']})"
     return {"direct": "direct PostgreSQL", "pgbouncer": "PgBouncer (transaction)",
             "blitz": "blitz"}[r["system"]]
 
@@ -639,7 +644,11 @@ def report(rows_path, outdir, meta_path, results):
     rows = load_all(rows_path, outdir)
     meta = json.load(open(meta_path))
     sections, direct, blitz, pgb = build(rows, meta)
+    limits = limit_report.section(rows, outdir, meta, fmt, ms)
+    if limits:
+        sections.insert(-1, limits)  # before the ratios and targets
     os.makedirs(results, exist_ok=True)
+    limit_report.write_files(outdir, results)
     text = ["", "make bench: " + header_lines(meta)[0]] + ["  " + l for l in header_lines(meta)[1:]]
     md = ["# make bench: latest run", "", *[f"- {l}" for l in header_lines(meta)], "",
           "Compare figures within this run only: runs on a shared 2-core machine move by ±20 %.",

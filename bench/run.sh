@@ -16,7 +16,8 @@
 #   BENCH_SYSCALL_DURATION  seconds of each system-call sub-row (default 5;
 #                   0: no sub-rows, the syscalls columns stay empty)
 #   BENCH_SKIP      row groups not to run, among: tx10k pool-alt http keys
-#                   pinned refusals (default none; for a short trial)
+#                   pinned refusals limit (default none; for a short trial)
+#   BENCH_LIMIT_*   the limit rows' durations (bench/limit.sh says which)
 #
 # What it does, all in a temporary directory it deletes at the end:
 #   1. a throw-away PostgreSQL cluster (initdb as user postgres when run as
@@ -578,6 +579,10 @@ if ! skipped refusals; then
   stop_blitz
   blitz_port=$default_port blitz_pid=$default_pid default_pid=
 fi
+
+# The concurrency limit: fixed limits beside auto, settling, a slowdown,
+# low traffic (bench/limit.sh).
+skipped limit || source bench/limit.sh
 
 # Idle connections: a fresh server (default configuration) holding N idle
 # client connections spread over 127.0.0.x source addresses: its threads,

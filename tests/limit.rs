@@ -1,19 +1,22 @@
 //! The concurrency limit and admission by time, end to end against a real
 //! PostgreSQL: `db.active_limit` as configured, a fixed limit holding as
 //! many connections as it says, auto mode moving toward a knee the test
-//! creates (and away when it moves), and a standing queue refused at
-//! arrival. The tests that load the server take turns (`ONE_AT_A_TIME`):
-//! the machine's cores are shared.
+//! creates (and away when it moves, closing the idle connections above
+//! it), the sum of two instances' limits never above their budget while
+//! the second joins, and a standing queue refused at arrival. The tests
+//! that load the server take turns (`ONE_AT_A_TIME`): the machine's cores
+//! are shared.
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use blitz::{ActiveLimit, Config};
 use serde_json::{json, Value};
-use support::{error_code, result, Rpc, Server};
+use support::{error_code, result, Rpc, Server, TestDb};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -166,7 +169,11 @@ fn closed_loop(
 #[test]
 fn auto_moves_toward_a_knee_and_away_when_it_moves() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let settings = [("db.pool_size", "8"), ("db.active_limit", "auto")];
+    let settings = [
+        ("db.pool_size", "8"),
+        ("db.active_limit", "auto"),
+        ("db.heartbeat_interval_ms", "300"),
+    ];
     let (db, server) = Server::on_fresh_db(FIXTURES, &settings);
     let mut watcher = Rpc::session(&server.addr);
     let start = active_limit(&mut watcher);
@@ -197,8 +204,161 @@ fn auto_moves_toward_a_knee_and_away_when_it_moves() {
         risen["active_limit"]["current"].as_u64() <= Some(8),
         "{risen}"
     );
+    // The knee comes back: the limit falls, and the housekeeper closes the
+    // connections it no longer lets through (r2d2 alone would keep them
+    // idle for 10 minutes).
+    watcher.wait_for_status("4 connections open", |s| {
+        s["pool"]["open"].as_u64() >= Some(4)
+    });
+    db.execute(
+        "CREATE OR REPLACE FUNCTION blitz_api.knee() RETURNS int LANGUAGE plpgsql
+           AS 'BEGIN PERFORM pg_advisory_xact_lock(7); PERFORM pg_sleep(0.002); RETURN 1; END'",
+    );
+    watcher.wait_for_status("idle connections above the limit closed", |s| {
+        let current = s["active_limit"]["current"].as_u64().unwrap();
+        current <= 2 && s["pool"]["open"].as_u64() <= Some(3)
+    });
     stop.store(true, Ordering::Release);
     for client in clients {
         client.join().unwrap();
     }
+}
+
+/// `max_connections` of the suite's cluster.
+const MAX_CONNECTIONS: u64 = 300;
+/// The two instances' budget: 12 connections, 1 each for housekeeping.
+const BUDGET: u64 = 12;
+/// The pool connections the budget leaves them.
+const POOL_BUDGET: u64 = BUDGET - 2;
+
+/// An instance of pool 8 with `active_limit` under [`BUDGET`], heartbeat 300 ms.
+fn budgeted_instance(db: &TestDb, active_limit: &str) -> Server {
+    let reserved = (MAX_CONNECTIONS - BUDGET).to_string();
+    let settings = [
+        ("db.pool_size", "8"),
+        ("db.active_limit", active_limit),
+        ("db.reserved_connections", reserved.as_str()),
+        ("db.heartbeat_interval_ms", "300"),
+        ("db.heartbeat_timeout_ms", "1500"),
+    ];
+    Server::start(&db.url, &settings)
+}
+
+/// What one 10 ms sample saw: each instance's limit in force, the
+/// joiner's share (0 before it joined), the instances' pool backends.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    first: u64,
+    joiner: u64,
+    joiner_share: u64,
+    backends: i64,
+}
+
+/// `sys.status`'s `active_limit.current` and `cluster.share` of `rpc`'s instance.
+fn limit_and_share(rpc: &mut Rpc) -> (u64, u64) {
+    let status = result(&rpc.call("sys.status", json!({}))).clone();
+    let limit = status["active_limit"]["current"].as_u64().unwrap();
+    (limit, status["cluster"]["share"].as_u64().unwrap())
+}
+
+/// The instances' pool connections (`application_name` blitz) to `pg`'s database.
+fn pool_backends(pg: &mut postgres::Client) -> i64 {
+    pg.query_one(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'blitz'",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Samples every 10 ms until `stop`: the joiner `second` first (once it
+/// is up), then `first`; `taken` counts the samples. While the second
+/// joins its limit only rises and the first's only falls, so reading the
+/// joiner earlier never adds a stale high figure to a fresh one: a sum
+/// above the budget is a real moment above it.
+fn sample_limits(
+    db: &TestDb,
+    mut first: Rpc,
+    second: &Arc<Mutex<Option<String>>>,
+    stop: &Arc<AtomicBool>,
+    taken: &Arc<AtomicUsize>,
+) -> JoinHandle<Vec<Seen>> {
+    let mut pg = db.connect();
+    let (second, stop, taken) = (second.clone(), stop.clone(), taken.clone());
+    std::thread::spawn(move || {
+        let mut joiner: Option<Rpc> = None;
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Acquire) {
+            if joiner.is_none() {
+                joiner = second.lock().unwrap().as_deref().map(Rpc::session);
+            }
+            let (joiner, joiner_share) = joiner.as_mut().map_or((0, 0), limit_and_share);
+            let first = limit_and_share(&mut first).0;
+            let backends = pool_backends(&mut pg);
+            seen.push(Seen {
+                first,
+                joiner,
+                joiner_share,
+                backends,
+            });
+            taken.fetch_add(1, Ordering::Release);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        seen
+    })
+}
+
+#[test]
+fn two_instances_limits_never_sum_above_their_budget_while_one_joins() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let db = TestDb::new();
+    db.execute(FIXTURES);
+    // The first at a fixed 8, above the share it will have: only the
+    // share can bring it down. The second tunes its own.
+    let first = budgeted_instance(&db, "8");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = closed_loop(&first.addr, "api.slow", 8, &stop);
+    let mut watcher = Rpc::session(&first.addr);
+    watcher.wait_for_status("the first instance's limit at 8", |s| {
+        s["active_limit"]["current"].as_u64() == Some(8)
+    });
+    let (second_addr, sampling) = (Arc::new(Mutex::new(None)), Arc::new(AtomicBool::new(false)));
+    let taken = Arc::new(AtomicUsize::new(0));
+    let sampler = sample_limits(&db, watcher, &second_addr, &sampling, &taken);
+    support::wait_until("the first sample", || taken.load(Ordering::Acquire) > 0);
+    let second = budgeted_instance(&db, "auto");
+    *second_addr.lock().unwrap() = Some(second.addr.clone());
+    clients.extend(closed_loop(&second.addr, "api.slow", 8, &stop));
+    let mut joiner = Rpc::session(&second.addr);
+    joiner.wait_for_status("the second instance's share", |s| {
+        let share = &s["cluster"]["share"];
+        s["cluster"]["instances"] == 2
+            && share.as_u64() > Some(0)
+            && *share == s["cluster"]["fair_share"]
+    });
+    let taken_at_share = taken.load(Ordering::Acquire);
+    support::wait_until("20 samples after the join", || {
+        taken.load(Ordering::Acquire) >= taken_at_share + 20
+    });
+    sampling.store(true, Ordering::Release);
+    let seen = sampler.join().unwrap();
+    stop.store(true, Ordering::Release);
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert!(
+        seen[0].first == 8 && seen.iter().any(|s| s.joiner_share > 0 && s.first < 8),
+        "sampled from before the join to after it: {seen:?}"
+    );
+    let most = seen.iter().map(|s| s.first + s.joiner).max().unwrap();
+    assert!(
+        most <= POOL_BUDGET,
+        "limits summed to {most} > {POOL_BUDGET}: {seen:?}"
+    );
+    let backends = seen.iter().map(|s| s.backends).max().unwrap();
+    assert!(
+        backends as u64 <= BUDGET,
+        "{backends} pool connections > budget {BUDGET}: {seen:?}"
+    );
 }

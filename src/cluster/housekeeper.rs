@@ -223,9 +223,9 @@ impl Housekeeper {
                 if after != before {
                     log::debug!("share {before} -> {after}");
                 }
-                if after < before {
-                    (self.trim)();
-                }
+                // Each round: idle connections above the share, or above
+                // the concurrency limit when lower, are closed.
+                (self.trim)();
                 Ok(())
             }
         }

@@ -107,7 +107,6 @@ impl Database {
     /// answer (and is reported to [`Health`]). A connection opened before
     /// the last outage is dropped unused rather than failed on a call.
     pub fn acquire(&self, deadline: &Deadline) -> Result<Lease, Failure> {
-        self.limiter.set_share(self.share.limit());
         let Some(mut held) = self.limiter.acquire(deadline.remaining()) else {
             return Err(Failure::PastDeadline);
         };

@@ -164,6 +164,17 @@ impl Tuner {
         self.last_hold
     }
 
+    /// The limit to come back to: the one a probe or a baseline
+    /// re-measurement started from, or the limit when settled (the higher
+    /// of the two while a probe goes down).
+    pub fn settled_limit(&self) -> usize {
+        match self.phase {
+            Phase::Probing { from, .. } => from.max(self.limit),
+            Phase::Reprobe { restore } => restore,
+            Phase::Settled { .. } => self.limit,
+        }
+    }
+
     /// Takes one window's sample, with the ceiling now; returns the limit.
     pub fn step(&mut self, sample: &Sample, ceiling: usize) -> usize {
         self.windows += 1;
@@ -337,6 +348,8 @@ pub struct Limiter {
     /// Published after each window: mean hold and baseline, µs (0: unknown).
     last_hold_us: AtomicU64,
     baseline_us: AtomicU64,
+    /// The tuner's [`Tuner::settled_limit`], published after each window.
+    settled: AtomicUsize,
     /// The limit last logged, for one line per move of more than a step.
     logged: AtomicUsize,
     move_log: LogThrottle,
@@ -363,6 +376,7 @@ impl Limiter {
             tuner: Mutex::new(Tuner::new(start)),
             last_hold_us: AtomicU64::new(0),
             baseline_us: AtomicU64::new(0),
+            settled: AtomicUsize::new(start),
             logged: AtomicUsize::new(start),
             move_log: LogThrottle::new(MOVE_LOG_INTERVAL),
             origin: Instant::now(),
@@ -393,6 +407,16 @@ impl Limiter {
     /// The smaller of `db.pool_size` and the share.
     pub fn ceiling(&self) -> usize {
         self.pool_cap.min(self.share.load(Ordering::Acquire))
+    }
+
+    /// Connections worth keeping open for the limit: the limit it comes
+    /// back to after a probe or a baseline re-measurement (so those short
+    /// dips do not close connections), within the share.
+    pub fn keep_target(&self) -> usize {
+        let settled = self.settled.load(Ordering::Acquire);
+        settled
+            .max(self.current.load(Ordering::Acquire))
+            .min(self.share.load(Ordering::Acquire))
     }
 
     /// Permits held now.
@@ -436,8 +460,9 @@ impl Limiter {
     }
 
     /// Records the instance's share of the connection budget: the tuner's
-    /// ceiling at its next step, and the cap of [`Limiter::current`]. (The
-    /// share's gate enforces it on every borrow.)
+    /// ceiling at its next step, and the cap of [`Limiter::current`] at
+    /// once. The [`Share`](super::Share) calls it each time it is set;
+    /// its gate enforces the share on every borrow.
     pub fn set_share(&self, share: usize) {
         self.share.store(share, Ordering::Release);
     }
@@ -541,6 +566,11 @@ impl Limiter {
             .store(us(tuner.last_hold()), Ordering::Relaxed);
         self.baseline_us
             .store(us(tuner.baseline()), Ordering::Relaxed);
+        let settled = match self.mode {
+            ActiveLimit::Auto => tuner.settled_limit(),
+            ActiveLimit::Fixed(_) => limit,
+        };
+        self.settled.store(settled, Ordering::Release);
         drop(tuner);
         let before = self.current.swap(limit, Ordering::AcqRel);
         if limit > before {

@@ -326,9 +326,10 @@ pub fn build_pool(
         .build_unchecked(manager)
 }
 
-/// Closes idle connections while more are open than the share allows.
+/// Closes idle connections while more are open than the share keeps
+/// ([`Share::keep_target`]: the share, or the concurrency limit when lower).
 pub fn trim(pool: &Pool, share: &Share) {
-    while share.over_limit() {
+    while share.open() > share.keep_target() {
         match pool.try_get() {
             Some(mut conn) => conn.mark_broken(), // dropped here: closed, not kept
             None => return,

@@ -10,7 +10,12 @@
 //!   is closed, and no slot is given beyond `limit`, so the pool never has
 //!   more connections open than the share, whatever r2d2 does in its own
 //!   threads. A connection returned while more are open than the limit
-//!   allows is closed instead of kept idle ([`Share::over_limit`]).
+//!   allows is closed instead of kept idle ([`Share::over_limit`]);
+//! - the concurrency limit's ceiling: the share hands each new limit to
+//!   the [`Limiter`] attached to it ([`Share::attach_limiter`]) in the
+//!   same step, so the limit in force never exceeds the share, and the
+//!   idle connections [`Share::keep_target`] asks to close are those
+//!   above the smaller of the two.
 //!
 //! The limit only rises after the registry recorded the larger share, and
 //! the registry only records a smaller share after the open connections
@@ -18,10 +23,12 @@
 //! this instance holds (the invariant is the `cluster` module's).
 
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+
+use super::limit::Limiter;
 
 /// The local allowance; see the module doc.
 #[derive(Debug, Default)]
@@ -33,6 +40,8 @@ pub struct Share {
     /// The registry key whose shared advisory lock every connection of this
     /// instance holds; 0 while not registered.
     key: AtomicI32,
+    /// The concurrency limit the share caps, once attached.
+    limiter: OnceLock<Arc<Limiter>>,
 }
 
 #[derive(Debug, Default)]
@@ -51,13 +60,35 @@ impl Share {
         self.limit.load(Ordering::Acquire)
     }
 
-    /// Sets the limit; waiters are woken when it rises.
+    /// Sets the limit, and the attached limiter's ceiling with it; waiters
+    /// are woken when it rises.
     pub fn set_limit(&self, limit: usize) {
+        let _gate = self.gate.lock();
         let before = self.limit.swap(limit, Ordering::AcqRel);
+        if let Some(limiter) = self.limiter.get() {
+            limiter.set_share(limit);
+        }
         if limit > before {
-            let _gate = self.gate.lock();
             self.freed.notify_all();
         }
+    }
+
+    /// Makes this share the ceiling of `limiter` from now on (the first
+    /// limiter attached stays).
+    pub fn attach_limiter(&self, limiter: Arc<Limiter>) {
+        let _gate = self.gate.lock();
+        let limiter = self.limiter.get_or_init(|| limiter);
+        limiter.set_share(self.limit());
+    }
+
+    /// How many pool connections are worth keeping open: the share, or
+    /// the attached limiter's [`Limiter::keep_target`] when lower (calls
+    /// never hold more connections than the limit lets through).
+    pub fn keep_target(&self) -> usize {
+        let share = self.limit();
+        self.limiter
+            .get()
+            .map_or(share, |limiter| limiter.keep_target().min(share))
     }
 
     /// Callers holding a connection through the gate now.
@@ -189,5 +220,20 @@ mod tests {
         drop(slot);
         assert_eq!(share.open(), 0);
         assert!(!share.over_limit());
+    }
+
+    #[test]
+    fn the_share_caps_the_attached_limit_as_it_is_set() {
+        let share = Share::new();
+        share.set_limit(3);
+        let limiter = Limiter::new(crate::config::ActiveLimit::Auto, 8, 16);
+        share.attach_limiter(limiter.clone());
+        assert_eq!((limiter.current(), limiter.ceiling()), (3, 3));
+        assert_eq!(share.keep_target(), 3);
+        share.set_limit(12);
+        assert_eq!((limiter.current(), limiter.ceiling()), (8, 12));
+        assert_eq!(share.keep_target(), 8, "idle above the limit: not kept");
+        share.set_limit(0);
+        assert_eq!((limiter.current(), share.keep_target()), (0, 0));
     }
 }

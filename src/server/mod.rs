@@ -134,6 +134,7 @@ impl Server {
             config.active_limit_start() as usize,
             config.db.pool_size as usize,
         );
+        share.attach_limiter(limiter.clone());
         let db = Database::new(pool, health, acquire_timeout, share, limiter);
         let ping_result = methods::ping_result(&instance, &config.auth.mode.to_string());
         let ctx = Arc::new(Context {
@@ -371,6 +372,8 @@ fn named(key: &str, addr: impl std::fmt::Display, e: io::Error) -> io::Error {
 /// The gauges of `/metrics`, read now.
 fn gauge_values(ctx: &Context) -> metrics::Gauges {
     let pool = ctx.db.pool.state();
+    let (hold, baseline) = ctx.db.limiter().hold_times();
+    let seconds = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
     metrics::Gauges {
         queue_depth: ctx.dispatcher.depth() as u64,
         queue_capacity: ctx.dispatcher.capacity() as u64,
@@ -380,6 +383,9 @@ fn gauge_values(ctx: &Context) -> metrics::Gauges {
         pool_share: ctx.db.share().limit() as u64,
         pool_idle: u64::from(pool.idle_connections),
         pool_in_use: u64::from(pool.connections - pool.idle_connections),
+        active_limit: ctx.db.limiter().current() as u64,
+        hold_seconds: seconds(hold),
+        hold_baseline_seconds: seconds(baseline),
         connections_open: ctx.connections.len() as u64,
         database_up: u64::from(!ctx.db.health.is_down()),
         draining: u64::from(ctx.shutdown.is_stopping()),

@@ -339,7 +339,27 @@ fn run_call(args: &Args, servers: &[String], command: &Command) -> Result<(), Fa
         return say(&instances_table(instances));
     }
     let text = serde_json::to_string_pretty(&result).expect("a JSON value serializes");
+    if let (Command::Status, Some(limit)) = (command, result.get("active_limit")) {
+        eprintln!("{}", limit_line(limit));
+    }
     say(&text)
+}
+
+/// `blitz status`'s line on stderr (stdout stays the JSON): the
+/// concurrency limit, its range and the hold times the tuner reads (from
+/// `sys.status`'s `active_limit`).
+fn limit_line(limit: &Value) -> String {
+    let ms = |v: &Value| v.as_f64().map_or("-".into(), |ms| format!("{ms} ms"));
+    format!(
+        "active limit {} ({}, {}..{}, {} in use; mean hold {}, baseline {})",
+        limit["current"],
+        limit["mode"].as_str().unwrap_or("?"),
+        limit["min"],
+        limit["max"],
+        limit["in_use"],
+        ms(&limit["hold_ms"]),
+        ms(&limit["baseline_hold_ms"])
+    )
 }
 
 /// `blitz instances`: the `sys.instances` result as a table, one instance a line.
@@ -639,6 +659,16 @@ mod tests {
         for bad in ["a", "a:", ":1", "a:x", "a:1,", "a:70000"] {
             assert!(parse_servers(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn status_line_shows_the_limit_and_its_hold_times() {
+        let limit = json!({"mode": "auto", "current": 5, "min": 1, "max": 16,
+            "in_use": 3, "hold_ms": 2.5, "baseline_hold_ms": null});
+        assert_eq!(
+            limit_line(&limit),
+            "active limit 5 (auto, 1..16, 3 in use; mean hold 2.5 ms, baseline -)"
+        );
     }
 
     #[test]

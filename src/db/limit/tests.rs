@@ -209,3 +209,20 @@ fn a_waiter_gets_the_permit_given_back() {
     assert_eq!(limiter.mode(), "auto");
     assert_eq!(limiter.range(), (1, 4));
 }
+
+#[test]
+fn the_settled_limit_ignores_the_baseline_re_probe_and_downward_probes() {
+    let mut tuner = Tuner::new(8);
+    let mut db = SimulatedDb::new(8);
+    let mut dips = 0;
+    for _ in 0..2 * REPROBE_WINDOWS {
+        let before = tuner.limit();
+        let after = tuner.step(&db.window(before), 64);
+        assert!(tuner.settled_limit() >= after, "never below the limit");
+        if after * 2 <= before {
+            dips += 1;
+            assert_eq!(tuner.settled_limit(), before, "the re-probe's restore");
+        }
+    }
+    assert!(dips >= 1, "a baseline re-probe ran");
+}

@@ -1,12 +1,15 @@
 //! The gauges of `/metrics`: [`Gauges`], the values read from their
-//! sources (queue, workers, pool, connections, health) at each scrape, and
+//! sources (queue, workers, pool, concurrency limit, connections, health)
+//! at each scrape, and
 //! the prometheus-client gauges they are set into.
+
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Gauge values read from their sources when `/metrics` is scraped.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Gauges {
     /// Jobs waiting in the queue.
     pub queue_depth: u64,
@@ -25,6 +28,12 @@ pub struct Gauges {
     pub pool_idle: u64,
     /// Pooled connections lent to a worker.
     pub pool_in_use: u64,
+    /// The concurrency limit in force (`db.active_limit`, within the share).
+    pub active_limit: u64,
+    /// The mean connection hold time of the tuner's last window, seconds.
+    pub hold_seconds: f64,
+    /// The tuner's baseline: the long-run minimum of that mean, seconds.
+    pub hold_baseline_seconds: f64,
     /// Client connections open.
     pub connections_open: u64,
     /// 1 while the database answers, else 0.
@@ -44,6 +53,9 @@ pub struct GaugeSet {
     pool_share: Gauge,
     pool_idle: Gauge,
     pool_in_use: Gauge,
+    active_limit: Gauge,
+    hold_seconds: Gauge<f64, AtomicU64>,
+    hold_baseline_seconds: Gauge<f64, AtomicU64>,
     connections_open: Gauge,
     database_up: Gauge,
     draining: Gauge,
@@ -100,6 +112,22 @@ impl GaugeSet {
         );
         g(
             r,
+            "db_active_limit",
+            "Calls that may hold a database connection at once (db.active_limit, within the share)",
+            &self.active_limit,
+        );
+        r.register(
+            "db_hold_seconds",
+            "Mean connection hold time of the concurrency tuner's last window",
+            self.hold_seconds.clone(),
+        );
+        r.register(
+            "db_hold_baseline_seconds",
+            "The tuner's baseline: long-run minimum of the mean connection hold time",
+            self.hold_baseline_seconds.clone(),
+        );
+        g(
+            r,
             "connections_open",
             "Client connections open",
             &self.connections_open,
@@ -129,6 +157,9 @@ impl GaugeSet {
         set(&self.pool_share, v.pool_share);
         set(&self.pool_idle, v.pool_idle);
         set(&self.pool_in_use, v.pool_in_use);
+        set(&self.active_limit, v.active_limit);
+        self.hold_seconds.set(v.hold_seconds);
+        self.hold_baseline_seconds.set(v.hold_baseline_seconds);
         set(&self.connections_open, v.connections_open);
         set(&self.database_up, v.database_up);
         set(&self.draining, v.draining);
