@@ -11,10 +11,10 @@
 //!
 //! - **hill-climbing on throughput** (Uber Cinnamon's rule): from the
 //!   formula it tries one step up; a step is kept only if throughput rose
-//!   by at least half of what the step could buy (at constant hold time a
-//!   step `s` from `L` buys `s / L`, by Little's law), else it is undone.
-//!   Downward steps are kept while they cost less than half of what they
-//!   could. Each probe is compared with the window just before it, so slow
+//!   by at least [`KEEP_SHARE`] of what the step could buy (at constant
+//!   hold time a step `s` from `L` buys `s / L`, by Little's law), else it
+//!   is undone. Downward steps are kept while they cost less than that
+//!   share of what they could. Each probe is compared with the window just before it, so slow
 //!   drift of the workload does not pass for the effect of a step. At the
 //!   knee the limit alternates knee, knee + step, knee, knee − step with a
 //!   pause of [`PAUSE_WINDOWS`] after each undone step: bounded oscillation.
@@ -58,6 +58,12 @@ pub const WINDOW: Duration = Duration::from_millis(250);
 pub const PAUSE_WINDOWS: u32 = 3;
 /// Gradient (mean hold ÷ baseline) past which a throughput fall steps down at once.
 pub const BRAKE_GRADIENT: f64 = 3.0;
+/// A step is kept when throughput moved by at least this share of what
+/// the step could buy (up), or lost less than it (down): small, so that
+/// the limit climbs the flat top of a concave curve toward the maximum
+/// instead of stopping where returns first diminish, and so that a noisy
+/// window does not bias it downward (the two tests are symmetric).
+pub const KEEP_SHARE: f64 = 0.125;
 /// The baseline's upward decay per window (×).
 pub const BASELINE_DRIFT: f64 = 1.005;
 /// Windows between two re-measurements of the baseline at half the limit.
@@ -305,8 +311,8 @@ impl Tuner {
         let could_buy = self.limit.abs_diff(from) as f64 / from.min(self.limit) as f64;
         let change = throughput / reference.max(1e-9) - 1.0;
         let kept = match direction {
-            Direction::Up => change >= could_buy / 2.0,
-            Direction::Down => -change <= could_buy / 2.0,
+            Direction::Up => change >= could_buy * KEEP_SHARE,
+            Direction::Down => -change <= could_buy * KEEP_SHARE,
         };
         if kept {
             return self.probe(direction, throughput, ceiling);
