@@ -59,11 +59,12 @@ pub const PAUSE_WINDOWS: u32 = 3;
 /// Gradient (mean hold ÷ baseline) past which a throughput fall steps down at once.
 pub const BRAKE_GRADIENT: f64 = 3.0;
 /// A step is kept when throughput moved by at least this share of what
-/// the step could buy (up), or lost less than it (down): small, so that
-/// the limit climbs the flat top of a concave curve toward the maximum
-/// instead of stopping where returns first diminish, and so that a noisy
-/// window does not bias it downward (the two tests are symmetric).
-pub const KEEP_SHARE: f64 = 0.125;
+/// the step could buy (up), or lost less than it (down). The two tests are
+/// symmetric, so a noisy window walks the limit neither way; a quarter, not
+/// a half, so it climbs a concave curve well past where returns first
+/// diminish, yet a flat curve (more permits only add waiting) still brings
+/// it down.
+pub const KEEP_SHARE: f64 = 0.25;
 /// The baseline's upward decay per window (×).
 pub const BASELINE_DRIFT: f64 = 1.005;
 /// Windows between two re-measurements of the baseline at half the limit.
