@@ -11,11 +11,9 @@
 //!
 //! - **hill-climbing on throughput** (Uber Cinnamon's rule): from the
 //!   formula it tries one step up; a step is kept only if throughput rose
-//!   by at least [`KEEP_SHARE`] of what the step could buy (at constant
-//!   hold time a step `s` from `L` buys `s / L`, by Little's law), else it
-//!   is undone. Downward steps are kept while they cost less than that
-//!   share of what they could. Each probe is compared with the window just before it, so slow
-//!   drift of the workload does not pass for the effect of a step. At the
+//!   by more than a window's noise ([`NOISE_MARGIN`]), else it is undone;
+//!   a step down is kept while it costs less than that. Each probe is
+//!   compared with the window just before it, so slow drift of the workload does not pass for the effect of a step. At the
 //!   knee the limit alternates knee, knee + step, knee, knee − step with a
 //!   pause of [`PAUSE_WINDOWS`] after each undone step: bounded oscillation.
 //! - **the hold-time gradient** (Netflix `Gradient2Limit`, `VegasLimit`):
@@ -58,13 +56,14 @@ pub const WINDOW: Duration = Duration::from_millis(250);
 pub const PAUSE_WINDOWS: u32 = 3;
 /// Gradient (mean hold ÷ baseline) past which a throughput fall steps down at once.
 pub const BRAKE_GRADIENT: f64 = 3.0;
-/// A step is kept when throughput moved by at least this share of what
-/// the step could buy (up), or lost less than it (down). The two tests are
-/// symmetric, so a noisy window walks the limit neither way; a quarter, not
-/// a half, so it climbs a concave curve well past where returns first
-/// diminish, yet a flat curve (more permits only add waiting) still brings
-/// it down.
-pub const KEEP_SHARE: f64 = 0.25;
+/// What a window's throughput must gain for a step up to be kept, and
+/// may lose at most for a step down to be kept (3 %): a step up is kept
+/// only if it bought throughput beyond a window's noise, a step down
+/// whenever it did not cost more than that. So the limit climbs as long as
+/// permits buy anything (the top of a concave curve, not where returns
+/// first diminish), and on a flat stretch, where more permits only add
+/// waiting, it comes down.
+pub const NOISE_MARGIN: f64 = 0.03;
 /// The baseline's upward decay per window (×).
 pub const BASELINE_DRIFT: f64 = 1.005;
 /// Windows between two re-measurements of the baseline at half the limit.
@@ -309,11 +308,10 @@ impl Tuner {
         throughput: f64,
         ceiling: usize,
     ) {
-        let could_buy = self.limit.abs_diff(from) as f64 / from.min(self.limit) as f64;
         let change = throughput / reference.max(1e-9) - 1.0;
         let kept = match direction {
-            Direction::Up => change >= could_buy * KEEP_SHARE,
-            Direction::Down => -change <= could_buy * KEEP_SHARE,
+            Direction::Up => change >= NOISE_MARGIN,
+            Direction::Down => change >= -NOISE_MARGIN,
         };
         if kept {
             return self.probe(direction, throughput, ceiling);
