@@ -27,6 +27,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use super::labels::CallOutcome;
+use super::latencies::Latencies;
 
 /// The `method` label of calls of a name the catalogue does not hold.
 pub const UNKNOWN_METHOD: &str = "(unknown)";
@@ -34,32 +35,18 @@ pub const UNKNOWN_METHOD: &str = "(unknown)";
 /// Names one thread's table takes between two scrapes.
 pub const MAX_NAMES: usize = 256;
 
-/// Latency buckets in seconds: 100 µs to 30 s, about three per decade.
-pub const LATENCY_BUCKETS: [f64; 17] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
-];
-
 /// One method's counts: replies by outcome, and the latencies observed.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Series {
     outcomes: [u64; CallOutcome::ALL.len()],
-    /// Observations per bucket of [`LATENCY_BUCKETS`], then above the last.
-    buckets: [u64; LATENCY_BUCKETS.len() + 1],
-    sum: f64,
+    latencies: Latencies,
 }
 
 impl Series {
     fn record(&mut self, outcome: CallOutcome, took: Option<Duration>) {
         self.outcomes[outcome.index()] += 1;
         if let Some(took) = took {
-            let seconds = took.as_secs_f64();
-            let bucket = LATENCY_BUCKETS
-                .iter()
-                .position(|&bound| seconds <= bound)
-                .unwrap_or(LATENCY_BUCKETS.len());
-            self.buckets[bucket] += 1;
-            self.sum += seconds;
+            self.latencies.observe(took);
         }
     }
 
@@ -68,25 +55,7 @@ impl Series {
             .iter_mut()
             .zip(other.outcomes)
             .for_each(|(a, b)| *a += b);
-        self.buckets
-            .iter_mut()
-            .zip(other.buckets)
-            .for_each(|(a, b)| *a += b);
-        self.sum += other.sum;
-    }
-
-    fn observed(&self) -> u64 {
-        self.buckets.iter().sum()
-    }
-
-    /// The buckets as the encoder takes them: (upper bound, count in it).
-    fn bounded_buckets(&self) -> Vec<(f64, u64)> {
-        LATENCY_BUCKETS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(self.buckets)
-            .collect()
+        self.latencies.add(&other.latencies);
     }
 }
 
@@ -240,9 +209,9 @@ impl Collector for ApiCallsCollector {
             durations
                 .encode_family(&labels)?
                 .encode_histogram::<NoLabelSet>(
-                    series.sum,
-                    series.observed(),
-                    &series.bounded_buckets(),
+                    series.latencies.sum,
+                    series.latencies.count(),
+                    &series.latencies.bounded_buckets(),
                     None,
                 )?;
         }
@@ -252,6 +221,7 @@ impl Collector for ApiCallsCollector {
 
 #[cfg(test)]
 mod tests {
+    use super::super::latencies::LATENCY_BUCKETS;
     use super::*;
 
     fn merged(calls: &ApiCalls, known: &dyn Fn(&str) -> bool) -> BTreeMap<String, Series> {
@@ -277,9 +247,13 @@ mod tests {
         assert_eq!(count(CallOutcome::Ok), 1);
         assert_eq!(count(CallOutcome::Timeout), 1);
         assert_eq!(count(CallOutcome::Overloaded), 1);
-        assert_eq!(add.observed(), 2, "a refusal has no latency");
-        assert_eq!(add.buckets[LATENCY_BUCKETS.len()], 1, "60 s is above 30 s");
-        assert_eq!(add.buckets[5], 1, "3 ms is in the 5 ms bucket");
+        assert_eq!(add.latencies.count(), 2, "a refusal has no latency");
+        assert_eq!(
+            add.latencies.buckets[LATENCY_BUCKETS.len()],
+            1,
+            "60 s is above 30 s"
+        );
+        assert_eq!(add.latencies.buckets[5], 1, "3 ms is in the 5 ms bucket");
     }
 
     #[test]

@@ -19,47 +19,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use super::calls::LATENCY_BUCKETS;
+use super::latencies::Latencies;
 
-/// Observations of one duration, by bucket of [`LATENCY_BUCKETS`].
-#[derive(Debug, Clone, Default)]
-struct Latencies {
-    /// Per bucket, then above the last.
-    buckets: [u64; LATENCY_BUCKETS.len() + 1],
-    sum: f64,
-}
-
-impl Latencies {
-    fn observe(&mut self, took: Duration) {
-        let seconds = took.as_secs_f64();
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|&bound| seconds <= bound)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[bucket] += 1;
-        self.sum += seconds;
-    }
-
-    fn add(&mut self, other: &Latencies) {
-        self.buckets
-            .iter_mut()
-            .zip(other.buckets)
-            .for_each(|(a, b)| *a += b);
-        self.sum += other.sum;
-    }
-
-    /// The buckets as the encoder takes them: (upper bound, count in it).
-    fn bounded_buckets(&self) -> Vec<(f64, u64)> {
-        LATENCY_BUCKETS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(self.buckets)
-            .collect()
-    }
-}
-
-/// One thread's histograms: queue wait, execution, end to end.
 type Table = [Latencies; 3];
 
 /// The families, in the order of a [`Table`]: name and help.
@@ -157,7 +118,7 @@ impl Collector for CompletionsCollector {
             // OpenMetrics parsers (openmetrics-parser) refuse a unit on a
             // histogram.
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-            let count = latencies.buckets.iter().sum();
+            let count = latencies.count();
             family.encode_histogram::<NoLabelSet>(
                 latencies.sum,
                 count,
@@ -171,6 +132,7 @@ impl Collector for CompletionsCollector {
 
 #[cfg(test)]
 mod tests {
+    use super::super::latencies::LATENCY_BUCKETS;
     use super::*;
 
     #[test]

@@ -22,6 +22,7 @@ pub mod calls;
 pub mod completions;
 pub mod gauges;
 pub mod labels;
+pub mod latencies;
 pub mod listener;
 
 pub use gauges::Gauges;
