@@ -21,7 +21,7 @@ the chain), so the achieved rate is a floor, not the server's ceiling.
 import multiprocessing as mp
 import os, socket, ssl, sys, threading, time
 
-PING = b'{"jsonrpc":"2.0","method":"sys.ping","id":1}\n'
+from idle_rss import ping
 
 
 def cpu_seconds(pid):
@@ -46,13 +46,7 @@ def context(ca):
 def call(ctx, host, port, session=None):
     raw = socket.create_connection((host, port), timeout=30)
     with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
-        s.sendall(PING)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                raise RuntimeError("closed without a reply")
-            reply += chunk
+        ping(s)
         return s.session, s.session_reused
 
 
@@ -73,10 +67,7 @@ def pinger(host, port, ca, stop, latencies):
     s = context(ca).wrap_socket(raw, server_hostname="localhost")
     while not stop.is_set():
         t = time.perf_counter()
-        s.sendall(PING)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            reply += s.recv(4096)
+        ping(s)
         latencies.append(time.perf_counter() - t)
         time.sleep(0.01)
     s.close()

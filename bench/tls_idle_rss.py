@@ -12,15 +12,7 @@ script raises its own limit to what N needs.
 """
 import resource, socket, ssl, sys, time
 
-PING = b'{"jsonrpc":"2.0","method":"sys.ping","id":1}\n'
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+from idle_rss import ping, rss_kib
 
 
 def main():
@@ -38,10 +30,7 @@ def main():
     for _ in range(n):
         raw = socket.create_connection((host, int(port)), timeout=60)
         s = ctx.wrap_socket(raw, server_hostname="localhost")
-        s.sendall(PING)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            reply += s.recv(4096)
+        ping(s)
         conns.append(s)
     opened = time.monotonic() - t0
     time.sleep(2)  # let the loops settle (buffers handed back)
