@@ -2,9 +2,9 @@
 //! outcome}` and the latency histogram `blitz_api_call_duration_seconds{method}`.
 //!
 //! Each thread that records a call keeps its own table (method name →
-//! counts by outcome and histogram buckets) behind a mutex that only that
-//! thread and the scraper take: the call path shares no lock across
-//! workers. A scrape merges the tables ([`ApiCalls::prepare_scrape`]), and
+//! counts by outcome and histogram buckets), a [`PerThread`] value behind
+//! a mutex that only that thread and the scraper take: the call path
+//! shares no lock across workers. A scrape merges the tables ([`ApiCalls::prepare_scrape`]), and
 //! the merged view is written by the collector registered in the registry.
 //!
 //! The label set is bounded by the catalogue: at each scrape, names the
@@ -14,10 +14,8 @@
 //! further ones as unknown at once. The two families appear with the
 //! first `api.` call (a family without samples trips strict parsers).
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +26,7 @@ use prometheus_client::metrics::MetricType;
 
 use super::labels::CallOutcome;
 use super::latencies::Latencies;
+use super::per_thread::PerThread;
 
 /// The `method` label of calls of a name the catalogue does not hold.
 pub const UNKNOWN_METHOD: &str = "(unknown)";
@@ -62,20 +61,11 @@ impl Series {
 /// One thread's series, by method name.
 type Table = HashMap<String, Series>;
 
-/// Distinguishes the [`ApiCalls`] of one process (tests make several).
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// This thread's table of each [`ApiCalls`] it recorded into.
-    static OWN_TABLES: RefCell<Vec<(u64, Arc<Mutex<Table>>)>> = const { RefCell::new(Vec::new()) };
-}
-
 /// The per-method series of one server instance; see the module doc.
 #[derive(Debug)]
 pub struct ApiCalls {
-    id: u64,
     /// Every thread's table (a thread's is added on its first call).
-    tables: Mutex<Vec<Arc<Mutex<Table>>>>,
+    tables: PerThread<Table>,
     /// The merged view the collector writes, made by `prepare_scrape`.
     view: Mutex<BTreeMap<String, Series>>,
 }
@@ -90,8 +80,7 @@ impl ApiCalls {
     /// No calls yet.
     pub fn new() -> ApiCalls {
         ApiCalls {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            tables: Mutex::default(),
+            tables: PerThread::default(),
             view: Mutex::default(),
         }
     }
@@ -101,7 +90,7 @@ impl ApiCalls {
     /// this thread's own table.
     pub fn record(&self, method: &str, error: Option<i64>, took: Option<Duration>) {
         let outcome = CallOutcome::of(error);
-        self.with_own_table(|table| {
+        self.tables.with_own(|table| {
             if let Some(series) = table.get_mut(method) {
                 return series.record(outcome, took);
             }
@@ -117,33 +106,16 @@ impl ApiCalls {
         });
     }
 
-    fn with_own_table(&self, record: impl FnOnce(&mut Table)) {
-        OWN_TABLES.with(|own| {
-            let mut own = own.borrow_mut();
-            let index = match own.iter().position(|(id, _)| *id == self.id) {
-                Some(i) => i,
-                None => {
-                    let table = Arc::<Mutex<Table>>::default();
-                    self.tables.lock().push(table.clone());
-                    own.push((self.id, table));
-                    own.len() - 1
-                }
-            };
-            record(&mut own[index].1.lock());
-        });
-    }
-
     /// Merges every thread's table into the view the collector writes,
     /// first folding the names `known` refuses into [`UNKNOWN_METHOD`].
     pub fn prepare_scrape(&self, known: &dyn Fn(&str) -> bool) {
         let mut merged: BTreeMap<String, Series> = BTreeMap::new();
-        for table in self.tables.lock().iter() {
-            let mut table = table.lock();
-            fold_unknown(&mut table, known);
+        self.tables.for_each(|table| {
+            fold_unknown(table, known);
             for (name, series) in table.iter() {
                 merged.entry(name.clone()).or_default().add(series);
             }
-        }
+        });
         *self.view.lock() = merged;
     }
 
@@ -240,7 +212,7 @@ mod tests {
         .join()
         .unwrap();
         calls.record("api.add", Some(-32001), None);
-        assert_eq!(calls.tables.lock().len(), 2);
+        assert_eq!(calls.tables.threads(), 2);
         let view = merged(&calls, &|name| name == "api.add");
         let add = &view["api.add"];
         let count = |o: CallOutcome| add.outcomes[o.index()];

@@ -8,18 +8,16 @@
 //! they all take per call); the collector registered in the registry merges
 //! them when the exposition is written.
 
-use std::cell::RefCell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use super::latencies::Latencies;
+use super::per_thread::PerThread;
 
 type Table = [Latencies; 3];
 
@@ -36,20 +34,11 @@ const FAMILIES: [(&str, &str); 3] = [
     ),
 ];
 
-/// Distinguishes the [`Completions`] of one process (tests make several).
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// This thread's table of each [`Completions`] it recorded into.
-    static OWN_TABLES: RefCell<Vec<(u64, Arc<Mutex<Table>>)>> = const { RefCell::new(Vec::new()) };
-}
-
 /// The completion histograms of one server instance; see the module doc.
 #[derive(Debug)]
 pub struct Completions {
-    id: u64,
     /// Every thread's table (a thread's is added on its first completion).
-    tables: Mutex<Vec<Arc<Mutex<Table>>>>,
+    tables: PerThread<Table>,
 }
 
 impl Default for Completions {
@@ -62,26 +51,14 @@ impl Completions {
     /// No completions yet.
     pub fn new() -> Completions {
         Completions {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            tables: Mutex::default(),
+            tables: PerThread::default(),
         }
     }
 
     /// Observes one completion: time queued, executing, end to end.
     /// Takes only this thread's own table.
     pub fn observe(&self, queued: Duration, executed: Duration, end_to_end: Duration) {
-        OWN_TABLES.with(|own| {
-            let mut own = own.borrow_mut();
-            let index = match own.iter().position(|(id, _)| *id == self.id) {
-                Some(i) => i,
-                None => {
-                    let table = Arc::<Mutex<Table>>::default();
-                    self.tables.lock().push(table.clone());
-                    own.push((self.id, table));
-                    own.len() - 1
-                }
-            };
-            let mut table = own[index].1.lock();
+        self.tables.with_own(|table| {
             for (latencies, took) in table.iter_mut().zip([queued, executed, end_to_end]) {
                 latencies.observe(took);
             }
@@ -91,12 +68,11 @@ impl Completions {
     /// Every thread's tables added up.
     fn merged(&self) -> Table {
         let mut merged = Table::default();
-        for table in self.tables.lock().iter() {
-            let table = table.lock();
+        self.tables.for_each(|table| {
             for (sum, latencies) in merged.iter_mut().zip(table.iter()) {
                 sum.add(latencies);
             }
-        }
+        });
         merged
     }
 
@@ -144,7 +120,7 @@ mod tests {
             .join()
             .unwrap();
         completions.observe(ms(1), ms(4), ms(5));
-        assert_eq!(completions.tables.lock().len(), 2);
+        assert_eq!(completions.tables.threads(), 2);
         let [queue_wait, execution, end_to_end] = completions.merged();
         assert_eq!(queue_wait.buckets[3], 2, "1 ms is in the 1 ms bucket");
         assert_eq!(execution.buckets[5], 2, "3 and 4 ms are in the 5 ms bucket");

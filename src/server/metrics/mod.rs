@@ -24,6 +24,7 @@ pub mod gauges;
 pub mod labels;
 pub mod latencies;
 pub mod listener;
+pub mod per_thread;
 
 pub use gauges::Gauges;
 pub use labels::{MethodKind, Refusal};
