@@ -105,9 +105,18 @@ impl Responder {
 }
 
 /// A `host:port` on which nothing listens.
+/// An address where a connection is refused: a socket bound but never
+/// listening, kept open for the test process's life, so the port cannot be
+/// handed to another test's listener meanwhile (a port bound and released
+/// could be, and then the connection would be accepted).
 fn refused_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(socket);
+    addr.to_string()
 }
 
 fn ok(id: &Value, result: Value) -> String {
