@@ -119,9 +119,32 @@ pub fn start_tls_only_cluster(chain_pem: &str, key_pem: &str) -> Cluster {
 /// server options), then starts it on a free port.
 fn start_cluster_with(setup: impl FnOnce(&Path) -> String) -> Cluster {
     let bindir = find_bindir();
+    let dir = new_cluster_dir(&bindir);
+    let data = dir.join("data");
+    let out = pg_command(&bindir, "initdb")
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
+        .args(["--no-instructions"])
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let extra = setup(&data);
+    start_on_a_free_port(bindir, dir, &extra)
+}
+
+/// A fresh temp dir for a cluster (`blitz-test-pg-*`), owned by `postgres`
+/// when we are root, with its reaper already watching this process.
+fn new_cluster_dir(bindir: &Path) -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "blitz-test-pg-{}-{}",
+        "blitz-test-pg-{}-{}-{}",
         std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -140,24 +163,17 @@ fn start_cluster_with(setup: impl FnOnce(&Path) -> String) -> Cluster {
             "cannot chown the test cluster dir to user postgres; run `scripts/localdb.sh check`"
         );
     }
-    spawn_reaper(&bindir, &dir);
+    spawn_reaper(bindir, &dir);
+    dir
+}
+
+/// Starts the cluster in `dir`/data on a free port (trying a few, since a
+/// port found free may be taken before postgres binds it).
+fn start_on_a_free_port(bindir: PathBuf, dir: PathBuf, extra: &str) -> Cluster {
     let data = dir.join("data");
-    let out = pg_command(&bindir, "initdb")
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
-        .args(["--no-instructions"])
-        .output()
-        .expect("run initdb");
-    assert!(
-        out.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let extra = setup(&data);
     for _ in 0..5 {
         let port = free_port();
-        let opts = server_options(port, &dir) + &extra;
+        let opts = server_options(port, &dir) + extra;
         let status = pg_command(&bindir, "pg_ctl")
             .arg("-D")
             .arg(&data)
@@ -173,6 +189,12 @@ fn start_cluster_with(setup: impl FnOnce(&Path) -> String) -> Cluster {
     }
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     panic!("the test PostgreSQL did not start:\n{log}");
+}
+
+/// A cluster of its own, apart from [`cluster`]'s (for a test that stops,
+/// promotes or reconfigures its primary).
+pub fn start_own_cluster() -> Cluster {
+    start_cluster()
 }
 
 /// The postgres options of a test cluster: loopback only, durability off.
@@ -212,6 +234,74 @@ fn spawn_reaper(bindir: &Path, dir: &Path) {
 }
 
 impl Cluster {
+    /// A hot standby of this cluster: `pg_basebackup -R` (streaming WAL,
+    /// `standby.signal` and `primary_conninfo` written), started on a free
+    /// port. It replays everything the primary writes, every database
+    /// included; like every test cluster it is stopped and removed when the
+    /// test process exits.
+    pub fn standby(&self) -> Cluster {
+        let dir = new_cluster_dir(&self.bindir);
+        let out = pg_command(&self.bindir, "pg_basebackup")
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-R", "-X", "stream", "--no-sync"])
+            .args(["-c", "fast"])
+            .output()
+            .expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        start_on_a_free_port(self.bindir.clone(), dir, "")
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote`, waiting until
+    /// it accepts writes).
+    pub fn promote(&self) {
+        let status = pg_command(&self.bindir, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-w", "-t", "60", "promote"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl promote failed");
+    }
+
+    /// Stops the cluster at once (`-m immediate`: like a crash).
+    pub fn kill(&self) {
+        let status = pg_command(&self.bindir, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl stop -m immediate failed");
+    }
+
+    /// Waits until this standby has replayed everything `primary` had
+    /// written when this was called.
+    pub fn wait_for_replay(&self, primary: &Cluster) {
+        let lsn: String = primary
+            .connect("postgres")
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .unwrap()
+            .get(0);
+        let mut client = self.connect("postgres");
+        wait_until(&format!("the standby replayed {lsn}"), || {
+            client
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&lsn],
+                )
+                .unwrap()
+                .get::<_, bool>(0)
+        });
+    }
+
     /// A URL for database `db` as the superuser.
     pub fn url(&self, db: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
