@@ -32,6 +32,6 @@ pub use deadline::Deadline;
 pub use health::Health;
 pub use limit::Limiter;
 pub use pool::{build_pool, trim, Connector, DbConn, PooledConn, Registration, StatementKey};
-pub use share::Share;
+pub use share::{Share, StandbyShare};
 pub use sqlstate::Failure;
 pub use watchdog::CancelReason;

@@ -22,7 +22,7 @@
 //! have come down to it, so the registry's figure is always at least what
 //! this instance holds (the invariant is the `cluster` module's).
 
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,45 @@ pub struct Share {
     key: AtomicI32,
     /// The concurrency limit the share caps, once attached.
     limiter: OnceLock<Arc<Limiter>>,
+}
+
+/// A hot standby's part of the connection budget as the cluster keeps it:
+/// which standby, this instance's [`Share`] of its connections (the
+/// standby's pool obeys it as the primary's pool obeys its own), and the
+/// standby's `max_connections` once a connection has read it.
+#[derive(Debug)]
+pub struct StandbyShare {
+    /// The standby's name: its URL's `host:port/dbname`, how instances
+    /// agree which standby a registry row means.
+    pub name: String,
+    /// This instance's share of the standby's connections.
+    pub share: Arc<Share>,
+    /// The standby's `max_connections`; 0 while not known.
+    max_connections: AtomicU64,
+}
+
+impl StandbyShare {
+    /// The part of standby `name`: a share of 0 until the cluster sets it.
+    pub fn new(name: String) -> Arc<StandbyShare> {
+        Arc::new(StandbyShare {
+            name,
+            share: Share::new(),
+            max_connections: AtomicU64::new(0),
+        })
+    }
+
+    /// The standby's `max_connections`, once known.
+    pub fn max_connections(&self) -> Option<u64> {
+        match self.max_connections.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// Records the standby's `max_connections` (read on a connection to it).
+    pub fn set_max_connections(&self, n: u64) {
+        self.max_connections.store(n, Ordering::Release);
+    }
 }
 
 #[derive(Debug, Default)]
