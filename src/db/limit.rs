@@ -12,8 +12,15 @@
 //! - **hill-climbing on throughput** (Uber Cinnamon's rule): from the
 //!   formula it tries one step up; a step is kept only if throughput rose
 //!   by more than a window's noise ([`NOISE_MARGIN`]), else it is undone;
-//!   a step down is kept while it costs less than that. Each probe is
-//!   compared with the window just before it, so slow drift of the workload does not pass for the effect of a step. At the
+//!   a step down is kept while it costs less than that. A probe's
+//!   throughput and the reference it is compared with are each the mean
+//!   of [`PROBE_WINDOWS`] windows, the reference measured just before the
+//!   probe, so slow drift of the workload does not pass for the effect of
+//!   a step. Until the first step that does not pay, a step up doubles the
+//!   limit (TCP's slow start: from the formula to the knee in a few
+//!   probes); afterwards a step is an eighth of the limit ([`step_of`]),
+//!   doubled for each further step kept in a row in the same direction (up
+//!   to 8 ×), so a knee that moved far is followed in a few probes. At the
 //!   knee the limit alternates knee, knee + step, knee, knee − step with a
 //!   pause of [`PAUSE_WINDOWS`] after each undone step: bounded oscillation.
 //! - **the hold-time gradient** (Netflix `Gradient2Limit`, `VegasLimit`):
@@ -56,20 +63,25 @@ pub const WINDOW: Duration = Duration::from_millis(250);
 pub const PAUSE_WINDOWS: u32 = 3;
 /// Gradient (mean hold ÷ baseline) past which a throughput fall steps down at once.
 pub const BRAKE_GRADIENT: f64 = 3.0;
-/// What a window's throughput must gain for a step up to be kept, and
-/// may lose at most for a step down to be kept (3 %): a step up is kept
+/// What a probe's throughput must gain for a step up to be kept, and
+/// may lose at most for a step down to be kept (2 %): a step up is kept
 /// only if it bought throughput beyond a window's noise, a step down
 /// whenever it did not cost more than that. So the limit climbs as long as
 /// permits buy anything (the top of a concave curve, not where returns
 /// first diminish), and on a flat stretch, where more permits only add
 /// waiting, it comes down.
-pub const NOISE_MARGIN: f64 = 0.03;
+pub const NOISE_MARGIN: f64 = 0.02;
 /// The baseline's upward decay per window (×).
 pub const BASELINE_DRIFT: f64 = 1.005;
 /// Windows between two re-measurements of the baseline at half the limit.
 pub const REPROBE_WINDOWS: u64 = 120;
 /// Calls a window must finish to be judged.
 pub const MIN_COMPLETIONS: u64 = 20;
+/// Windows a limit is judged over: a probe's throughput, and the
+/// reference it is compared with, are each the mean of this many windows
+/// (one window's noise on a loaded, fsync-bound database is about the
+/// size of one step's effect).
+pub const PROBE_WINDOWS: usize = 2;
 
 /// What the calls that finished in one window measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -111,7 +123,7 @@ enum Direction {
 enum Phase {
     /// At a limit it kept; probes `next` after `pause` more windows.
     Settled { pause: u32, next: Direction },
-    /// Tried `limit` coming from `from`, whose window gave `reference`.
+    /// Tried `limit` coming from `from`, whose windows gave `reference`.
     Probing {
         from: usize,
         reference: f64,
@@ -132,6 +144,16 @@ pub struct Tuner {
     baseline: Option<Duration>,
     last_hold: Option<Duration>,
     windows: u64,
+    /// Throughputs of the last judged windows at the limit in force
+    /// (newest last, at most [`PROBE_WINDOWS`]).
+    recent: Vec<f64>,
+    /// Still in the first climb: steps up double the limit, until the
+    /// first step that does not pay (TCP's slow start).
+    climbing: bool,
+    /// Steps kept in a row in the same direction: each doubles the next
+    /// (up to 8 × [`step_of`]), so a knee that moved far is followed in a
+    /// few probes.
+    streak: u32,
 }
 
 /// The step from `limit`: an eighth of it, at least 1.
@@ -152,6 +174,9 @@ impl Tuner {
             baseline: None,
             last_hold: None,
             windows: 0,
+            recent: Vec::with_capacity(PROBE_WINDOWS),
+            climbing: true,
+            streak: 0,
         }
     }
 
@@ -187,7 +212,7 @@ impl Tuner {
         self.observe_hold(sample);
         let ceiling = ceiling.max(1);
         if self.limit > ceiling {
-            self.limit = ceiling;
+            self.move_to(ceiling);
             self.settle(Direction::Down, 0);
         }
         if !self.judgeable(sample) {
@@ -196,7 +221,7 @@ impl Tuner {
             self.decide(sample, ceiling);
             self.last_throughput = Some(sample.throughput());
         }
-        self.limit = self.limit.clamp(1, ceiling);
+        self.move_to(self.limit.clamp(1, ceiling));
         self.limit
     }
 
@@ -222,11 +247,12 @@ impl Tuner {
     fn abandon_probe(&mut self) {
         match self.phase {
             Phase::Probing { from, .. } | Phase::Reprobe { restore: from } => {
-                self.limit = from;
+                self.move_to(from);
                 self.settle(Direction::Up, PAUSE_WINDOWS);
             }
             Phase::Settled { .. } => {}
         }
+        self.recent.clear();
         self.last_throughput = None;
     }
 
@@ -234,31 +260,55 @@ impl Tuner {
         self.phase = Phase::Settled { pause, next };
     }
 
+    /// Records a judged window's throughput at the limit in force; the
+    /// mean of the last [`PROBE_WINDOWS`] of them.
+    fn remember(&mut self, throughput: f64) -> f64 {
+        if self.recent.len() == PROBE_WINDOWS {
+            self.recent.remove(0);
+        }
+        self.recent.push(throughput);
+        self.recent.iter().sum::<f64>() / self.recent.len() as f64
+    }
+
+    /// Moves the limit to `to`: what was measured at the old one is forgotten.
+    fn move_to(&mut self, to: usize) {
+        if to != self.limit {
+            self.recent.clear();
+        }
+        self.limit = to;
+    }
+
     fn decide(&mut self, sample: &Sample, ceiling: usize) {
-        let throughput = sample.throughput();
+        if let Phase::Reprobe { restore } = self.phase {
+            self.move_to(restore);
+            return self.settle(Direction::Up, 0);
+        }
+        let mean = self.remember(sample.throughput());
+        let judged = self.recent.len() == PROBE_WINDOWS;
         match self.phase {
-            Phase::Reprobe { restore } => {
-                self.limit = restore;
-                self.settle(Direction::Up, 0);
-            }
+            Phase::Reprobe { .. } => unreachable!("handled above"),
+            Phase::Probing { .. } if !judged => {} // its second window comes next
             Phase::Probing {
                 from,
                 reference,
                 direction,
-            } => self.judge_probe(from, reference, direction, throughput, ceiling),
+            } => self.judge_probe(from, reference, direction, mean, ceiling),
             Phase::Settled { .. }
                 if self.windows.is_multiple_of(REPROBE_WINDOWS) && self.limit > 1 =>
             {
                 self.phase = Phase::Reprobe {
                     restore: self.limit,
                 };
-                self.limit = self.limit.div_ceil(2);
+                self.move_to(self.limit.div_ceil(2));
             }
             Phase::Settled { .. } if self.braking(sample) => {
-                self.probe(Direction::Down, throughput, ceiling)
+                self.climbing = false;
+                self.streak = 0;
+                self.probe(Direction::Down, mean, ceiling)
             }
             Phase::Settled { pause, next } if pause > 0 => self.settle(next, pause - 1),
-            Phase::Settled { next, .. } => self.probe(next, throughput, ceiling),
+            Phase::Settled { .. } if !judged => {} // the reference needs another window
+            Phase::Settled { next, .. } => self.probe(next, mean, ceiling),
         }
     }
 
@@ -277,11 +327,14 @@ impl Tuner {
     /// Tries one step in `direction` from the limit, whose window gave
     /// `reference`; turns around at the floor and the ceiling.
     fn probe(&mut self, direction: Direction, reference: f64, ceiling: usize) {
-        let step = step_of(self.limit);
         let direction = match direction {
-            Direction::Up if self.limit + step > ceiling => Direction::Down,
+            Direction::Up if self.limit >= ceiling => Direction::Down,
             Direction::Down if self.limit <= 1 => Direction::Up,
             d => d,
+        };
+        let step = match (direction, self.climbing) {
+            (Direction::Up, true) => self.limit,
+            _ => step_of(self.limit) << self.streak.saturating_sub(1).min(3),
         };
         let to = match direction {
             Direction::Up => (self.limit + step).min(ceiling),
@@ -295,7 +348,7 @@ impl Tuner {
             reference,
             direction,
         };
-        self.limit = to;
+        self.move_to(to);
     }
 
     /// Keeps the step if it paid (and goes on the same way), else undoes it
@@ -314,9 +367,12 @@ impl Tuner {
             Direction::Down => change >= -NOISE_MARGIN,
         };
         if kept {
+            self.streak += 1;
             return self.probe(direction, throughput, ceiling);
         }
-        self.limit = from;
+        self.streak = 0;
+        self.climbing = false;
+        self.move_to(from);
         let other = match direction {
             Direction::Up => Direction::Down,
             Direction::Down => Direction::Up,
