@@ -64,13 +64,13 @@ pub const PAUSE_WINDOWS: u32 = 3;
 /// Gradient (mean hold ÷ baseline) past which a throughput fall steps down at once.
 pub const BRAKE_GRADIENT: f64 = 3.0;
 /// What a probe's throughput must gain for a step up to be kept, and
-/// may lose at most for a step down to be kept (2 %): a step up is kept
+/// may lose at most for a step down to be kept (1 %): a step up is kept
 /// only if it bought throughput beyond a window's noise, a step down
 /// whenever it did not cost more than that. So the limit climbs as long as
 /// permits buy anything (the top of a concave curve, not where returns
 /// first diminish), and on a flat stretch, where more permits only add
 /// waiting, it comes down.
-pub const NOISE_MARGIN: f64 = 0.02;
+pub const NOISE_MARGIN: f64 = 0.01;
 /// The baseline's upward decay per window (×).
 pub const BASELINE_DRIFT: f64 = 1.005;
 /// Windows between two re-measurements of the baseline at half the limit.
@@ -332,6 +332,12 @@ impl Tuner {
             Direction::Down if self.limit <= 1 => Direction::Up,
             d => d,
         };
+        if matches!(self.phase, Phase::Probing { direction: d, .. } if d != direction) {
+            self.streak = 0; // turned at the floor or the ceiling
+        }
+        if direction == Direction::Down {
+            self.climbing = false;
+        }
         let step = match (direction, self.climbing) {
             (Direction::Up, true) => self.limit,
             _ => step_of(self.limit) << self.streak.saturating_sub(1).min(3),
