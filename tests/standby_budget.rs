@@ -325,3 +325,122 @@ fn a_frozen_instance_s_standby_share_is_handed_on_only_once_its_sessions_there_a
     let mut housekeeping = primary.connect(DB);
     assert_eq!(a.cluster.round(&mut housekeeping).unwrap(), Round::Removed);
 }
+
+/// Client backends in database `db` on `server`, other than the asking one.
+fn backends(client: &mut Client, db: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+             AND datname = $1 AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Callers of `api.on_standby` on `addr` until `stop`; counts the calls a
+/// standby answered (`1`), the primary answered (`0`), and the errors.
+fn readers(
+    addr: &str,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+    counts: &Arc<[AtomicI64; 3]>,
+) -> Vec<thread::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let (addr, stop, counts) = (addr.to_string(), stop.clone(), counts.clone());
+            thread::spawn(move || {
+                let mut rpc = support::Rpc::session(&addr);
+                while !stop.load(Ordering::Acquire) {
+                    let reply = rpc.call("api.on_standby", serde_json::json!({"ms": 5}));
+                    let slot = match reply["result"].as_i64() {
+                        Some(1) => 0,
+                        Some(_) => 1,
+                        None => 2,
+                    };
+                    counts[slot].fetch_add(1, Ordering::AcqRel);
+                }
+            })
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs db.replica_urls (replicas branch)"]
+fn two_servers_never_hold_more_than_a_standby_s_budget_while_the_second_joins_under_load() {
+    const MAX: i64 = 20;
+    const RESERVE: i64 = 4;
+    let primary = start_own_cluster();
+    // A hot standby's max_connections must be at least its primary's.
+    primary.stop();
+    primary.start_with(&format!("-c max_connections={MAX}"));
+    primary
+        .connect("postgres")
+        .batch_execute(&format!("CREATE DATABASE {DB}"))
+        .unwrap();
+    primary
+        .connect(DB)
+        .batch_execute(
+            "CREATE SCHEMA blitz_api;
+             CREATE FUNCTION blitz_api.on_standby(ms int) RETURNS int LANGUAGE plpgsql STABLE AS $$
+               BEGIN PERFORM pg_sleep(ms / 1000.0); RETURN pg_is_in_recovery()::int; END $$;",
+        )
+        .unwrap();
+    let standby = primary.standby();
+    standby.stop();
+    standby.start_with(&format!("-c max_connections={MAX}"));
+    standby.wait_for_replay(&primary);
+
+    let replica = standby.url(DB);
+    let reserve = RESERVE.to_string();
+    let settings = [
+        ("db.pool_size", "10"),
+        ("db.reserved_connections", reserve.as_str()),
+        ("db.heartbeat_interval_ms", "300"),
+        ("db.heartbeat_timeout_ms", "1500"),
+        ("db.replica_urls", replica.as_str()),
+    ];
+    let budget = MAX - RESERVE;
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (stop, mut client) = (stop_sampling.clone(), standby.connect("postgres"));
+        thread::spawn(move || {
+            let (mut max, mut samples) = (0, 0);
+            while !stop.load(Ordering::Acquire) {
+                max = max.max(backends(&mut client, DB));
+                samples += 1;
+                thread::sleep(Duration::from_millis(10));
+            }
+            (max, samples)
+        })
+    };
+    let a = support::Server::start(&primary.url(DB), &settings);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (on_a, on_b): (Arc<[AtomicI64; 3]>, Arc<[AtomicI64; 3]>) = Default::default();
+    let mut callers = readers(&a.addr, 12, &stop, &on_a);
+    wait_until("calls on a answered by the standby", || {
+        on_a[0].load(Ordering::Acquire) > 50
+    });
+    let b = support::Server::start(&primary.url(DB), &settings); // joins under load
+    callers.extend(readers(&b.addr, 12, &stop, &on_b));
+    wait_until("calls on b answered by the standby", || {
+        on_b[0].load(Ordering::Acquire) > 200
+    });
+    stop.store(true, Ordering::Release);
+    callers.into_iter().for_each(|c| c.join().unwrap());
+    stop_sampling.store(true, Ordering::Release);
+    let (max, samples) = sampler.join().unwrap();
+    let figures = |c: &[AtomicI64; 3]| c.each_ref().map(|n| n.load(Ordering::Acquire));
+    println!(
+        "standby budget {budget}: at most {max} blitz connections on it ({samples} samples); \
+         calls [standby, primary, errors]: a {:?}, b {:?}",
+        figures(&on_a),
+        figures(&on_b)
+    );
+    assert!(
+        max <= budget,
+        "{max} connections on the standby > budget {budget}"
+    );
+    assert!(max > 2, "the standby pools were used: {max}");
+    drop((a, b));
+}
