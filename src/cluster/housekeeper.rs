@@ -1,9 +1,11 @@
 //! The housekeeper: one thread per instance on one database connection of
 //! its own (the housekeeping connection counted in the budget). It keeps
-//! this instance's place in the registry: a round every
-//! `db.heartbeat_interval_ms`, and at once when another instance joins,
-//! leaves, releases connections or is removed (LISTEN on
-//! [`registry::CHANNEL`]). While a smaller share waits to be released it
+//! this instance's place in the registry and its shares of the primary's
+//! and every standby's budget: a round every `db.heartbeat_interval_ms`,
+//! at once when another instance joins, leaves, releases connections or is
+//! removed (LISTEN on [`registry::CHANNEL`]), and within a poll when a
+//! standby's `max_connections` was learned or a dead instance's sessions on
+//! a standby were proven gone. While a smaller share waits to be released it
 //! closes idle pool connections every few milliseconds. It also runs the
 //! other background [`Chore`]s (session `last_used` writes, the
 //! idempotency sweep) on the same connection, and at a clean stop closes
@@ -181,7 +183,8 @@ impl Housekeeper {
             (self.trim)();
         }
         let release_ready = self.cluster.release_ready();
-        if self.notified || release_ready || Instant::now() >= self.next_round {
+        let due = release_ready || self.cluster.round_due() || Instant::now() >= self.next_round;
+        if self.notified || due {
             self.notified = false;
             self.round()?;
         }

@@ -83,6 +83,8 @@ pub struct Cluster {
 /// standing the last join or round gave it.
 #[derive(Debug)]
 struct Part {
+    /// `primary`, or the standby's name.
+    name: String,
     share: Arc<Share>,
     standing: Mutex<Standing>,
 }
@@ -97,8 +99,9 @@ struct StandbyPart {
 }
 
 impl Part {
-    fn new(share: Arc<Share>) -> Part {
+    fn new(name: &str, share: Arc<Share>) -> Part {
         Part {
+            name: name.to_string(),
             share,
             standing: Mutex::new(Standing::default()),
         }
@@ -110,6 +113,35 @@ impl Part {
         let limit = standing.target.min(standing.registered) as usize;
         self.share.set_limit(limit);
         *self.standing.lock() = standing;
+    }
+
+    /// [`adopt`](Self::adopt) after a round, with a line in the log when
+    /// the share moves (debug), when a standby's budget becomes known
+    /// (info), and when a standby has no room for this instance (warn).
+    fn adopt_round(&self, standing: Standing) {
+        let before = self.standing.lock().clone();
+        let limit_before = self.share.limit();
+        let no_room = |s: &Standing| s.budget > 0 && s.target == 0 && s.registered == 0;
+        if no_room(&standing) && !no_room(&before) {
+            log::warn!(
+                "standby {}: no room in its connection budget for this instance ({} = max_connections {} minus db.reserved_connections, {} instances); its reads go elsewhere until there is",
+                self.name, standing.budget, standing.max_connections, standing.instances
+            );
+        } else if before.budget == 0 && standing.budget > 0 {
+            log::info!(
+                "standby {}: share {} (fair share {}) of its budget {} = max_connections {} minus db.reserved_connections, {} instances",
+                self.name, standing.target.min(standing.registered), standing.target,
+                standing.budget, standing.max_connections, standing.instances
+            );
+        }
+        self.adopt(standing);
+        if self.share.limit() != limit_before {
+            log::debug!(
+                "{}: share {limit_before} -> {}",
+                self.name,
+                self.share.limit()
+            );
+        }
     }
 
     /// Whether the limit is below the registered share and the release
@@ -137,7 +169,7 @@ impl Cluster {
             me,
             timing,
             reserved,
-            primary: Part::new(Share::new()),
+            primary: Part::new("primary", Share::new()),
             standbys: OnceLock::new(),
         })
     }
@@ -150,7 +182,7 @@ impl Cluster {
         let parts = standbys
             .into_iter()
             .map(|standby| StandbyPart {
-                part: Part::new(standby.share.clone()),
+                part: Part::new(&standby.name, standby.share.clone()),
                 standby,
                 reaped: Mutex::new(Vec::new()),
             })
@@ -220,7 +252,22 @@ impl Cluster {
     /// One registry round on `client` (the housekeeping connection): the
     /// heartbeat, and a step of every share; the standings are adopted.
     pub fn round(&self, client: &mut Client) -> Result<Round, postgres::Error> {
-        let report = Report {
+        let report = self.report();
+        let round = registry::round(client, &report, self.reserved, self.timing)?;
+        if let Round::Stands(standings) = &round {
+            for (part, standing) in self.parts().zip(standings) {
+                part.adopt_round(standing.clone());
+            }
+            for (s, sent) in self.standby_parts().iter().zip(&report.standbys) {
+                s.reaped.lock().retain(|k| !sent.reaped.contains(k));
+            }
+        }
+        Ok(round)
+    }
+
+    /// What this instance brings to a round.
+    fn report(&self) -> Report {
+        Report {
             key: self.primary.share.key(),
             open: self.primary.share.open() as u64,
             standbys: self
@@ -233,26 +280,18 @@ impl Cluster {
                     reaped: s.reaped.lock().clone(),
                 })
                 .collect(),
-        };
-        let round = registry::round(client, &report, self.reserved, self.timing)?;
-        if let Round::Stands(standings) = &round {
-            for ((part, standing), report) in self
-                .parts()
-                .zip(standings)
-                .zip(std::iter::once(None).chain(report.standbys.iter().map(Some)))
-            {
-                let before = part.share.limit();
-                part.adopt(standing.clone());
-                if part.share.limit() != before {
-                    let name = report.map_or("primary", |r| r.name.as_str());
-                    log::debug!("{name}: share {before} -> {}", part.share.limit());
-                }
-            }
-            for (s, report) in self.standby_parts().iter().zip(&report.standbys) {
-                s.reaped.lock().retain(|k| !report.reaped.contains(k));
-            }
         }
-        Ok(round)
+    }
+
+    /// Whether a round should come before the next heartbeat: a standby's
+    /// `max_connections` was learned (or changed) since the last round, or
+    /// a dead instance's sessions on one were proven gone.
+    fn round_due(&self) -> bool {
+        self.standby_parts().iter().any(|s| {
+            let known = s.standby.max_connections();
+            known.is_some_and(|n| n != s.part.standing.lock().max_connections)
+                || !s.reaped.lock().is_empty()
+        })
     }
 
     /// Whether some share was lowered below the registered one and its
