@@ -7,7 +7,10 @@
 //! opens as many enlisted standby connections as its share allows (real
 //! connections, counted by the standby's `pg_stat_activity`). The standby's
 //! `max_connections` is given to the instances as a small figure, so the
-//! budget is tight while the real server has room for the sampler.
+//! budget is tight while the real server has room for the sampler. Covered:
+//! the split while a second instance joins, a clean leave, and a frozen
+//! instance whose standby share is handed on only after its sessions there
+//! were terminated.
 //!
 //! The server test runs two `blitz-server` processes with
 //! `db.replica_urls` against a standby started with a small
@@ -205,17 +208,16 @@ fn registry_holds(primary: &support::Cluster, standby: &str) -> i64 {
         .get(0)
 }
 
-/// Rounds (with fills and trims) for both instances until `done`.
-fn settle(a: &mut Instance, b: &mut Instance, done: impl Fn(&Instance, &Instance) -> bool) {
+/// Rounds (with fills and trims) of every instance until `done`.
+fn settle(instances: &mut [Instance], done: impl Fn(&[Instance]) -> bool) {
     let give_up = Instant::now() + Duration::from_secs(30);
-    while !done(a, b) {
+    while !done(instances) {
+        let shares: Vec<_> = instances.iter().map(Instance::status).collect();
         assert!(
             Instant::now() < give_up,
-            "the shares did not settle: a {} b {}",
-            a.status(),
-            b.status()
+            "the shares did not settle: {shares:?}"
         );
-        for i in [&mut *a, &mut *b] {
+        for i in instances.iter_mut() {
             i.round();
             i.trim();
             i.fill();
@@ -245,12 +247,30 @@ fn a_standby_s_budget_is_split_and_never_exceeded_while_an_instance_joins() {
     assert_eq!(b.share().limit(), 0, "nothing is free until a releases");
     assert!(registry_holds(&primary, &name(&standby)) <= BUDGET);
     // Fair shares of 11 (12 less the join slot) minus 2 monitors: 5 and 4.
-    settle(&mut a, &mut b, |a, b| {
-        a.share().limit() == 5 && b.share().limit() == 4 && b.pool.len() == 4
+    let mut both = [a, b];
+    settle(&mut both, |i| {
+        i[0].share().limit() == 5 && i[1].share().limit() == 4 && i[1].pool.len() == 4
     });
     assert!(registry_holds(&primary, &name(&standby)) <= BUDGET);
-    assert_eq!(b.status()["instances"], 2);
-    assert_eq!(b.status()["target"], 4);
+    assert_eq!(both[1].status()["instances"], 2);
+    assert_eq!(both[1].status()["target"], 4);
+
+    // a stops cleanly (its pools closed, it leaves): b grows into all of it.
+    let [mut a, b] = both;
+    a.pool.clear();
+    a.slots.clear();
+    a.cluster.leave(&mut a.housekeeping).unwrap();
+    drop(a);
+    let mut alone = [b];
+    settle(&mut alone, |i| {
+        i[0].share().limit() == 10 && i[0].pool.len() == 10
+    });
+    assert_eq!(alone[0].status()["instances"], 1);
+    assert_eq!(
+        alone[0].status()["orphans"],
+        0,
+        "a clean leave leaves no orphan"
+    );
 
     let (max, samples) = sampler.finish();
     println!("standby connections of the instances: at most {max} of the budget {BUDGET}, {samples} samples");
@@ -264,12 +284,12 @@ fn a_standby_s_budget_is_split_and_never_exceeded_while_an_instance_joins() {
 fn a_frozen_instance_s_standby_share_is_handed_on_only_once_its_sessions_there_are_gone() {
     let (primary, standby) = primary_and_standby();
     let sampler = Sampler::start(&standby);
-    let mut a = Instance::join("a", 10, &primary, &standby);
-    let mut b = Instance::join("b", 10, &primary, &standby);
+    let a = Instance::join("a", 10, &primary, &standby);
+    let b = Instance::join("b", 10, &primary, &standby);
     standby.wait_for_replay(&primary);
-    settle(&mut a, &mut b, |a, b| {
-        a.pool.len() == 5 && b.pool.len() == 4
-    });
+    let mut both = [a, b];
+    settle(&mut both, |i| i[0].pool.len() == 5 && i[1].pool.len() == 4);
+    let [mut a, mut b] = both;
 
     // a freezes: no more rounds, its connections stay open. b finds it
     // dead on the primary (heartbeat too old) and removes it there; a's

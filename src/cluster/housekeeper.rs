@@ -307,7 +307,7 @@ impl Housekeeper {
                 log::warn!("{} at stop failed: {e}", chore.name());
             }
         }
-        match registry::leave(client, cluster.share().key()) {
+        match cluster.leave(client) {
             Ok(()) => log::info!("instance {} left the connection budget", self.cluster.id()),
             Err(e) => log::warn!(
                 "cannot leave the registry ({e}); the others will find this instance dead"

@@ -325,6 +325,12 @@ impl Cluster {
         self.primary.share.set_key(0);
     }
 
+    /// Leaves the registry on `client` (the housekeeping connection), every
+    /// budget at once, once the pools are closed ([`registry::leave`]).
+    pub fn leave(&self, client: &mut Client) -> Result<(), postgres::Error> {
+        registry::leave(client, self.primary.share.key())
+    }
+
     /// Keeps this instance's part on standby `name` through `client`, a
     /// connection of its own to that standby that is not a pool connection
     /// (the standby monitor's, counted as that standby's housekeeping
