@@ -115,32 +115,12 @@ impl Part {
         *self.standing.lock() = standing;
     }
 
-    /// [`adopt`](Self::adopt) after a round, with a line in the log when
-    /// the share moves (debug), when a standby's budget becomes known
-    /// (info), and when a standby has no room for this instance (warn).
+    /// [`adopt`](Self::adopt) after a round; a debug line when the share moves.
     fn adopt_round(&self, standing: Standing) {
-        let before = self.standing.lock().clone();
-        let limit_before = self.share.limit();
-        let no_room = |s: &Standing| s.budget > 0 && s.target == 0 && s.registered == 0;
-        if no_room(&standing) && !no_room(&before) {
-            log::warn!(
-                "standby {}: no room in its connection budget for this instance ({} = max_connections {} minus db.reserved_connections, {} instances); its reads go elsewhere until there is",
-                self.name, standing.budget, standing.max_connections, standing.instances
-            );
-        } else if before.budget == 0 && standing.budget > 0 {
-            log::info!(
-                "standby {}: share {} (fair share {}) of its budget {} = max_connections {} minus db.reserved_connections, {} instances",
-                self.name, standing.target.min(standing.registered), standing.target,
-                standing.budget, standing.max_connections, standing.instances
-            );
-        }
+        let before = self.share.limit();
         self.adopt(standing);
-        if self.share.limit() != limit_before {
-            log::debug!(
-                "{}: share {limit_before} -> {}",
-                self.name,
-                self.share.limit()
-            );
+        if self.share.limit() != before {
+            log::debug!("{}: share {before} -> {}", self.name, self.share.limit());
         }
     }
 
@@ -159,6 +139,36 @@ impl Part {
     fn lost(&self) {
         self.share.set_limit(0);
         self.standing.lock().registered = 0;
+    }
+}
+
+impl StandbyPart {
+    /// [`Part::adopt_round`], with a line in the log when this instance
+    /// gets a share of the standby (info) and when the standby has no room
+    /// for it (warn), each once per change.
+    fn adopt_round(&self, standing: Standing) {
+        let (had, known) = {
+            let before = self.part.standing.lock();
+            (
+                before.budget > 0 && before.registered > 0,
+                before.budget > 0,
+            )
+        };
+        let has = standing.budget > 0 && standing.registered > 0;
+        let refused = standing.budget > 0 && !has && (had || !known);
+        if has && !had {
+            log::info!(
+                "standby {}: share {} (fair share {}) of its budget {} = max_connections {} minus db.reserved_connections, {} instances",
+                self.part.name, standing.target.min(standing.registered), standing.target,
+                standing.budget, standing.max_connections, standing.instances
+            );
+        } else if refused {
+            log::warn!(
+                "standby {}: no room for this instance in its connection budget yet ({} = max_connections {} minus db.reserved_connections, {} instances); its reads go elsewhere until the others release or there is room",
+                self.part.name, standing.budget, standing.max_connections, standing.instances
+            );
+        }
+        self.part.adopt_round(standing);
     }
 }
 
@@ -255,8 +265,10 @@ impl Cluster {
         let report = self.report();
         let round = registry::round(client, &report, self.reserved, self.timing)?;
         if let Round::Stands(standings) = &round {
-            for (part, standing) in self.parts().zip(standings) {
-                part.adopt_round(standing.clone());
+            let (primary, standbys) = standings.split_first().expect("the primary's");
+            self.primary.adopt_round(primary.clone());
+            for (s, standing) in self.standby_parts().iter().zip(standbys) {
+                s.adopt_round(standing.clone());
             }
             for (s, sent) in self.standby_parts().iter().zip(&report.standbys) {
                 s.reaped.lock().retain(|k| !sent.reaped.contains(k));
