@@ -9,7 +9,8 @@ bench/run.sh calls it:
   report.py --report ROWS OUTDIR META RESULTS
                                           prints the table; writes RESULTS/latest.md,
                                           latest.csv and tps.svg (and, with the limit
-                                          rows, bench/limit_report.py's files)
+                                          rows, bench/limit_report.py's files; the
+                                          replica rows' table: bench/replicas_report.py)
 
 ROWS holds one JSON object per line as run.sh wrote it; OUTDIR holds each
 row's ID.out and ID.err: pgbench's text (plus its sampled per-transaction
@@ -29,6 +30,7 @@ import re
 import sys
 
 import limit_report
+import replicas_report
 
 # ----------------------------------------------------------------- parsing
 
@@ -241,6 +243,8 @@ def label(r):
         return "blitz, refusals alone"
     if r["kind"].startswith("limit"):
         return f"blitz, {r['id']} (pool {r['pool']})"
+    if r["kind"] == "replicas":
+        return f"blitz, list_project_images, {r['id'].split('-')[-1]} standbys"
     return {"direct": "direct PostgreSQL", "pgbouncer": "PgBouncer (transaction)",
             "blitz": "blitz"}[r["system"]]
 
@@ -647,6 +651,9 @@ def report(rows_path, outdir, meta_path, results):
     limits = limit_report.section(rows, outdir, meta, fmt, ms)
     if limits:
         sections.insert(-1, limits)  # before the ratios and targets
+    replicas = replicas_report.section(rows, outdir, fmt, ms)
+    if replicas:
+        sections.insert(-1, replicas)
     os.makedirs(results, exist_ok=True)
     limit_report.write_files(outdir, results)
     text = ["", "make bench: " + header_lines(meta)[0]] + ["  " + l for l in header_lines(meta)[1:]]

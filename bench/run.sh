@@ -16,7 +16,7 @@
 #   BENCH_SYSCALL_DURATION  seconds of each system-call sub-row (default 5;
 #                   0: no sub-rows, the syscalls columns stay empty)
 #   BENCH_SKIP      row groups not to run, among: tx10k pool-alt http keys
-#                   pinned refusals limit (default none; for a short trial)
+#                   pinned refusals limit replicas (default none; for a short trial)
 #   BENCH_LIMIT_*   the limit rows' durations (bench/limit.sh says which)
 #
 # What it does, all in a temporary directory it deletes at the end:
@@ -47,6 +47,10 @@
 #        table lock (LOCK pgbench_accounts IN SHARE MODE from psql), open
 #        loop at the 10× rate: every call refused (-32001 at admission; the
 #        few that reach the worker or the queue end -32002 at their deadline);
+#        the concurrency limit's rows (bench/limit.sh);
+#        read replicas: list_project_images at 500 clients with 0, 1 and 2
+#        local hot standbys, and the share of the calls each PostgreSQL ran
+#        (bench/replicas.sh; skipped when the server has no db.replica_urls);
 #        idle connections (BENCH_IDLE, default 10,000 and 100,000) on a fresh
 #        server: threads, RSS, sys.ping p99 on a fresh connection meanwhile;
 #   4. bench/report.py prints the table and writes BENCH_OUT/latest.md,
@@ -137,9 +141,12 @@ cleanup() {
       [ -s "$tmp/$log" ] && { echo "bench: last lines of $log:" >&2; tail -5 "$tmp/$log" >&2; }
     done
   fi
-  if [ -f "$tmp/data/postmaster.pid" ]; then
-    as_pg "$bindir/pg_ctl" -D "$tmp/data" -m immediate -w stop >/dev/null 2>&1 || true
-  fi
+  local data
+  for data in "$tmp/data" "$tmp"/standby*; do
+    if [ -f "$data/postmaster.pid" ]; then
+      as_pg "$bindir/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+  done
   rm -rf "$tmp"
   exit "$rc"
 }
@@ -460,6 +467,7 @@ blitz_http_row() {
 n_curve=$(echo $clients | wc -w)
 n_long=$((2 * n_curve + 8)) # keys, PgBouncer, pool, 2 overload, 2 pinned, refusals
 [[ " $clients " == *" $big "* ]] && n_long=$((n_long + 1)) # blitz over HTTP at $big
+skipped replicas || n_long=$((n_long + 3)) # 0, 1 and 2 standbys (when the server has replicas)
 n_sub=$(( syscall_duration > 0 ? n_curve + 10 : 0 )) # one per blitz or PgBouncer row
 say "rows: $n_long of ${duration} s, 4 short ones and $n_sub system-call sub-rows of ${syscall_duration} s" \
   "(about $(( (n_long * (duration + 3) + n_sub * (syscall_duration + 3)) / 60 + 1 )) min at most); the table comes at the end"
@@ -583,6 +591,9 @@ fi
 # The concurrency limit: fixed limits beside auto, settling, a slowdown,
 # low traffic (bench/limit.sh).
 skipped limit || source bench/limit.sh
+
+# Read replicas: 0, 1 and 2 local standbys (bench/replicas.sh).
+skipped replicas || source bench/replicas.sh
 
 # Idle connections: a fresh server (default configuration) holding N idle
 # client connections spread over 127.0.0.x source addresses: its threads,

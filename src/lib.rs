@@ -63,6 +63,15 @@ pub use server::signals::spawn_signal_thread;
 pub use server::tls::{ServerTls, TlsError, TlsFiles};
 pub use server::{raise_fd_limit, Server};
 
+/// The scale-out registry as a test or an embedder drives it: an
+/// instance's membership and its shares of the primary's and the standbys'
+/// connection budgets, and schema `blitz`'s migrations.
+pub mod scaleout {
+    pub use crate::auth::migrations::migrate;
+    pub use crate::cluster::{Cluster, Identity, Round, Standing, Timing};
+    pub use crate::db::{Share, StandbyShare};
+}
+
 /// The catalogue of callable functions: what blitz learns from `pg_proc` and
 /// how it binds JSON params to a function's arguments without injection.
 pub mod catalog {

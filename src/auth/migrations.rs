@@ -1,7 +1,7 @@
 //! The server's own tables, in schema `blitz` (never in the api schema):
 //! users, sessions, `blitz.enter` (the function that puts a session's
 //! identity into a call's transaction), the instance registry
-//! (`blitz.instances`, see `cluster`) and the idempotency records with
+//! (`blitz.instances` and `blitz.standby_shares`, see `cluster`) and the idempotency records with
 //! their functions (`blitz.idempotency`, see `db::idempotency`).
 //!
 //! Changes are versioned [`MIGRATIONS`], applied in order by [`migrate`] in
@@ -234,6 +234,20 @@ BEGIN
 END
 $$;
 "#,
+    },
+    Migration {
+        version: 5,
+        description: "each instance's registered share of every hot standby's connections",
+        sql: "
+CREATE TABLE blitz.standby_shares (
+    standby   text NOT NULL,             -- host:port/dbname of its URL
+    lock_key  integer NOT NULL,          -- the instance (blitz.instances.lock_key); kept after the
+                                         -- instance's row until its sessions on the standby are gone
+    pool_size integer NOT NULL,          -- the instance's configured db.pool_size
+    share     integer NOT NULL,          -- standby pool connections it may hold now
+    PRIMARY KEY (standby, lock_key)
+);
+",
     },
 ];
 

@@ -78,6 +78,65 @@ pub fn free(budget: u64, registered: &[u64]) -> i64 {
     budget as i64 - held as i64
 }
 
+/// Where a member entering a budget stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// It registers `share` now (its fair share is `target`; it grows into
+    /// the rest as the others release).
+    Room {
+        /// Its fair share.
+        target: u64,
+        /// What it may register now: the fair share, or the free room when less.
+        share: u64,
+    },
+    /// The budget cannot give every member one connection and its housekeeping.
+    NoRoom,
+    /// Others hold what this member needs for its own housekeeping
+    /// connection until they release: try again shortly.
+    Busy,
+}
+
+/// How a member enters a budget: `pools` are the live members' configured
+/// pools with the entering one last, `held` every registered share already
+/// in the budget (members not yet reaped included). It registers its fair
+/// share or the free room left after its housekeeping connection, the
+/// smaller; never more.
+pub fn enter(budget: u64, pools: &[u64], held: &[u64]) -> Entry {
+    let Some(targets) = fair_shares(budget, pools) else {
+        return Entry::NoRoom;
+    };
+    let target = *targets.last().expect("the entering member");
+    let free = free(budget, held) - HOUSEKEEPING as i64;
+    if free < 0 {
+        return Entry::Busy;
+    }
+    Entry::Room {
+        target,
+        share: target.min(free as u64),
+    }
+}
+
+/// One round's move of member `me` (an index into `pools`, the live
+/// members' configured pools) whose registered share is `current` and who
+/// has `open` connections open: up towards its fair share into the free
+/// room (`held`: every registered share in the budget), or down to it once
+/// `open` is within it. Returns its fair share and its next registered
+/// share. With too many members for one each, it keeps what it holds
+/// (never more than 1).
+pub fn step(budget: u64, pools: &[u64], me: usize, held: &[u64], open: u64) -> (u64, u64) {
+    let current = held[me];
+    let target = fair_shares(budget, pools).map_or(current.min(1), |t| t[me]);
+    let free = free(budget, held);
+    let next = if target > current {
+        current + (target - current).min(free.max(0) as u64)
+    } else if open <= target {
+        target
+    } else {
+        current
+    };
+    (target, next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +178,54 @@ mod tests {
         assert_eq!(fair_shares(37, &[20, 20, 20]), Some(vec![11, 11, 11]));
         assert_eq!(fair_shares(6, &[20, 20, 20]), Some(vec![1, 1, 1]));
         assert_eq!(fair_shares(6, &[20, 20, 20, 20]), None);
+    }
+
+    #[test]
+    fn an_entering_member_takes_only_free_room() {
+        // 20 − 2 housekeeping; one joined with its whole pool of 10.
+        assert_eq!(
+            enter(20, &[10, 10], &[10]),
+            Entry::Room {
+                target: 8,
+                share: 8
+            }
+        );
+        assert_eq!(
+            enter(14, &[10, 10], &[10]),
+            Entry::Room {
+                target: 5,
+                share: 2
+            }
+        );
+        assert_eq!(
+            enter(12, &[10, 10], &[10]),
+            Entry::Room {
+                target: 4,
+                share: 0
+            }
+        );
+        assert_eq!(enter(11, &[10, 10], &[10]), Entry::Busy);
+        assert_eq!(enter(3, &[10, 10], &[1]), Entry::NoRoom);
+    }
+
+    #[test]
+    fn a_step_grows_into_free_room_and_shrinks_once_released() {
+        // Two members of pool 10 in 14, one connection kept free for a
+        // joiner: 11 to split, 6 and 5.
+        let pools = [10, 10];
+        assert_eq!(
+            step(14, &pools, 0, &[10, 2], 10),
+            (6, 10),
+            "still open: kept"
+        );
+        assert_eq!(step(14, &pools, 0, &[10, 2], 6), (6, 6), "released");
+        assert_eq!(
+            step(14, &pools, 1, &[6, 2], 0),
+            (5, 5),
+            "grows into free room"
+        );
+        // An unreaped member (third entry, not in pools) still holds its room.
+        assert_eq!(step(14, &pools, 1, &[6, 2, 3], 0), (5, 2));
     }
 
     #[test]

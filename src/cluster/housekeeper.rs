@@ -1,9 +1,11 @@
 //! The housekeeper: one thread per instance on one database connection of
 //! its own (the housekeeping connection counted in the budget). It keeps
-//! this instance's place in the registry: a round every
-//! `db.heartbeat_interval_ms`, and at once when another instance joins,
-//! leaves, releases connections or is removed (LISTEN on
-//! [`registry::CHANNEL`]). While a smaller share waits to be released it
+//! this instance's place in the registry and its shares of the primary's
+//! and every standby's budget: a round every `db.heartbeat_interval_ms`,
+//! at once when another instance joins, leaves, releases connections or is
+//! removed (LISTEN on [`registry::CHANNEL`]), and within a poll when a
+//! standby's `max_connections` was learned or a dead instance's sessions on
+//! a standby were proven gone. While a smaller share waits to be released it
 //! closes idle pool connections every few milliseconds. It also runs the
 //! other background [`Chore`]s (session `last_used` writes, the
 //! idempotency sweep) on the same connection, and at a clean stop closes
@@ -52,8 +54,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 impl Housekeeper {
     /// A housekeeper for `cluster` connecting with `connect`; `trim` closes
-    /// idle pool connections beyond the share, `stopping` says when the
-    /// workers are done.
+    /// idle pool connections beyond the shares (of every pool the
+    /// cluster's shares govern: the primary's and each standby's, or a
+    /// standby's release waits for its idle connections to be used),
+    /// `stopping` says when the workers are done.
     pub fn new(
         cluster: Arc<Cluster>,
         connect: Connector,
@@ -175,13 +179,12 @@ impl Housekeeper {
                 }
             }
         }
-        let releasing = self.cluster.releasing();
-        if releasing {
+        if self.cluster.releasing() {
             (self.trim)();
         }
-        let release_ready =
-            releasing && self.cluster.share().open() <= self.cluster.share().limit();
-        if self.notified || release_ready || Instant::now() >= self.next_round {
+        let release_ready = self.cluster.release_ready();
+        let due = release_ready || self.cluster.round_due() || Instant::now() >= self.next_round;
+        if self.notified || due {
             self.notified = false;
             self.round()?;
         }
@@ -191,10 +194,8 @@ impl Housekeeper {
     fn round(&mut self) -> Result<(), postgres::Error> {
         let cluster = self.cluster.clone();
         let client = self.client.as_mut().expect("connected");
-        let open = cluster.share().open() as u64;
-        let key = cluster.share().key();
         self.next_round = Instant::now() + cluster.timing.interval;
-        match registry::round(client, key, open, cluster.reserved, cluster.timing)? {
+        match cluster.round(client)? {
             Round::Removed => {
                 log::error!(
                     "instance {} was taken for dead and removed from the registry; joining again",
@@ -216,15 +217,9 @@ impl Housekeeper {
                     }
                 }
             }
-            Round::Stands(standing) => {
-                let before = cluster.share().limit();
-                cluster.adopt(standing);
-                let after = cluster.share().limit();
-                if after != before {
-                    log::debug!("share {before} -> {after}");
-                }
-                // Each round: idle connections above the share, or above
-                // the concurrency limit when lower, are closed.
+            Round::Stands(_) => {
+                // Each round: idle connections above the shares, or above
+                // the concurrency limits when lower, are closed.
                 (self.trim)();
                 Ok(())
             }
@@ -279,17 +274,17 @@ impl Housekeeper {
 
     /// The clean stop: pool closed, last chores, registry left.
     fn finish(&mut self) {
-        let share = self.cluster.share().clone();
-        share.set_limit(0);
+        let cluster = self.cluster.clone();
+        cluster.close_all();
         let give_up = Instant::now() + CLOSE_WAIT;
-        while share.open() > 0 && Instant::now() < give_up {
+        while cluster.open() > 0 && Instant::now() < give_up {
             (self.trim)();
             std::thread::sleep(RELEASE_POLL);
         }
-        if share.open() > 0 {
+        if cluster.open() > 0 {
             log::warn!(
                 "{} pool connections still open after {CLOSE_WAIT:?}; leaving the registry anyway",
-                share.open()
+                cluster.open()
             );
         }
         if self.client.is_none() {
@@ -312,7 +307,7 @@ impl Housekeeper {
                 log::warn!("{} at stop failed: {e}", chore.name());
             }
         }
-        match registry::leave(client, share.key()) {
+        match cluster.leave(client) {
             Ok(()) => log::info!("instance {} left the connection budget", self.cluster.id()),
             Err(e) => log::warn!(
                 "cannot leave the registry ({e}); the others will find this instance dead"

@@ -759,3 +759,43 @@ pub fn result(reply: &serde_json::Value) -> &serde_json::Value {
     );
     &reply["result"]
 }
+
+/// Every note in `acked` is in `public.applied` exactly once, and nothing
+/// else is: the check of tests whose clients retry calls by their keys.
+pub fn assert_applied_once(client: &mut postgres::Client, acked: &[String]) {
+    let twice: Vec<String> = client
+        .query(
+            "SELECT note || ' x' || count(*) FROM public.applied GROUP BY note HAVING count(*) > 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let acked_set: std::collections::HashSet<&String> = acked.iter().collect();
+    let unacked: Vec<String> = client
+        .query("SELECT note FROM public.applied", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|n| !acked_set.contains(n))
+        .take(5)
+        .collect();
+    assert!(
+        unacked.is_empty(),
+        "applied but not acknowledged: {unacked:?}"
+    );
+    let missing: i64 = client
+        .query_one(
+            "SELECT count(*) FROM unnest($1::text[]) AS a(note) \
+             WHERE NOT EXISTS (SELECT 1 FROM public.applied p WHERE p.note = a.note)",
+            &[&acked],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        (twice.len(), missing),
+        (0, 0),
+        "applied twice: {twice:?}; acknowledged, not applied: {missing}"
+    );
+}
