@@ -418,3 +418,31 @@ impl Acceptor {
         refused.conn.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_refusals_are_bounded_at_once_and_per_second() {
+        let t0 = Instant::now();
+        let mut refusals = TlsRefusals {
+            running: 0,
+            started: 0,
+            window: t0,
+        };
+        let admitted = (0..100).filter(|_| refusals.admit(t0)).count();
+        assert_eq!(admitted, TLS_REFUSALS_AT_ONCE);
+        // Each handshake done at once: the second's budget is the bound.
+        let mut started = admitted;
+        for _ in 0..1000 {
+            refusals.running = 0;
+            started += (0..TLS_REFUSALS_AT_ONCE)
+                .filter(|_| refusals.admit(t0))
+                .count();
+        }
+        assert_eq!(started, TLS_REFUSALS_PER_S as usize);
+        refusals.running = 0;
+        assert!(refusals.admit(t0 + Duration::from_secs(1)), "a new second");
+    }
+}
