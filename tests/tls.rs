@@ -533,11 +533,14 @@ fn blitz_bench_speaks_tls_with_ca() {
 #[test]
 fn a_tls_client_past_max_clients_gets_the_32005_line_over_tls() {
     let files = TlsFiles::new("max-clients");
+    let http_port = support::free_port().to_string();
+    let http = format!("127.0.0.1:{http_port}");
     let (_db, server) = tls_server(
         &files,
         &[
             ("server.max_clients", "1"),
             ("server.tls_handshake_timeout_ms", "600000"),
+            ("server.http_listen", &http),
         ],
     );
     // The one client allowed: a socket that has not handshaken yet counts
@@ -553,6 +556,28 @@ fn a_tls_client_past_max_clients_gets_the_32005_line_over_tls() {
         serde_json::from_str(&reply).unwrap_or_else(|_| panic!("not JSON-RPC: {reply}"));
     assert_eq!(support::error_code(&value), -32005, "{reply}");
     assert_eq!(value["error"]["data"]["max_clients"], 1, "{reply}");
+    // HTTPS: a 503 with the -32005 body.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(&files.ca_file)
+        .args(["--resolve", &format!("localhost:{http_port}:127.0.0.1")])
+        .args(["-H", "Content-Type: application/json", "-d", PING])
+        .arg(format!("https://localhost:{http_port}/"))
+        .output()
+        .expect("run curl");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.ends_with("\n503") && answer.contains("-32005"),
+        "{answer}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(held);
     support::wait_until("a free slot once the held client left", || {
         let reply = python_call(port(&server), &files.ca_file, None, PING);
