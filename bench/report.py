@@ -31,6 +31,7 @@ import sys
 
 import limit_report
 import replicas_report
+import tls_report
 
 # ----------------------------------------------------------------- parsing
 
@@ -199,6 +200,8 @@ def from_idle(meta, outdir):
 
 
 def load(meta, outdir):
+    if meta["tool"] == "tls":
+        return tls_report.load(meta, outdir)
     if meta["tool"] == "idle_rss":
         return from_idle(meta, outdir)
     return from_pgbench(meta, outdir) if meta["tool"] == "pgbench" else from_blitz(meta, outdir)
@@ -654,6 +657,9 @@ def report(rows_path, outdir, meta_path, results):
     replicas = replicas_report.section(rows, outdir, fmt, ms)
     if replicas:
         sections.insert(-1, replicas)
+    tls = tls_report.section(rows, fmt, ms)
+    if tls:
+        sections.insert(-1, tls)
     os.makedirs(results, exist_ok=True)
     limit_report.write_files(outdir, results)
     text = ["", "make bench: " + header_lines(meta)[0]] + ["  " + l for l in header_lines(meta)[1:]]
@@ -682,6 +688,9 @@ def report(rows_path, outdir, meta_path, results):
 def row_line(meta_json, outdir):
     meta = json.loads(meta_json)
     r = load(meta, outdir)
+    if r.get("tool") == "tls":
+        print("bench: " + tls_report.row_line(r, fmt, ms))
+        return
     if r["kind"] == "idle":
         print(f"bench: {r['id']:<22} " + (r.get("note") or
               f"threads {r['threads']}, RSS {r['rss_with_connections_mib']} MiB, "

@@ -16,7 +16,8 @@
 #   BENCH_SYSCALL_DURATION  seconds of each system-call sub-row (default 5;
 #                   0: no sub-rows, the syscalls columns stay empty)
 #   BENCH_SKIP      row groups not to run, among: tx10k pool-alt http keys
-#                   pinned refusals limit replicas (default none; for a short trial)
+#                   pinned refusals limit replicas tls (default none; for a short trial)
+#   BENCH_TLS_*     the TLS rows' durations and idle count (bench/tls.sh says which)
 #   BENCH_LIMIT_*   the limit rows' durations (bench/limit.sh says which)
 #
 # What it does, all in a temporary directory it deletes at the end:
@@ -53,6 +54,9 @@
 #        (bench/replicas.sh; skipped when the server has no db.replica_urls);
 #        idle connections (BENCH_IDLE, default 10,000 and 100,000) on a fresh
 #        server: threads, RSS, sys.ping p99 on a fresh connection meanwhile;
+#        TLS (bench/tls.sh): handshake storms (full, pinned and not, and
+#        resumed) with sys.ping meanwhile, CPU per call over TLS against
+#        plaintext at 500 clients, memory per idle TLS connection;
 #   4. bench/report.py prints the table and writes BENCH_OUT/latest.md,
 #      latest.csv and tps.svg.
 #
@@ -610,6 +614,9 @@ for n in $idle_counts; do
     say "$id: skipped: $(tail -1 "$tmp/out/$id.err")"
   fi
 done
+
+# TLS: handshakes, CPU per call and memory per connection (bench/tls.sh).
+skipped tls || source bench/tls.sh
 
 # ---------------------------------------------------------------- report
 meta=$tmp/meta.json

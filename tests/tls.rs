@@ -529,3 +529,149 @@ fn blitz_bench_speaks_tls_with_ca() {
     let report: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
     assert_eq!(report["ok"], 400, "{report}");
 }
+
+#[test]
+fn a_tls_client_past_max_clients_gets_the_32005_line_over_tls() {
+    let files = TlsFiles::new("max-clients");
+    let http_port = support::free_port().to_string();
+    let http = format!("127.0.0.1:{http_port}");
+    let (_db, server) = tls_server(
+        &files,
+        &[
+            ("server.max_clients", "1"),
+            ("server.tls_handshake_timeout_ms", "600000"),
+            ("server.http_listen", &http),
+        ],
+    );
+    // The one client allowed: a socket that has not handshaken yet counts
+    // (once the start's readiness probe has left; until then it is refused).
+    let mut held = None;
+    let mut reply = String::new();
+    support::wait_until("a client held and the next one refused", || {
+        held = Some(TcpStream::connect(&server.addr).unwrap());
+        reply = python_call(port(&server), &files.ca_file, None, PING);
+        !reply.contains(r#""result""#)
+    });
+    let value: serde_json::Value =
+        serde_json::from_str(&reply).unwrap_or_else(|_| panic!("not JSON-RPC: {reply}"));
+    assert_eq!(support::error_code(&value), -32005, "{reply}");
+    assert_eq!(value["error"]["data"]["max_clients"], 1, "{reply}");
+    // HTTPS: a 503 with the -32005 body.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(&files.ca_file)
+        .args(["--resolve", &format!("localhost:{http_port}:127.0.0.1")])
+        .args(["-H", "Content-Type: application/json", "-d", PING])
+        .arg(format!("https://localhost:{http_port}/"))
+        .output()
+        .expect("run curl");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.ends_with("\n503") && answer.contains("-32005"),
+        "{answer}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(held);
+    support::wait_until("a free slot once the held client left", || {
+        let reply = python_call(port(&server), &files.ca_file, None, PING);
+        reply.contains(r#""result""#)
+    });
+}
+
+/// `GET /metrics` on `addr`: the exposition's lines.
+fn scrape(addr: &str) -> Vec<String> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.lines().map(str::to_string).collect()
+}
+
+/// The value of the sample `name` in `lines` (0 when absent).
+fn sample(lines: &[String], name: &str) -> f64 {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn handshakes_are_counted_by_outcome_in_metrics() {
+    let files = TlsFiles::new("metrics");
+    let metrics = format!("127.0.0.1:{}", support::free_port());
+    let (_db, server) = tls_server(
+        &files,
+        &[
+            ("metrics.listen", metrics.as_str()),
+            ("server.tls_handshake_timeout_ms", "300"),
+        ],
+    );
+    support::wait_until("the metrics listener", || {
+        TcpStream::connect(&metrics).is_ok()
+    });
+    let count = |outcome: &str| {
+        let name = format!("blitz_tls_handshakes_total{{outcome=\"{outcome}\"}}");
+        sample(&scrape(&metrics), &name)
+    };
+    assert_eq!(count("failed"), 0.0);
+    assert_pong(&python_call(port(&server), &files.ca_file, None, PING));
+    assert_eq!(count("ok"), 1.0);
+    let seconds = sample(&scrape(&metrics), "blitz_tls_handshake_seconds_count");
+    assert_eq!(seconds, 1.0, "the handshake's duration is observed");
+
+    let mut plain = TcpStream::connect(&server.addr).unwrap();
+    plain.write_all(PING.as_bytes()).unwrap();
+    plain.write_all(b"\n").unwrap();
+    support::wait_until("a failed handshake counted", || count("failed") == 1.0);
+
+    let _silent = TcpStream::connect(&server.addr).unwrap();
+    support::wait_until("a timed-out handshake counted", || count("timeout") == 1.0);
+    assert_eq!((count("ok"), count("failed")), (1.0, 1.0));
+}
+
+#[test]
+fn blitz_bench_handshakes_makes_full_handshakes_each_answered() {
+    let files = TlsFiles::new("storm");
+    let (_db, server) = tls_server(&files, &[]);
+    let target = format!("localhost:{}", port(&server));
+    let mut cmd = Command::new(bin("blitz"));
+    cmd.args(["--server", &target, "--ca"])
+        .arg(&files.ca_file)
+        .args([
+            "bench",
+            "--handshakes",
+            "-c",
+            "4",
+            "--duration",
+            "1",
+            "--json",
+        ])
+        .args(["--server-pid", &server.child.id().to_string()]);
+    let (code, out, err) = support::run(cmd);
+    assert_eq!(code, 0, "{out}{err}\n{}", server.log());
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+    assert!(report["handshakes"].as_u64() > Some(0), "{report}");
+    assert_eq!(report["full"], report["handshakes"], "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(report["router_us_per_handshake"].is_number(), "{report}");
+    // Without --ca or --tls there is nothing to handshake.
+    let mut cmd = Command::new(bin("blitz"));
+    cmd.args(["--server", &target, "bench", "--handshakes"]);
+    let (code, _, err) = support::run(cmd);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--ca"), "{err}");
+}

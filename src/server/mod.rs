@@ -300,7 +300,6 @@ impl Server {
             shutdown: self.ctx.shutdown.clone(),
             route: Box::new(move |request, responder| methods::route(&ctx, request, responder)),
             tls: self.tls.clone(),
-            tls_failures: Default::default(),
         }
     }
 }

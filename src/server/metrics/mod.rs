@@ -16,6 +16,7 @@
 //!   merged at each scrape.
 //! - [`completions`]: the latency histograms of finished requests, kept
 //!   per thread and merged at each scrape.
+//! - [`tls`]: the TLS handshakes by outcome, and their durations.
 //! - [`listener`]: the HTTP listener (a mio event loop on one thread).
 
 pub mod calls;
@@ -25,6 +26,7 @@ pub mod labels;
 pub mod latencies;
 pub mod listener;
 pub mod per_thread;
+pub mod tls;
 
 pub use gauges::Gauges;
 pub use labels::{MethodKind, Refusal};
@@ -43,6 +45,7 @@ use calls::ApiCalls;
 use completions::Completions;
 use gauges::GaugeSet;
 use labels::{reply_code_index, REPLY_CODES};
+use tls::TlsHandshakes;
 
 type Labels = [(&'static str, &'static str); 2];
 
@@ -59,6 +62,7 @@ pub struct Metrics {
     gauges: GaugeSet,
     completions: Arc<Completions>,
     api_calls: Arc<ApiCalls>,
+    tls: TlsHandshakes,
 }
 
 impl Default for Metrics {
@@ -126,6 +130,7 @@ impl Metrics {
         registry.register_collector(completions.collector());
         let api_calls = Arc::new(ApiCalls::new());
         registry.register_collector(api_calls.collector());
+        let tls = TlsHandshakes::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -137,7 +142,13 @@ impl Metrics {
             gauges,
             completions,
             api_calls,
+            tls,
         }
+    }
+
+    /// The TLS handshake counters.
+    pub fn tls(&self) -> &TlsHandshakes {
+        &self.tls
     }
 
     /// Counts one reply to a request of `kind`: a result (`error` `None`)
@@ -267,6 +278,8 @@ mod tests {
         );
         m.count_api_call("api.add", None, Some(Duration::from_millis(2)));
         m.count_api_call("sys.ping", None, None);
+        m.tls().done(Duration::from_millis(3));
+        m.tls().count(tls::HandshakeOutcome::Timeout);
         let text = m.render(
             &Gauges {
                 queue_capacity: 10,
@@ -285,6 +298,10 @@ mod tests {
             "blitz_completed_total 1",
             r#"blitz_api_calls_total{method="(unknown)",outcome="ok"} 1"#,
             r#"blitz_api_call_duration_seconds_bucket{le="0.0025",method="(unknown)"} 1"#,
+            r#"blitz_tls_handshakes_total{outcome="ok"} 1"#,
+            r#"blitz_tls_handshakes_total{outcome="failed"} 0"#,
+            r#"blitz_tls_handshakes_total{outcome="timeout"} 1"#,
+            r#"blitz_tls_handshake_seconds_bucket{le="0.005"} 1"#,
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");

@@ -10,13 +10,22 @@
 //! connection, which long-lived connections make negligible (measured in
 //! the README: 10,000 connections opened in about a second).
 //!
-//! A refused connection gets one -32005 line (on a TLS listener, where
-//! the acceptor runs no handshake, it is closed without one), its write side is shut (FIN),
+//! A refused connection gets one -32005 line, its write side is shut (FIN),
 //! and its input is read and discarded until the client closes (at most
 //! [`REFUSAL_DRAIN`], [`REFUSAL_DRAIN_BYTES`]): closing a socket with
 //! unread input makes the kernel send a reset, which can destroy the line
 //! before the client reads it. Draining is done by this thread's own poll,
 //! so a thousand refusals at once cost no thread.
+//!
+//! On a TLS listener the line needs a handshake first: the acceptor runs it
+//! on its own poll (the line waits in rustls until the keys exist; TLS 1.3
+//! sends it with the server's first flight), then sends close_notify and
+//! FIN and drains as above, all within [`REFUSAL_DRAIN`]. A handshake costs
+//! a signature on this thread, so at most [`TLS_REFUSALS_AT_ONCE`] run at
+//! once and at most [`TLS_REFUSALS_PER_S`] start in a second (a few
+//! percent of a core); a TLS client beyond either is closed without the
+//! line, as a storm of clients past `max_clients` must not take the CPU of
+//! the event loops serving the admitted ones.
 
 use std::io::{self, Read};
 use std::net::{Shutdown as SocketShutdown, TcpListener};
@@ -45,6 +54,11 @@ pub const REFUSAL_DRAIN: Duration = Duration::from_secs(1);
 pub const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
 /// Refused connections drained at once; beyond, closed right after the line.
 const MAX_DRAINING: usize = 10_000;
+/// TLS refusals whose handshake runs at once; beyond, closed without the line.
+pub const TLS_REFUSALS_AT_ONCE: usize = 64;
+/// TLS refusals whose handshake starts within one second; beyond, closed
+/// without the line.
+pub const TLS_REFUSALS_PER_S: u32 = 200;
 
 const WAKER: Token = Token(usize::MAX);
 /// Tokens of refused connections start here (listeners use 0..).
@@ -72,6 +86,43 @@ struct Refused {
     conn: Arc<Connection>,
     until: Instant,
     drained: usize,
+    /// TLS: the handshake that carries the line is still under way.
+    handshaking: bool,
+}
+
+/// How many TLS refusals may start a handshake (see the module doc).
+struct TlsRefusals {
+    /// Handshakes under way.
+    running: usize,
+    /// Started in the current one-second window, and when it began.
+    started: u32,
+    window: Instant,
+}
+
+impl TlsRefusals {
+    /// Whether one more may start now (and counts it if so).
+    fn admit(&mut self, now: Instant) -> bool {
+        if now >= self.window + Duration::from_secs(1) {
+            self.window = now;
+            self.started = 0;
+        }
+        if self.running >= TLS_REFUSALS_AT_ONCE || self.started >= TLS_REFUSALS_PER_S {
+            return false;
+        }
+        self.running += 1;
+        self.started += 1;
+        true
+    }
+}
+
+/// Where a refused TLS connection's handshake stands.
+enum Handshake {
+    /// Waiting for the socket.
+    Pending,
+    /// Done, the line and close_notify sent (or in the socket's buffer).
+    Done,
+    /// Failed, or the client went away.
+    Failed,
 }
 
 struct Acceptor {
@@ -82,6 +133,7 @@ struct Acceptor {
     next_home: usize,
     next_number: u64,
     refused: Slab<Refused>,
+    tls_refusals: TlsRefusals,
     warnings: LogThrottle,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -111,6 +163,11 @@ pub fn start(
         next_home: 0,
         next_number: 0,
         refused: Slab::new(),
+        tls_refusals: TlsRefusals {
+            running: 0,
+            started: 0,
+            window: Instant::now(),
+        },
         warnings: LogThrottle::new(Duration::from_secs(10)),
         stop: stop.clone(),
     };
@@ -193,7 +250,9 @@ impl Acceptor {
         wire: Wire,
     ) {
         let home = self.homes[self.next_home % self.homes.len()].clone();
-        let tls = (self.router.tls.as_ref()).map(|tls| TlsSession::new(tls.new_connection()));
+        let stats = &self.router.stats;
+        let tls = (self.router.tls.as_ref())
+            .map(|tls| TlsSession::new(tls.new_connection(), stats.clone()));
         let conn = Arc::new(Connection::new(
             self.next_number,
             stream,
@@ -214,12 +273,13 @@ impl Acceptor {
         home.adopt(conn, framing);
     }
 
-    /// One -32005 reply (a line, or an HTTP 503), FIN, then drain (see the module doc).
+    /// One -32005 reply (a line, or an HTTP 503), FIN, then drain (see the
+    /// module doc); over TLS after a handshake, when one may start.
     fn refuse(&mut self, conn: Arc<Connection>, max: u64, wire: Wire) {
         self.router.stats.count_refusal(Refusal::MaxClients);
-        if conn.tls().is_some() {
-            // No handshake here: a TLS client is closed without the line.
-            return conn.close();
+        let tls = conn.tls().is_some();
+        if tls && (self.refused.len() >= MAX_DRAINING || !self.tls_refusals.admit(Instant::now())) {
+            return conn.close(); // no handshake for it: closed without the line
         }
         let responder = match wire {
             Wire::Stream => Responder::new(&conn, None, Some(null_id())),
@@ -229,31 +289,86 @@ impl Acceptor {
                 Some(null_id()),
             ),
         };
+        // Over TLS the line waits in rustls for the handshake's keys.
         responder.reply(Err(RpcError::too_many_connections(max)));
-        let _ = conn.stream().shutdown(SocketShutdown::Write);
+        if !tls {
+            let _ = conn.stream().shutdown(SocketShutdown::Write);
+        }
         if self.refused.len() >= MAX_DRAINING {
             return;
         }
         let entry = self.refused.vacant_entry();
         let fd = conn.stream().as_raw_fd();
         let token = Token(REFUSED + entry.key());
-        if self
-            .poll
-            .registry()
-            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        let interest = match tls {
+            true => Interest::READABLE | Interest::WRITABLE,
+            false => Interest::READABLE,
+        };
+        if (self.poll.registry())
+            .register(&mut SourceFd(&fd), token, interest)
             .is_ok()
         {
             entry.insert(Refused {
                 conn,
                 until: Instant::now() + REFUSAL_DRAIN,
                 drained: 0,
+                handshaking: tls,
             });
+        } else if tls {
+            self.tls_refusals.running -= 1;
+            conn.close();
+        }
+    }
+
+    /// Moves a refused TLS connection's handshake on; once it is done, the
+    /// connection is drained as a plaintext refusal is.
+    fn refusal_handshake(&mut self, key: usize) -> Handshake {
+        let Some(refused) = self.refused.get_mut(key) else {
+            return Handshake::Failed;
+        };
+        let (conn, stream) = (&refused.conn, refused.conn.stream());
+        let Some(tls) = conn.tls() else {
+            return Handshake::Failed;
+        };
+        let mut sink = [0u8; 4096];
+        let mut plain = Vec::new();
+        loop {
+            if tls.send(stream).is_err() {
+                return Handshake::Failed;
+            }
+            if !tls.is_handshaking() && !tls.wants_write() {
+                tls.close(stream); // close_notify after the line
+                let _ = stream.shutdown(SocketShutdown::Write);
+                refused.handshaking = false;
+                self.tls_refusals.running -= 1;
+                return Handshake::Done;
+            }
+            match (&mut &*stream).read(&mut sink) {
+                Ok(0) => return Handshake::Failed,
+                Ok(n) => {
+                    plain.clear();
+                    if tls.receive(&sink[..n], &mut plain).is_err() {
+                        let _ = tls.send(stream); // rustls' alert
+                        return Handshake::Failed;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Handshake::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Handshake::Failed,
+            }
         }
     }
 
     /// Reads and discards a refused connection's input; closes it at end
     /// of file or past the drain limit.
     fn drain(&mut self, key: usize) {
+        if self.refused.get(key).is_some_and(|r| r.handshaking) {
+            match self.refusal_handshake(key) {
+                Handshake::Pending => return,
+                Handshake::Failed => return self.close_refused(key),
+                Handshake::Done => {}
+            }
+        }
         let Some(refused) = self.refused.get_mut(key) else {
             return;
         };
@@ -295,8 +410,39 @@ impl Acceptor {
 
     fn close_refused(&mut self, key: usize) {
         let refused = self.refused.remove(key);
+        if refused.handshaking {
+            self.tls_refusals.running -= 1;
+        }
         let fd = refused.conn.stream().as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         refused.conn.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_refusals_are_bounded_at_once_and_per_second() {
+        let t0 = Instant::now();
+        let mut refusals = TlsRefusals {
+            running: 0,
+            started: 0,
+            window: t0,
+        };
+        let admitted = (0..100).filter(|_| refusals.admit(t0)).count();
+        assert_eq!(admitted, TLS_REFUSALS_AT_ONCE);
+        // Each handshake done at once: the second's budget is the bound.
+        let mut started = admitted;
+        for _ in 0..1000 {
+            refusals.running = 0;
+            started += (0..TLS_REFUSALS_AT_ONCE)
+                .filter(|_| refusals.admit(t0))
+                .count();
+        }
+        assert_eq!(started, TLS_REFUSALS_PER_S as usize);
+        refusals.running = 0;
+        assert!(refusals.admit(t0 + Duration::from_secs(1)), "a new second");
     }
 }

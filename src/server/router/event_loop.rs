@@ -429,6 +429,9 @@ impl EventLoop {
         }
         for (t, why) in closing {
             if why == Some("TLS handshake timeout") {
+                if let Some(tls) = self.conns[t].conn.tls() {
+                    tls.timed_out();
+                }
                 self.count_tls_failure(t, why.unwrap_or_default());
             }
             if let Some(why) = why {
@@ -450,10 +453,12 @@ impl EventLoop {
         self.remove(t);
     }
 
-    /// Counts a failed handshake and logs it (throttled: one line per burst).
+    /// Logs a failed handshake (throttled: one line per burst); the
+    /// session counted it.
     fn count_tls_failure(&self, t: usize, why: &str) {
-        use std::sync::atomic::Ordering;
-        let total = self.router.tls_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        use crate::server::metrics::tls::HandshakeOutcome::{Failed, Timeout};
+        let counted = self.router.stats.metrics.tls();
+        let total = counted.counted(Failed) + counted.counted(Timeout);
         if self.tls_warnings.ready() {
             let conn = &self.conns[t].conn;
             log::warn!(

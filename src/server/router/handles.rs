@@ -3,7 +3,6 @@
 //! [`RouteFn`] each request read is handed to (the method table's `route`),
 //! and the listeners' TLS configuration.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::connection::Handles;
@@ -35,8 +34,6 @@ pub struct RouterHandles {
     pub route: Box<RouteFn>,
     /// The listeners' TLS configuration (`None`: plaintext listeners).
     pub tls: Option<Arc<ServerTls>>,
-    /// TLS handshakes that failed or timed out (plaintext clients among them).
-    pub tls_failures: AtomicU64,
 }
 
 impl RouterHandles {

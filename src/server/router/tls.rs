@@ -14,19 +14,30 @@
 //!   tickets the same way.
 //!
 //! The lock is held for one feed or one write, never across a wait.
+//!
+//! The session counts how its handshake ended (`/metrics`'
+//! `blitz_tls_handshakes_total`): done or failed in
+//! [`TlsSession::receive`], which sees it end, and timed out when the
+//! event loop says so ([`TlsSession::timed_out`]).
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
 use parking_lot::Mutex;
 use rustls::ServerConnection;
 
+use crate::server::metrics::tls::HandshakeOutcome;
+use crate::server::stats::Stats;
+
 /// The TLS state of one connection.
 pub struct TlsSession {
     state: Mutex<ServerConnection>,
     /// When the connection was accepted (for the handshake timeout).
     started: Instant,
+    /// Where the handshake's outcome is counted.
+    stats: Arc<Stats>,
 }
 
 /// What [`TlsSession::receive`] found besides the plaintext.
@@ -40,12 +51,18 @@ pub enum Received {
 
 impl TlsSession {
     /// The session of a connection accepted now, with the server side of
-    /// its handshake.
-    pub fn new(state: ServerConnection) -> TlsSession {
+    /// its handshake, counting the handshake's outcome in `stats`.
+    pub fn new(state: ServerConnection, stats: Arc<Stats>) -> TlsSession {
         TlsSession {
             state: Mutex::new(state),
             started: Instant::now(),
+            stats,
         }
+    }
+
+    /// Counts the handshake as timed out (the loop closes the connection).
+    pub fn timed_out(&self) {
+        self.stats.metrics.tls().count(HandshakeOutcome::Timeout);
     }
 
     /// When the connection was accepted.
@@ -67,28 +84,16 @@ impl TlsSession {
     /// plaintext it yields to `plain`. An error (a failed handshake, a
     /// plaintext client, a corrupt record) leaves an alert queued for
     /// [`TlsSession::send`]; the connection is to be closed.
-    pub fn receive(&self, mut cipher: &[u8], plain: &mut Vec<u8>) -> Result<Received, String> {
+    pub fn receive(&self, cipher: &[u8], plain: &mut Vec<u8>) -> Result<Received, String> {
         let mut state = self.state.lock();
-        let mut received = Received::Open;
-        while !cipher.is_empty() {
-            if state.read_tls(&mut cipher).map_err(|e| e.to_string())? == 0 {
-                break;
-            }
-            let io = state.process_new_packets().map_err(|e| e.to_string())?;
-            let n = io.plaintext_bytes_to_read();
-            if n > 0 {
-                let at = plain.len();
-                plain.resize(at + n, 0);
-                state
-                    .reader()
-                    .read_exact(&mut plain[at..])
-                    .map_err(|e| e.to_string())?;
-            }
-            if io.peer_has_closed() {
-                received = Received::Closed;
-            }
+        let handshaking = state.is_handshaking();
+        let fed = feed(&mut state, cipher, plain);
+        match (&fed, handshaking, state.is_handshaking()) {
+            (Err(_), _, true) => self.stats.metrics.tls().count(HandshakeOutcome::Failed),
+            (_, true, false) => self.stats.metrics.tls().done(self.started.elapsed()),
+            _ => {}
         }
-        Ok(received)
+        fed
     }
 
     /// Writes queued records to `socket` until none is left (true) or the
@@ -111,6 +116,34 @@ impl TlsSession {
         state.send_close_notify();
         let _ = send_records(&mut state, socket);
     }
+}
+
+/// Feeds `cipher` to `state` and appends the plaintext it yields to `plain`.
+fn feed(
+    state: &mut ServerConnection,
+    mut cipher: &[u8],
+    plain: &mut Vec<u8>,
+) -> Result<Received, String> {
+    let mut received = Received::Open;
+    while !cipher.is_empty() {
+        if state.read_tls(&mut cipher).map_err(|e| e.to_string())? == 0 {
+            break;
+        }
+        let io = state.process_new_packets().map_err(|e| e.to_string())?;
+        let n = io.plaintext_bytes_to_read();
+        if n > 0 {
+            let at = plain.len();
+            plain.resize(at + n, 0);
+            state
+                .reader()
+                .read_exact(&mut plain[at..])
+                .map_err(|e| e.to_string())?;
+        }
+        if io.peer_has_closed() {
+            received = Received::Closed;
+        }
+    }
+    Ok(received)
 }
 
 /// Writes `state`'s records until none is left (true) or the socket is full.
@@ -170,7 +203,10 @@ mod tests {
             key,
             client_ca: None,
         };
-        TlsSession::new(ServerTls::load(files).unwrap().new_connection())
+        TlsSession::new(
+            ServerTls::load(files).unwrap().new_connection(),
+            Arc::new(Stats::new()),
+        )
     }
 
     #[test]

@@ -37,6 +37,27 @@ pub(super) fn process_ticks(pid: u32) -> Option<u64> {
     read_stat(pid).map(|(_, own, _)| own)
 }
 
+/// CPU ticks used by the threads of `pid` whose name starts with one of
+/// `prefixes` (`/proc/PID/task/*/comm`).
+pub(super) fn thread_ticks(pid: u32, prefixes: &[&str]) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let path = task.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if !prefixes.iter().any(|p| comm.starts_with(p)) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        total += parse_stat(&stat).map_or(0, |(_, own, _)| own);
+    }
+    Some(total)
+}
+
 /// CPU ticks used by `pid`, its reaped children, and its live children:
 /// for the postmaster, all of PostgreSQL.
 pub(super) fn tree_ticks(pid: u32) -> Option<u64> {
@@ -81,5 +102,6 @@ mod tests {
         let me = std::process::id();
         assert!(process_ticks(me).is_some());
         assert!(tree_ticks(me).is_some());
+        assert!(thread_ticks(me, &["nobody-has-this-name"]) == Some(0));
     }
 }

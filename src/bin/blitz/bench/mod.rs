@@ -9,7 +9,9 @@
 //! connection readied and logged in), [`progress`] (counters shared by the
 //! threads), [`tally`] (what one thread measured), [`engine`] (one
 //! event-loop thread), [`load`] (the run: threads, measured phase, report);
-//! [`wire`] (a connection's bytes, plaintext or TLS) under [`connect`].
+//! [`wire`] (a connection's bytes, plaintext or TLS) under [`connect`];
+//! [`storm`] (`--handshakes`: new TLS connections, one call each) beside
+//! [`load`].
 
 mod connect;
 mod cpu;
@@ -21,6 +23,7 @@ mod poller;
 mod progress;
 mod report;
 mod requests;
+mod storm;
 mod tally;
 mod timer;
 mod wire;
@@ -103,6 +106,16 @@ pub struct BenchArgs {
     /// server.http_listen address; --user's session goes in a bearer header.
     #[arg(long)]
     http: bool,
+    /// A storm of new TLS connections instead of calls (needs --ca or
+    /// --tls): each of the -c connections in flight connects, handshakes,
+    /// sends one sys.ping, reads the reply and closes, and is replaced at
+    /// once; reports handshakes/s and, with --server-pid, the server's CPU
+    /// per handshake. Full handshakes unless --resume.
+    #[arg(long, conflicts_with_all = ["http", "rate", "calls", "user"])]
+    handshakes: bool,
+    /// With --handshakes: keep each client's sessions and resume them.
+    #[arg(long, requires = "handshakes")]
+    resume: bool,
 }
 
 impl BenchArgs {
@@ -161,6 +174,9 @@ pub fn run_bench(
     trust: Option<Trust>,
     bench_args: &BenchArgs,
 ) -> Result<(), Failure> {
+    if bench_args.handshakes {
+        return run_storm(servers, trust, bench_args);
+    }
     let mut options = bench_args
         .options(servers, timeout_ms)
         .map_err(Failure::Usage)?;
@@ -178,6 +194,72 @@ pub fn run_bench(
     } else {
         report.to_text()
     };
+    print_report(&text)
+}
+
+/// `blitz bench --handshakes` (see [`storm`]).
+fn run_storm(
+    servers: Vec<String>,
+    trust: Option<Trust>,
+    bench_args: &BenchArgs,
+) -> Result<(), Failure> {
+    let Some(trust) = trust else {
+        return Err(Failure::Usage(
+            "bench --handshakes: handshakes need TLS; add --ca FILE or --tls".into(),
+        ));
+    };
+    let tls = ClientTls::new(&trust).map_err(|e| Failure::Usage(e.to_string()))?;
+    let server = servers.first().cloned().unwrap_or_default();
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&server)
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Failure::Usage(format!("--server {server:?}: not an address")))?;
+    let host = server
+        .rsplit_once(':')
+        .map_or(server.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let duration = match bench_args.duration {
+        None => Duration::from_secs(10),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
+        Some(s) => {
+            return Err(Failure::Usage(format!(
+                "--duration {s}: expected seconds > 0"
+            )))
+        }
+    };
+    let plan = storm::Storm {
+        addr,
+        host,
+        tls: tls.config(),
+        resume: bench_args.resume,
+        in_flight: bench_args.connections as usize,
+        threads: if bench_args.threads == 0 {
+            1
+        } else {
+            bench_args.threads
+        },
+        duration,
+        server_pid: bench_args.server_pid,
+    };
+    let report = storm::run(&plan).map_err(Failure::Connect)?;
+    if report.handshakes == 0 {
+        return Err(Failure::Connect(format!(
+            "bench --handshakes: no handshake completed with {server}: {}",
+            report.first_failure.as_deref().unwrap_or("no answer")
+        )));
+    }
+    let text = if bench_args.json {
+        serde_json::to_string(&report)
+            .map_err(|e| Failure::Local(format!("cannot render the report: {e}")))?
+    } else {
+        report.to_text()
+    };
+    print_report(&text)
+}
+
+fn print_report(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", text.trim_end())
         .and_then(|()| out.flush())
