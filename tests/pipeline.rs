@@ -507,6 +507,32 @@ fn release_the_worker(locker: &mut postgres::Client, rpc: &mut Rpc, n: usize) ->
 }
 
 #[test]
+fn jobs_beyond_the_active_limit_wait_in_the_queue_not_in_a_worker() {
+    // Four workers, one permit: the three calls behind the held one stay
+    // queued (FIFO) instead of being taken by idle workers that would only
+    // wait at the limiter's gate; once it is released they all run.
+    let (db, server) = setup(&[
+        ("db.pool_size", "4"),
+        ("invocation.workers", "4"),
+        ("db.active_limit", "1"),
+    ]);
+    let mut rpc = Rpc::session(&server.addr);
+    let mut watcher = Rpc::session(&server.addr);
+    let mut locker = db.connect();
+    hold_the_worker(&mut locker, &mut rpc, &mut watcher, 3);
+    let status = result(&watcher.call("sys.status", json!({}))).clone();
+    assert_eq!(status["workers"]["busy"], 1, "{status}");
+    assert_eq!(status["queue"]["depth"], 3, "{status}");
+    let replies = release_the_worker(&mut locker, &mut rpc, 4);
+    for reply in &replies {
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    watcher.wait_for_status("the workers to be idle", |s| {
+        s["queue"]["depth"] == 0 && s["workers"]["busy"] == 0
+    });
+}
+
+#[test]
 fn a_deadline_shorter_than_the_estimated_queue_wait_is_refused_at_once() {
     // Admission estimates the wait as the queue depth over the workers'
     // recent pace. With one worker whose last four calls each ran at least
