@@ -391,6 +391,12 @@ impl Workforce {
         }
     }
 
+    /// Closes without a dispatcher (tests of the workers).
+    #[cfg(test)]
+    pub fn close_for_test(&self) {
+        self.close();
+    }
+
     /// Sleeps the calling worker until a job is queued for it or the
     /// queue closes, unless `has_work` (checked once the worker is listed
     /// idle) says there is work already.

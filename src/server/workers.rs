@@ -20,14 +20,14 @@ use super::stats::Stats;
 use crate::db::Limiter;
 
 /// Runs one job; true when it ran (not answered at once, e.g. expired).
-pub type RunJob = dyn Fn(Job) -> bool + Send + Sync;
+pub type RunJob<J = Job> = dyn Fn(J) -> bool + Send + Sync;
 
-/// What every worker shares.
-pub struct Crew {
+/// What every worker shares (jobs of type `J`: the server's [`Job`]s).
+pub struct Crew<J = Job> {
     /// The queue.
-    pub queue: Receiver<Job>,
+    pub queue: Receiver<J>,
     /// Runs a job.
-    pub run: Arc<RunJob>,
+    pub run: Arc<RunJob<J>>,
     /// Where a worker's pace is recorded.
     pub stats: Arc<Stats>,
     /// Who may take a job, and the idle workers (shared with admission).
@@ -39,7 +39,7 @@ pub struct Crew {
 }
 
 /// Starts `n` worker threads.
-pub fn spawn(crew: &Arc<Crew>, n: usize) -> Vec<JoinHandle<()>> {
+pub fn spawn<J: Send + 'static>(crew: &Arc<Crew<J>>, n: usize) -> Vec<JoinHandle<()>> {
     (0..n)
         .map(|i| {
             let crew = crew.clone();
@@ -52,16 +52,16 @@ pub fn spawn(crew: &Arc<Crew>, n: usize) -> Vec<JoinHandle<()>> {
 }
 
 /// What a worker found when it looked for a job.
-enum Next {
+enum Next<J> {
     /// A job, with a slot held for it.
-    Job(Job),
+    Job(J),
     /// No job it may take now: sleep.
     Idle,
     /// The queue is closed and empty: stop.
     Exit,
 }
 
-fn worker_loop(crew: &Crew) {
+fn worker_loop<J>(crew: &Crew<J>) {
     // When the last job that ran (not one answered at once) was taken.
     let mut last_taken: Option<Instant> = None;
     let mut holding = false;
@@ -94,7 +94,7 @@ fn worker_loop(crew: &Crew) {
 
 /// The next job this worker may take: it keeps its slot from one job to
 /// the next, and gives it back when the queue is empty or the limit fell.
-fn next_job(crew: &Crew, holding: &mut bool) -> Next {
+fn next_job<J>(crew: &Crew<J>, holding: &mut bool) -> Next<J> {
     crew.workforce.set_limit(crew.limiter.current());
     if *holding && crew.workforce.over_limit() {
         crew.workforce.release();
@@ -116,9 +116,102 @@ fn next_job(crew: &Crew, holding: &mut bool) -> Next {
         crew.workforce.release();
         *holding = false;
     }
+    // Once the queue is closed a worker without a slot stops: those with
+    // one finish what is queued (what is left after them is answered by
+    // the drain).
     let closed = crew.workforce.is_closed() || crew.may_exit.load(Ordering::Acquire);
     match next {
-        Next::Idle if closed && crew.queue.is_empty() => Next::Exit,
+        Next::Idle if closed => Next::Exit,
         next => next,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::ActiveLimit;
+
+    /// Workers taking numbers from a queue of `capacity` under a fixed limit.
+    fn crew(
+        workers: usize,
+        limit: usize,
+        capacity: usize,
+        done: &Arc<AtomicUsize>,
+        most: &Arc<AtomicUsize>,
+    ) -> (crossbeam_channel::Sender<u64>, Arc<Crew<u64>>) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let (done, most) = (done.clone(), most.clone());
+        let running = Arc::new(AtomicUsize::new(0));
+        let crew = Arc::new(Crew {
+            queue: rx,
+            run: Arc::new(move |n: u64| {
+                most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                if n.is_multiple_of(64) {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                running.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+                true
+            }),
+            stats: Arc::new(Stats::new()),
+            workforce: Arc::new(Workforce::new(workers)),
+            limiter: Limiter::new(ActiveLimit::Fixed(limit as u64), limit, workers),
+            may_exit: Arc::default(),
+        });
+        (tx, crew)
+    }
+
+    #[test]
+    fn no_queued_job_is_left_while_workers_sleep() {
+        // Producers queue and wake as admission does, in bursts with pauses
+        // so that workers go idle and are woken again many times.
+        let (done, most) = (Arc::default(), Arc::default());
+        let (tx, crew) = crew(8, 3, 64, &done, &most);
+        let workers = spawn(&crew, 8);
+        let producers: Vec<_> = (0..2)
+            .map(|p| {
+                let (tx, workforce) = (tx.clone(), crew.workforce.clone());
+                std::thread::spawn(move || {
+                    for i in 0..5_000u64 {
+                        let mut job = i * 2 + p;
+                        while let Err(e) = tx.try_send(job) {
+                            job = e.into_inner();
+                            std::thread::yield_now();
+                        }
+                        workforce.wake_one();
+                        if i.is_multiple_of(100) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        // Every job is taken without any further wake-up (a lost one would
+        // leave jobs queued behind sleeping workers for good).
+        let give_up = Instant::now() + Duration::from_secs(120);
+        while done.load(Ordering::SeqCst) < 10_000 {
+            assert!(
+                Instant::now() < give_up,
+                "{} jobs left in the queue",
+                crew.queue.len()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            most.load(Ordering::SeqCst) <= 3,
+            "more jobs at once than the limit"
+        );
+        drop(tx);
+        crew.workforce.close_for_test();
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(crew.workforce.busy(), 0);
     }
 }
