@@ -87,7 +87,10 @@ fn a_fixed_limit_holds_that_many_connections_and_no_more() {
         caller.send("api.hold", json!({}));
     }
     db.wait_until_running("hold", 2);
-    let status = watcher.wait_for_status("three workers busy", |s| s["workers"]["busy"] == 3);
+    // The third waits in the queue: no worker takes a job beyond the limit.
+    let status = watcher.wait_for_status("two workers busy, one call queued", |s| {
+        s["workers"]["busy"] == 2 && s["queue"]["depth"] == 1
+    });
     assert_eq!(
         status["active_limit"]["in_use"], 2,
         "the third waits: {status}"

@@ -83,7 +83,12 @@ fn burst(addr: &str, clients: usize, hold_ms: u64, timeout_ms: u64) -> (Vec<Valu
 
 #[test]
 fn a_burst_of_500_beyond_the_queue_gets_results_and_clean_refusals() {
-    let (_db, server) = setup(&[("db.pool_size", "4"), ("invocation.queue_capacity", "100")]);
+    // A fixed limit: jobs beyond it wait in the queue, not in a worker.
+    let (_db, server) = setup(&[
+        ("db.pool_size", "4"),
+        ("db.active_limit", "4"),
+        ("invocation.queue_capacity", "100"),
+    ]);
     let (replies, took) = burst(&server.addr, 500, 200, 60_000);
     let ok = replies.iter().filter(|r| r.get("result").is_some()).count();
     let refused: Vec<_> = replies
@@ -100,7 +105,7 @@ fn a_burst_of_500_beyond_the_queue_gets_results_and_clean_refusals() {
         assert_eq!(r["error"]["data"]["queue_capacity"], 100);
     }
     assert_eq!(ok + refused.len(), 500);
-    assert!(ok >= 104, "successes {ok} < queue capacity + workers");
+    assert!(ok >= 104, "successes {ok} < queue capacity + active limit");
     // Each success held one of the 4 workers for 200 ms, and every reply
     // came within `took`: at most 4 × took / 200 ms successes, so the rest
     // of the 500 must have been refused, however fast the machine.
@@ -499,6 +504,32 @@ fn release_the_worker(locker: &mut postgres::Client, rpc: &mut Rpc, n: usize) ->
         .execute("SELECT pg_advisory_unlock(42)", &[])
         .unwrap();
     (0..n).map(|_| rpc.read_reply().expect("a reply")).collect()
+}
+
+#[test]
+fn jobs_beyond_the_active_limit_wait_in_the_queue_not_in_a_worker() {
+    // Four workers, one permit: the three calls behind the held one stay
+    // queued (FIFO) instead of being taken by idle workers that would only
+    // wait at the limiter's gate; once it is released they all run.
+    let (db, server) = setup(&[
+        ("db.pool_size", "4"),
+        ("invocation.workers", "4"),
+        ("db.active_limit", "1"),
+    ]);
+    let mut rpc = Rpc::session(&server.addr);
+    let mut watcher = Rpc::session(&server.addr);
+    let mut locker = db.connect();
+    hold_the_worker(&mut locker, &mut rpc, &mut watcher, 3);
+    let status = result(&watcher.call("sys.status", json!({}))).clone();
+    assert_eq!(status["workers"]["busy"], 1, "{status}");
+    assert_eq!(status["queue"]["depth"], 3, "{status}");
+    let replies = release_the_worker(&mut locker, &mut rpc, 4);
+    for reply in &replies {
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    watcher.wait_for_status("the workers to be idle", |s| {
+        s["queue"]["depth"] == 0 && s["workers"]["busy"] == 0
+    });
 }
 
 #[test]

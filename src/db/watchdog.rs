@@ -58,9 +58,24 @@ struct Armed {
     done: AtomicBool,
 }
 
+/// What the timer thread is doing, so that arming a timer wakes it only
+/// when it would otherwise sleep past the new one.
+#[derive(Default, Clone, Copy)]
+enum Sleep {
+    /// Running, or about to look at the schedule again: no wake needed.
+    #[default]
+    Awake,
+    /// Asleep until this instant (the first timer when it went to sleep;
+    /// that timer may have been disarmed since).
+    Until(Instant),
+    /// Asleep with no timer armed.
+    Forever,
+}
+
 #[derive(Default)]
 struct State {
     timers: BTreeMap<(Instant, u64), Arc<Armed>>,
+    sleep: Sleep,
     /// When each armed timer is due next, by id.
     due: HashMap<u64, Instant>,
     next_id: u64,
@@ -156,14 +171,21 @@ impl Watchdog {
         }
     }
 
-    /// Puts timer `id` on the schedule at `at`, waking the thread if it is
-    /// now the first.
+    /// Puts timer `id` on the schedule at `at`, waking the thread only if
+    /// it sleeps past `at`. A call's timer is usually later than the one
+    /// the thread sleeps until (deadlines are mostly the same length), so
+    /// arming costs no system call; a disarmed timer the thread sleeps
+    /// until wakes it once for nothing.
     fn schedule(&self, state: &mut State, at: Instant, id: u64, armed: Arc<Armed>) {
-        let key = (at, id);
-        let is_first = state.timers.keys().next().is_none_or(|first| key < *first);
-        state.timers.insert(key, armed);
+        state.timers.insert((at, id), armed);
         state.due.insert(id, at);
-        if is_first {
+        let wake = match state.sleep {
+            Sleep::Awake => false,
+            Sleep::Until(until) => at < until,
+            Sleep::Forever => true,
+        };
+        if wake {
+            state.sleep = Sleep::Awake;
             self.shared.wake.notify_one();
         }
     }
@@ -191,11 +213,15 @@ impl Watchdog {
         let mut state = self.shared.state.lock();
         while !state.stopped {
             let Some((&key, _)) = state.timers.iter().next() else {
+                state.sleep = Sleep::Forever;
                 self.shared.wake.wait(&mut state);
+                state.sleep = Sleep::Awake;
                 continue;
             };
             if key.0 > Instant::now() {
+                state.sleep = Sleep::Until(key.0);
                 self.shared.wake.wait_until(&mut state, key.0);
+                state.sleep = Sleep::Awake;
                 continue;
             }
             let armed = state.timers.remove(&key).expect("first timer exists");

@@ -19,13 +19,21 @@
 //! few clients per permit is never refused), and for each request at
 //! least [`DEADLINE_SHARE`]'s fraction of its own deadline; the interval
 //! of 100 ms is CoDel's.
+//!
+//! The queue's other end is the [`Workforce`]: at most the database's
+//! concurrency limit of workers hold a job at once, so a job waits here,
+//! in FIFO order, rather than in a worker parked at the limiter's gate
+//! (one hand-off, not two); an idle worker sleeps until a job is queued
+//! for it, and the one woken is the one that went idle last (its cache
+//! is warm, and the others stay asleep).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::metrics::Refusal;
 use super::router::responder::Responder;
@@ -63,7 +71,7 @@ pub struct Dispatcher {
     capacity: usize,
     limits: Limits,
     stats: Arc<Stats>,
-    busy_workers: Arc<AtomicUsize>,
+    workforce: Arc<Workforce>,
     refusal_log: LogThrottle,
     /// Since when every job that reached a worker had waited over the
     /// target, µs since `origin` (0: the last one waited less).
@@ -101,7 +109,7 @@ impl Dispatcher {
             sender: RwLock::new(Some(tx)),
             capacity,
             stats,
-            busy_workers: Arc::default(),
+            workforce: Arc::new(Workforce::new(limits.workers)),
             refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
             above_since_us: AtomicU64::new(0),
             target_us: AtomicU64::new(WAIT_TARGET.as_micros() as u64),
@@ -124,12 +132,12 @@ impl Dispatcher {
 
     /// Workers running a job right now.
     pub fn busy_workers(&self) -> usize {
-        self.busy_workers.load(Ordering::Acquire)
+        self.workforce.busy()
     }
 
-    /// The counter the workers keep of themselves while busy.
-    pub fn busy_counter(&self) -> Arc<AtomicUsize> {
-        self.busy_workers.clone()
+    /// The workers' side of the queue: who may take a job, who sleeps.
+    pub fn workforce(&self) -> Arc<Workforce> {
+        self.workforce.clone()
     }
 
     /// How long a job admitted now would wait: the queue depth over the
@@ -150,9 +158,9 @@ impl Dispatcher {
     }
 
     /// How long a job with `depth` jobs ahead of it would wait, with every
-    /// worker going at the pace the workers kept recently.
+    /// worker that may hold a job going at the pace the workers kept recently.
     fn wait_for(&self, depth: usize) -> Option<Duration> {
-        let rate = self.stats.worker_rate()? * self.limits.workers as f64;
+        let rate = self.stats.worker_rate()? * self.workforce.slots() as f64;
         Some(Duration::from_secs_f64(depth as f64 / rate))
     }
 
@@ -252,7 +260,11 @@ impl Dispatcher {
             return job.responder.reply(Err(RpcError::shutting_down()));
         };
         match tx.try_send(job) {
-            Ok(()) => self.stats.bump_accepted(),
+            Ok(()) => {
+                drop(sender);
+                self.stats.bump_accepted();
+                self.workforce.wake_one();
+            }
             Err(TrySendError::Full(job)) => {
                 drop(sender);
                 self.refuse(Refusal::QueueFull, &job.request, job.responder)
@@ -264,8 +276,146 @@ impl Dispatcher {
         }
     }
 
-    /// Stops admitting: later `admit` calls answer -32003.
+    /// Stops admitting: later `admit` calls answer -32003; idle workers
+    /// wake and stop once the queue is empty.
     pub fn close(&self) {
         self.sender.write().take();
+        self.workforce.close();
+    }
+}
+
+/// The workers as the queue sees them: how many hold a job, how many may
+/// at once (the database's concurrency limit, within the worker count),
+/// and the idle ones, asleep until a job is queued for them.
+///
+/// No wake-up is lost: a worker lists itself idle before it looks at the
+/// queue a last time, and [`Dispatcher::admit`] queues a job before it
+/// looks at the idle list, each with a sequentially consistent fence in
+/// between, so one of the two sees the other.
+pub struct Workforce {
+    /// Workers holding a job (one of the slots).
+    busy: AtomicUsize,
+    /// How many may hold one at once: `invocation.workers`, or the
+    /// concurrency limit when lower (published by the workers).
+    slots: AtomicUsize,
+    workers: usize,
+    /// Idle workers, the one that went idle last at the end.
+    idle: Mutex<Vec<Thread>>,
+    idle_count: AtomicUsize,
+    /// The queue was closed: idle workers stop.
+    closed: AtomicBool,
+}
+
+impl Workforce {
+    /// The side of `workers` workers, every one of them allowed a job.
+    pub fn new(workers: usize) -> Workforce {
+        let workers = workers.max(1);
+        Workforce {
+            busy: AtomicUsize::new(0),
+            slots: AtomicUsize::new(workers),
+            workers,
+            idle: Mutex::new(Vec::with_capacity(workers)),
+            idle_count: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Workers holding a job now.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// How many workers may hold a job at once.
+    pub fn slots(&self) -> usize {
+        self.slots.load(Ordering::Relaxed)
+    }
+
+    /// Publishes the concurrency limit now (a worker reads it before each job).
+    pub fn set_limit(&self, limit: usize) {
+        let slots = limit.clamp(1, self.workers);
+        if self.slots.load(Ordering::Relaxed) != slots {
+            self.slots.store(slots, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes a slot if one is free.
+    pub fn try_claim(&self) -> bool {
+        let slots = self.slots();
+        self.busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < slots).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Whether more workers hold a slot than the limit now allows.
+    pub fn over_limit(&self) -> bool {
+        self.busy() > self.slots()
+    }
+
+    /// Gives a slot back.
+    pub fn release(&self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Wakes the worker that went idle last, if one is idle and a slot is
+    /// free (after a job was queued).
+    pub fn wake_one(&self) {
+        fence(Ordering::SeqCst);
+        if self.idle_count.load(Ordering::SeqCst) == 0 || self.busy() >= self.slots() {
+            return;
+        }
+        let woken = {
+            let mut idle = self.idle.lock();
+            let woken = idle.pop();
+            self.idle_count.store(idle.len(), Ordering::SeqCst);
+            woken
+        };
+        if let Some(worker) = woken {
+            worker.unpark();
+        }
+    }
+
+    /// Marks the queue closed and wakes every idle worker.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let idle = std::mem::take(&mut *self.idle.lock());
+        self.idle_count.store(0, Ordering::SeqCst);
+        for worker in idle {
+            worker.unpark();
+        }
+    }
+
+    /// Closes without a dispatcher (tests of the workers).
+    #[cfg(test)]
+    pub fn close_for_test(&self) {
+        self.close();
+    }
+
+    /// Sleeps the calling worker until a job is queued for it or the
+    /// queue closes, unless `has_work` (checked once the worker is listed
+    /// idle) says there is work already.
+    pub fn park(&self, has_work: impl Fn() -> bool) {
+        let me = std::thread::current();
+        {
+            let mut idle = self.idle.lock();
+            idle.push(me.clone());
+            self.idle_count.store(idle.len(), Ordering::SeqCst);
+        }
+        fence(Ordering::SeqCst);
+        if !has_work() && !self.is_closed() {
+            std::thread::park();
+        }
+        // Still listed after a spurious wake-up or when work was found.
+        let mut idle = self.idle.lock();
+        if let Some(i) = idle.iter().rposition(|t| t.id() == me.id()) {
+            idle.remove(i);
+            self.idle_count.store(idle.len(), Ordering::SeqCst);
+        }
     }
 }

@@ -284,7 +284,8 @@ impl Server {
             queue: self.queue.clone(),
             run: Arc::new(move |job| methods::run_job(&ctx, job)),
             stats: self.ctx.stats.clone(),
-            busy: self.ctx.dispatcher.busy_counter(),
+            workforce: self.ctx.dispatcher.workforce(),
+            limiter: self.ctx.db.limiter().clone(),
             may_exit: self.housekeeping_stop.clone(),
         });
         workers::spawn(&crew, self.ctx.config.invocation.workers as usize)
