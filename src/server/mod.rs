@@ -128,7 +128,8 @@ impl Server {
         let health = Arc::new(Health::default());
         let acquire_timeout = Duration::from_millis(config.db.acquire_timeout_ms);
         let share = cluster.share().clone();
-        let pool = db::build_pool(&config, health.clone(), share.clone(), cluster.clone());
+        let connector = db::Connector::new(&config);
+        let pool = db::build_pool(&config, connector, health.clone(), share.clone(), cluster.clone());
         let limiter = db::Limiter::new(
             config.db.active_limit,
             config.active_limit_start() as usize,
