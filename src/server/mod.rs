@@ -45,7 +45,9 @@ use crate::cluster::{Cluster, Housekeeper, Identity, JoinError, Timing};
 use crate::config::Config;
 use crate::db::catalog::CatalogCache;
 use crate::db::idempotency::Sweep;
-use crate::db::{self, CancelReason, Database, Health};
+use crate::db::replica::monitor::Monitor;
+use crate::db::replica::Replicas;
+use crate::db::{self, CancelReason, Database, Health, StandbyShare};
 use crate::protocol::framing::Wire;
 use crate::protocol::RpcError;
 use admission::{Dispatcher, Job, Limits};
@@ -137,11 +139,13 @@ impl Server {
         );
         share.attach_limiter(limiter.clone());
         let db = Database::new(pool, health, acquire_timeout, share, limiter);
+        let replicas = Arc::new(Replicas::new(&config, cluster.clone()));
         let ping_result = methods::ping_result(&instance, &config.auth.mode.to_string());
         let ctx = Arc::new(Context {
             ping_result,
             instance,
             db,
+            replicas,
             cluster,
             catalog: CatalogCache::new(&config.db.api_schema),
             sessions: Arc::new(Sessions::new(&config.auth)),
@@ -211,6 +215,7 @@ impl Server {
         }
         let ctx = &self.ctx;
         let workers = self.spawn_workers();
+        let monitors = self.spawn_monitors()?;
         let housekeeper = self.housekeeper.take().expect("run once").spawn();
         let addrs = self.local_addrs();
         let http_note = match self.addrs_of(Wire::Http).as_slice() {
@@ -250,6 +255,9 @@ impl Server {
         };
         drain_and_close(ctx, stages);
         let _ = housekeeper.join(); // it closes the pool and leaves the registry
+        for monitor in monitors {
+            let _ = monitor.join();
+        }
         if let Some(m) = metrics {
             m.stop();
         }
@@ -264,6 +272,7 @@ impl Server {
         let endpoints = metrics::Endpoints {
             metrics: Box::new(move || {
                 let catalog = gauges.catalog.current();
+                gauges.stats.metrics.targets.set(target_samples(&gauges));
                 (gauges.stats.metrics).render(&gauge_values(&gauges), catalog.as_deref())
             }),
             ready: Box::new(move || readiness(&ready)),
@@ -276,6 +285,28 @@ impl Server {
                 None
             }
         }
+    }
+
+    /// One monitor thread per standby; each sets its standby's share
+    /// after its probes ([`standalone_standby_limits`]).
+    fn spawn_monitors(&self) -> io::Result<Vec<JoinHandle<()>>> {
+        let ctx = &self.ctx;
+        let (cap, reserved) = (ctx.config.db.pool_size, ctx.config.db.reserved_connections);
+        let on_probe: db::replica::monitor::OnProbe =
+            Arc::new(move |standby| standalone_standby_limits(standby, cap, reserved));
+        (0..ctx.replicas.list().len())
+            .map(|index| {
+                Monitor {
+                    replicas: ctx.replicas.clone(),
+                    index,
+                    probe_timeout: Duration::from_millis(ctx.config.db.heartbeat_interval_ms),
+                    session_idle: Duration::from_secs(ctx.config.auth.session_idle_timeout_s),
+                    on_probe: on_probe.clone(),
+                    stop: self.housekeeping_stop.clone(),
+                }
+                .spawn()
+            })
+            .collect()
     }
 
     /// The workers, each given the method table's `run_job`.
@@ -303,6 +334,17 @@ impl Server {
             tls: self.tls.clone(),
             tls_failures: Default::default(),
         }
+    }
+}
+
+/// A standby's share while this instance alone decides it: the pool's
+/// cap, within the standby's `max_connections` less
+/// `db.reserved_connections` and this instance's monitor connection, once
+/// a probe has read `max_connections` (0 until then).
+fn standalone_standby_limits(standby: &StandbyShare, pool_cap: u64, reserved: u64) {
+    if let Some(max) = standby.max_connections() {
+        let room = max.saturating_sub(reserved + 1);
+        standby.share.set_limit(pool_cap.min(room) as usize);
     }
 }
 
@@ -393,6 +435,24 @@ fn gauge_values(ctx: &Context) -> metrics::Gauges {
     }
 }
 
+/// The calls per database target and the standbys' lag, read now.
+fn target_samples(ctx: &Context) -> Vec<metrics::targets::TargetSample> {
+    let primary = metrics::targets::TargetSample {
+        target: "primary".into(),
+        calls: ctx.replicas.primary_calls(),
+        replica: None,
+    };
+    let standbys = ctx.replicas.list().iter().map(|r| metrics::targets::TargetSample {
+        target: r.name.clone(),
+        calls: r.calls(),
+        replica: Some((
+            r.lag_ms() as f64 / 1000.0,
+            r.state() == db::replica::State::Up,
+        )),
+    });
+    std::iter::once(primary).chain(standbys).collect()
+}
+
 /// `/health/ready`: the database answers and the server is not draining.
 fn readiness(ctx: &Context) -> Result<(), String> {
     if ctx.shutdown.is_stopping() {
@@ -433,6 +493,9 @@ fn drain_and_close(ctx: &Arc<Context>, mut stages: Stages) {
     if ctx.dispatcher.busy_workers() > 0 {
         log::warn!("drain timeout reached: cancelling running statements");
         ctx.db.watchdog.cancel_all(CancelReason::Shutdown);
+        for replica in ctx.replicas.list() {
+            replica.db.watchdog.cancel_all(CancelReason::Shutdown);
+        }
     }
     ctx.dispatcher.close();
     stages.housekeeping_stop.store(true, Ordering::Release);
@@ -445,6 +508,9 @@ fn drain_and_close(ctx: &Arc<Context>, mut stages: Stages) {
     }
     stages.router.finish(); // replies written (within WRITE_TIMEOUT), connections closed
     ctx.db.watchdog.stop();
+    for replica in ctx.replicas.list() {
+        replica.db.watchdog.stop();
+    }
     log::info!(
         "stopped: {} requests completed",
         ctx.stats.metrics.completed()

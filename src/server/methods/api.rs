@@ -2,7 +2,10 @@
 //! one transaction, on a worker, with its deadline enforced by the
 //! watchdog and serialization failures retried. The statement is prepared
 //! once per connection and (function, argument shape), and its result
-//! passes through as the JSON text PostgreSQL sent.
+//! passes through as the JSON text PostgreSQL sent. With standbys, a call
+//! that may run on one is tried there first ([`standby`]); this is the
+//! primary's path, which also records a session's position after a call
+//! that may have written.
 
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::method::Call;
+use super::standby;
 use crate::auth::sessions::{run_in_session, CallStatement, EnterArgs};
 use crate::db::catalog::PreparedCall;
 use crate::db::idempotency::{self, KeyedCall};
@@ -25,6 +29,15 @@ pub fn call(call: &Call) -> Result<Box<RawValue>, RpcError> {
     let session = call.session_key()?;
     let name = &call.request.method["api.".len()..];
     let params = &call.request.params()?;
+    let keyless = call.request.idempotency_key.is_none();
+    if keyless {
+        if let Some(outcome) = standby::try_call(ctx, name, params, &session, deadline) {
+            if !matches!(&outcome, Err(e) if e.code == code::UNAUTHENTICATED) {
+                ctx.sessions.touch(&session);
+            }
+            return outcome;
+        }
+    }
     let mut conn = ctx.acquire(deadline)?;
     let catalog = ctx.catalog_loaded(&mut conn, deadline)?;
     let prepared = match catalog.prepare(name, params) {
@@ -50,6 +63,11 @@ pub fn call(call: &Call) -> Result<Box<RawValue>, RpcError> {
     );
     if !matches!(&outcome, Err(e) if e.code == code::UNAUTHENTICATED) {
         ctx.sessions.touch(&session);
+    }
+    ctx.replicas.count_primary_call();
+    let may_have_written = !prepared.standby_safe || !keyless;
+    if outcome.is_ok() && (may_have_written || ctx.replicas.sessions.get(&session).is_none()) {
+        standby::note_position(ctx, &mut conn, &session);
     }
     outcome
 }
@@ -150,7 +168,7 @@ fn statement_text(call: &PreparedCall, keyed: Option<&KeyedCall>) -> (String, Ve
 }
 
 /// JSON `null` as raw JSON text.
-fn null() -> Box<RawValue> {
+pub(super) fn null() -> Box<RawValue> {
     RawValue::from_string("null".into()).expect("null is JSON")
 }
 

@@ -55,6 +55,8 @@ pub fn status(ctx: &Context) -> Value {
         "database": {"available": !ctx.db.health.is_down()},
         "functions": ctx.catalog.len(),
         "cluster": ctx.cluster.status(),
+        "replicas": ctx.replicas.status(),
+        "db_calls": {"primary": ctx.replicas.primary_calls()},
     });
     if let (Value::Object(out), Value::Object(stats)) = (&mut status, ctx.stats.to_json()) {
         out.extend(stats);

@@ -16,6 +16,7 @@
 //!   merged at each scrape.
 //! - [`completions`]: the latency histograms of finished requests, kept
 //!   per thread and merged at each scrape.
+//! - [`targets`]: the calls per database target and the standbys' lag.
 //! - [`listener`]: the HTTP listener (a mio event loop on one thread).
 
 pub mod calls;
@@ -25,6 +26,7 @@ pub mod labels;
 pub mod latencies;
 pub mod listener;
 pub mod per_thread;
+pub mod targets;
 
 pub use gauges::Gauges;
 pub use labels::{MethodKind, Refusal};
@@ -59,6 +61,8 @@ pub struct Metrics {
     gauges: GaugeSet,
     completions: Arc<Completions>,
     api_calls: Arc<ApiCalls>,
+    /// The series per database target, handed over at each scrape.
+    pub targets: Arc<targets::Targets>,
 }
 
 impl Default for Metrics {
@@ -126,6 +130,8 @@ impl Metrics {
         registry.register_collector(completions.collector());
         let api_calls = Arc::new(ApiCalls::new());
         registry.register_collector(api_calls.collector());
+        let targets = Arc::new(targets::Targets::default());
+        registry.register_collector(targets.collector());
         Metrics {
             registry,
             requests,
@@ -137,6 +143,7 @@ impl Metrics {
             gauges,
             completions,
             api_calls,
+            targets,
         }
     }
 
