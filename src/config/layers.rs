@@ -223,7 +223,8 @@ fn split_list(text: &str) -> impl Iterator<Item = String> {
             let p = part.trim_start();
             p.starts_with("postgres://")
                 || p.starts_with("postgresql://")
-                || p.split_once('=').is_some_and(|(k, _)| !k.contains([':', '/', '@']))
+                || p.split_once('=')
+                    .is_some_and(|(k, _)| !k.contains([':', '/', '@']))
         };
         match entries.last_mut() {
             Some(last) if !starts_entry => {

@@ -270,8 +270,8 @@ fn trust_only_on_loopback(listeners: &Listeners) -> Result<(), ConfigError> {
 /// Refuses a URL under config key `key` (`db.url`, a replica's) that is no
 /// PostgreSQL connection string (its password hidden in the message).
 fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    let db_tls = super::tls::split_pg_tls(url)
-        .map_err(|e| ConfigError(e.replacen("db.url", key, 1)))?;
+    let db_tls =
+        super::tls::split_pg_tls(url).map_err(|e| ConfigError(e.replacen("db.url", key, 1)))?;
     if let Some(ca) = &db_tls.root_cert {
         super::tls::read_certificates(&format!("{key}'s sslrootcert"), ca).map_err(ConfigError)?;
     }

@@ -131,7 +131,13 @@ impl Server {
         let acquire_timeout = Duration::from_millis(config.db.acquire_timeout_ms);
         let share = cluster.share().clone();
         let connector = db::Connector::new(&config);
-        let pool = db::build_pool(&config, connector, health.clone(), share.clone(), cluster.clone());
+        let pool = db::build_pool(
+            &config,
+            connector,
+            health.clone(),
+            share.clone(),
+            cluster.clone(),
+        );
         let limiter = db::Limiter::new(
             config.db.active_limit,
             config.active_limit_start() as usize,
@@ -442,14 +448,18 @@ fn target_samples(ctx: &Context) -> Vec<metrics::targets::TargetSample> {
         calls: ctx.replicas.primary_calls(),
         replica: None,
     };
-    let standbys = ctx.replicas.list().iter().map(|r| metrics::targets::TargetSample {
-        target: r.name.clone(),
-        calls: r.calls(),
-        replica: Some((
-            r.lag_ms() as f64 / 1000.0,
-            r.state() == db::replica::State::Up,
-        )),
-    });
+    let standbys = ctx
+        .replicas
+        .list()
+        .iter()
+        .map(|r| metrics::targets::TargetSample {
+            target: r.name.clone(),
+            calls: r.calls(),
+            replica: Some((
+                r.lag_ms() as f64 / 1000.0,
+                r.state() == db::replica::State::Up,
+            )),
+        });
     std::iter::once(primary).chain(standbys).collect()
 }
 

@@ -32,9 +32,7 @@ pub fn after_failure(error: &postgres::Error, failure: &Failure) -> Fallback {
     }
     match failure {
         Failure::ConnectionLost { .. } | Failure::Unavailable(_) => Fallback::PrimaryAndMarkDown,
-        Failure::Conflict(_) | Failure::StalePlan | Failure::UndefinedFunction => {
-            Fallback::Primary
-        }
+        Failure::Conflict(_) | Failure::StalePlan | Failure::UndefinedFunction => Fallback::Primary,
         Failure::Client(_) => Fallback::Primary,
         Failure::Database { .. }
         | Failure::PermissionDenied(_)

@@ -51,7 +51,12 @@ impl LsnMap {
         let used = Instant::now();
         entries
             .entry(key.to_string())
-            .and_modify(|e| *e = Entry { lsn: e.lsn.max(lsn), used })
+            .and_modify(|e| {
+                *e = Entry {
+                    lsn: e.lsn.max(lsn),
+                    used,
+                }
+            })
             .or_insert(Entry { lsn, used });
     }
 

@@ -180,7 +180,10 @@ impl Replica {
             _ if !seen.in_recovery => (State::Promoted, "it is no longer in recovery".to_string()),
             _ if seen.lag_ms > max_lag_ms => (
                 State::Lagging,
-                format!("replay is {} ms behind (db.replica_max_lag_ms = {max_lag_ms})", seen.lag_ms),
+                format!(
+                    "replay is {} ms behind (db.replica_max_lag_ms = {max_lag_ms})",
+                    seen.lag_ms
+                ),
             ),
             _ => (State::Up, format!("replay lag {} ms", seen.lag_ms)),
         };
@@ -204,16 +207,27 @@ impl Replica {
         let name = &self.name;
         match state {
             State::Up => log::info!("standby {name} is up ({why}): serving reads"),
-            State::Lagging => log::warn!("standby {name} is lagging: {why}; its reads go elsewhere until it catches up"),
-            State::Down => log::warn!("standby {name} is down: {why}; its reads go elsewhere until it answers"),
-            State::Promoted => log::warn!("standby {name} was promoted ({why}): no more reads are routed to it"),
+            State::Lagging => log::warn!(
+                "standby {name} is lagging: {why}; its reads go elsewhere until it catches up"
+            ),
+            State::Down => {
+                log::warn!("standby {name} is down: {why}; its reads go elsewhere until it answers")
+            }
+            State::Promoted => {
+                log::warn!("standby {name} was promoted ({why}): no more reads are routed to it")
+            }
             State::Starting => {}
         }
     }
 
     /// Waits, on `conn` (one of this standby's), until the standby has
     /// replayed `lsn`, at most `bound`; whether it has.
-    pub fn wait_for(&self, conn: &mut DbConn, lsn: Lsn, bound: Duration) -> Result<bool, postgres::Error> {
+    pub fn wait_for(
+        &self,
+        conn: &mut DbConn,
+        lsn: Lsn,
+        bound: Duration,
+    ) -> Result<bool, postgres::Error> {
         let give_up = Instant::now() + bound;
         loop {
             let row = conn.client().query_one(REPLAY_LSN_SQL, &[])?;

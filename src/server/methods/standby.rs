@@ -154,7 +154,9 @@ pub fn note_position(ctx: &Context, conn: &mut PooledConn, session: &str) {
             .sessions
             .raise(session, row.get::<_, i64>(0) as u64),
         Err(e) => {
-            log::debug!("cannot read the WAL insert position ({e}); the session reads on the primary");
+            log::debug!(
+                "cannot read the WAL insert position ({e}); the session reads on the primary"
+            );
             ctx.replicas.sessions.forget(session);
         }
     }

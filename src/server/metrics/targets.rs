@@ -84,7 +84,8 @@ impl Collector for TargetsCollector {
             MetricType::Gauge,
         )?;
         for (name, (_, serving)) in &standbys {
-            ConstGauge::new(i64::from(*serving)).encode(up.encode_family(&[("replica", *name)])?)?;
+            ConstGauge::new(i64::from(*serving))
+                .encode(up.encode_family(&[("replica", *name)])?)?;
         }
         Ok(())
     }
