@@ -13,7 +13,7 @@ use postgres::types::Type;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::method::Call;
+use super::method::{null, Call};
 use super::standby;
 use crate::auth::sessions::{run_in_session, CallStatement, EnterArgs};
 use crate::db::catalog::PreparedCall;
@@ -165,11 +165,6 @@ fn statement_text(call: &PreparedCall, keyed: Option<&KeyedCall>) -> (String, Ve
             (k.statement(&call.sql, call.params.len()), types)
         }
     }
-}
-
-/// JSON `null` as raw JSON text.
-pub(super) fn null() -> Box<RawValue> {
-    RawValue::from_string("null".into()).expect("null is JSON")
 }
 
 /// A raw result parsed into a value (for an idempotency outcome).

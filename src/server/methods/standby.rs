@@ -121,7 +121,7 @@ fn run_once(
         run_in_session(db, &enter, &statement)
     });
     let error = match result {
-        Ok(raw) => return Some(Ok(raw.unwrap_or_else(super::api::null))),
+        Ok(raw) => return Some(Ok(raw.unwrap_or_else(super::method::null))),
         Err(e) => e,
     };
     let failure = replica.db.classify(conn, &error, fired);
