@@ -39,6 +39,8 @@ const FIXTURES: &str = "
     CREATE FUNCTION blitz_api.seen(note int) RETURNS json STABLE LANGUAGE sql
         AS 'SELECT json_build_object(''seen'', EXISTS (SELECT 1 FROM public.notes n WHERE n.id = note),
                                      ''standby'', pg_is_in_recovery())';
+    CREATE FUNCTION blitz_api.read_only_default() RETURNS text STABLE LANGUAGE sql
+        AS 'SELECT current_setting(''default_transaction_read_only'')';
     CREATE FUNCTION blitz_api.next_count() RETURNS bigint STABLE LANGUAGE sql
         AS 'SELECT nextval(''public.counter'')';
 ";
@@ -68,10 +70,15 @@ fn replica(status: &Value) -> &Value {
 }
 
 /// A session whose catalogue is loaded (the first call of a server runs
-/// on the primary, which loads it).
+/// on the primary, which loads it) and whose login the standby has
+/// replayed (a read waits at most 100 ms for that, then runs on the
+/// primary: on a loaded machine the first may).
 fn warm_session(addr: &str) -> Rpc {
     let mut rpc = Rpc::session(addr);
     result(&rpc.call("api.where_volatile", json!({})));
+    support::wait_until("a read of the session on the standby", || {
+        on_standby(&mut rpc, "api.where_stable")
+    });
     rpc
 }
 
@@ -86,9 +93,32 @@ fn status(rpc: &mut Rpc) -> Value {
     result(&rpc.call("sys.status", json!({}))).clone()
 }
 
+/// `GET /metrics` of the listener at `addr`, checked as OpenMetrics.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").expect("a head");
+    openmetrics_parser::openmetrics::parse_openmetrics(body)
+        .unwrap_or_else(|e| panic!("not valid OpenMetrics ({e:?}):\n{body}"));
+    body.to_string()
+}
+
+/// The value of the sample line starting with `series` (name and labels).
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
+}
+
 #[test]
 fn stable_and_immutable_calls_run_on_the_standby_the_rest_on_the_primary() {
-    let (_db, _standby, server) = setup(&[]);
+    let metrics = format!("127.0.0.1:{}", support::free_port());
+    let (db, standby, server) = setup(&[("metrics.listen", &metrics)]);
     let mut rpc = warm_session(&server.addr);
     let before = replica(&status(&mut rpc))["calls"].as_u64().unwrap();
     for _ in 0..100 {
@@ -114,9 +144,50 @@ fn stable_and_immutable_calls_run_on_the_standby_the_rest_on_the_primary() {
     let keyed = rpc.read_reply().unwrap();
     assert_eq!(keyed["id"], id);
     assert_eq!(result(&keyed), false, "a keyed call on the primary");
+    let read_only = rpc.call("api.read_only_default", json!({}));
+    assert_eq!(
+        result(&read_only),
+        "on",
+        "standby connections are read-only"
+    );
     let after = status(&mut rpc);
-    assert_eq!(replica(&after)["calls"].as_u64().unwrap() - before, 101);
-    assert!(after["db_calls"]["primary"].as_u64().unwrap() >= 4);
+    assert_eq!(replica(&after)["calls"].as_u64().unwrap() - before, 102);
+    let primary = after["db_calls"]["primary"].as_u64().unwrap();
+    assert!(primary >= 4, "{after}");
+    let name = format!("127.0.0.1:{}/{}", standby.port, db.name);
+    assert_eq!(replica(&after)["name"], name.as_str());
+    let body = scrape(&metrics);
+    let on_standby = sample(&body, &format!("blitz_db_calls_total{{target=\"{name}\"}}"));
+    assert!(on_standby >= 102.0, "{body}");
+    assert!(sample(&body, "blitz_db_calls_total{target=\"primary\"}") >= 4.0);
+    assert_eq!(
+        sample(&body, &format!("blitz_db_replica_up{{replica=\"{name}\"}}")),
+        1.0
+    );
+    assert!(
+        body.contains("blitz_db_replica_lag_seconds{replica="),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_promoted_standby_leaves_read_routing() {
+    let (_db, standby, server) = setup(&[]);
+    let mut rpc = warm_session(&server.addr);
+    standby.promote();
+    rpc.wait_for_status("the standby seen promoted", |s| {
+        replica(s)["state"] == "promoted"
+    });
+    for _ in 0..20 {
+        let reply = rpc.call("api.where_stable", json!({}));
+        assert_eq!(result(&reply), false, "on the primary");
+    }
+    let log = server.log();
+    assert_eq!(
+        log.matches("was promoted").count(),
+        1,
+        "logged once:\n{log}"
+    );
 }
 
 #[test]
@@ -133,9 +204,9 @@ fn the_session_check_and_set_role_work_on_the_standby() {
         &db.url,
         &[("db.replica_urls", &url), ("auth.set_role", "true")],
     );
-    let mut rpc = warm_session(&server.addr);
+    let mut rpc = Rpc::session(&server.addr);
     rpc.wait_for_status("the standby up", |s| replica(s)["state"] == "up");
-    assert!(on_standby(&mut rpc, "api.where_stable"));
+    let mut rpc = warm_session(&server.addr);
     let reply = rpc.call("api.where_stable", json!({}));
     assert_eq!(result(&reply), true);
     // A dead session is refused on the standby path as on the primary's.
@@ -200,7 +271,6 @@ fn a_session_reads_its_own_writes_1000_of_1000() {
 fn a_lagging_standby_is_skipped_until_it_catches_up() {
     let (db, standby, server) = setup(&[("db.replica_max_lag_ms", "300")]);
     let mut rpc = warm_session(&server.addr);
-    assert!(on_standby(&mut rpc, "api.where_stable"));
     let mut on_standby_db = standby.connect(&db.name);
     on_standby_db
         .batch_execute("SELECT pg_wal_replay_pause()")

@@ -532,7 +532,8 @@ fn drain_and_close(ctx: &Arc<Context>, mut stages: Stages) {
 /// `server.max_clients` plus the pool and a margin.
 pub fn raise_fd_limit(config: &Config) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource::RLIMIT_NOFILE};
-    let needed = config.server.max_clients + config.db.pool_size * 2 + 64;
+    let pools = 1 + config.db.replica_urls.len() as u64;
+    let needed = config.server.max_clients + config.db.pool_size * 2 * pools + 64;
     let Ok((mut soft, hard)) = getrlimit(RLIMIT_NOFILE) else {
         return;
     };
