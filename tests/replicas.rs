@@ -372,3 +372,30 @@ fn the_standby_pool_stays_within_its_share() {
     }
     println!("standby pool: at most {most} open of a share of 3 over {samples} samples");
 }
+
+/// A standby whose pool cannot enlist its connections (here: the URL names
+/// a database without blitz's registry) stays down, logged once, and its
+/// reads run on the primary: the monitor's answer alone does not bring it
+/// back.
+#[test]
+fn a_standby_whose_pool_cannot_connect_stays_down() {
+    let db = TestDb::new();
+    db.execute(FIXTURES);
+    let standby = cluster().standby();
+    let wrong = standby.url("postgres");
+    let server = Server::start(&db.url, &[("db.replica_urls", &wrong)]);
+    support::wait_until("the standby logged down", || {
+        server.log().contains("is down")
+    });
+    let mut rpc = Rpc::session(&server.addr);
+    result(&rpc.call("api.where_volatile", json!({})));
+    for _ in 0..20 {
+        assert!(!on_standby(&mut rpc, "api.where_stable"), "on the primary");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let s = status(&mut rpc);
+    assert_eq!(replica(&s)["state"], "down", "{s}");
+    let log = server.log();
+    assert_eq!(log.matches("is down").count(), 1, "logged once:\n{log}");
+    assert!(!log.contains("is up"), "{log}");
+}

@@ -175,7 +175,6 @@ impl Replica {
         self.replay_lsn.fetch_max(seen.replay_lsn, Ordering::AcqRel);
         self.lag_ms.store(seen.lag_ms, Ordering::Release);
         self.paused.store(seen.paused, Ordering::Release);
-        self.standby.set_max_connections(seen.max_connections);
         let (state, why) = match () {
             _ if !seen.in_recovery => (State::Promoted, "it is no longer in recovery".to_string()),
             _ if seen.lag_ms > max_lag_ms => (

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use postgres::Client;
 
-use super::{Observation, Replica, Replicas};
+use super::{Observation, Replica, Replicas, State};
 use crate::db::pool::trim;
 use crate::db::share::StandbyShare;
 
@@ -157,6 +157,8 @@ impl Monitor {
         let fired = guard.disarm();
         match probed {
             Ok(p) => {
+                replica.standby.set_max_connections(p.max_connections);
+                (self.on_probe)(&replica.standby);
                 let seen = Observation {
                     in_recovery: p.in_recovery,
                     replay_lsn: p.replay_lsn,
@@ -164,8 +166,10 @@ impl Monitor {
                     paused: p.paused,
                     max_connections: p.max_connections,
                 };
-                replica.observe(seen, self.replicas.max_lag_ms);
-                (self.on_probe)(&replica.standby);
+                match self.pool_answers(replica, &seen) {
+                    Ok(()) => replica.observe(seen, self.replicas.max_lag_ms),
+                    Err(why) => replica.mark_down(&why),
+                }
                 trim(&replica.db.pool, replica.db.share());
                 true
             }
@@ -177,6 +181,29 @@ impl Monitor {
                 replica.mark_down(&why);
                 false
             }
+        }
+    }
+}
+
+impl Monitor {
+    /// Before a standby that is down (or not up yet) comes back: whether
+    /// its pool gets a connection (within its share, enlisted), so that a
+    /// standby whose pool cannot connect stays down instead of flapping
+    /// between the monitor's answer and the calls' failures.
+    fn pool_answers(&self, replica: &Replica, seen: &Observation) -> Result<(), String> {
+        let returning = matches!(replica.state(), State::Down | State::Starting);
+        if !returning || !seen.in_recovery {
+            return Ok(());
+        }
+        if replica.db.share().limit() == 0 {
+            return Err(format!(
+                "its share is 0 connections (max_connections {})",
+                seen.max_connections
+            ));
+        }
+        match replica.db.pool.get_timeout(self.probe_timeout) {
+            Ok(_conn) => Ok(()),
+            Err(e) => Err(format!("its pool cannot connect: {e}")),
         }
     }
 }
