@@ -128,6 +128,15 @@ fn stable_and_immutable_calls_run_on_the_standby_the_rest_on_the_primary() {
         );
     }
     assert!(on_standby(&mut rpc, "api.where_immutable"), "IMMUTABLE too");
+    let read_only = rpc.call("api.read_only_default", json!({}));
+    assert_eq!(
+        result(&read_only),
+        "on",
+        "standby connections are read-only"
+    );
+    let on_the_standby = replica(&status(&mut rpc))["calls"].as_u64().unwrap() - before;
+    assert_eq!(on_the_standby, 102, "every read so far on the standby");
+    // From here the session writes: its reads could wait for the standby.
     assert!(
         !on_standby(&mut rpc, "api.where_volatile"),
         "VOLATILE on the primary"
@@ -144,14 +153,7 @@ fn stable_and_immutable_calls_run_on_the_standby_the_rest_on_the_primary() {
     let keyed = rpc.read_reply().unwrap();
     assert_eq!(keyed["id"], id);
     assert_eq!(result(&keyed), false, "a keyed call on the primary");
-    let read_only = rpc.call("api.read_only_default", json!({}));
-    assert_eq!(
-        result(&read_only),
-        "on",
-        "standby connections are read-only"
-    );
     let after = status(&mut rpc);
-    assert_eq!(replica(&after)["calls"].as_u64().unwrap() - before, 102);
     let primary = after["db_calls"]["primary"].as_u64().unwrap();
     assert!(primary >= 4, "{after}");
     let name = format!("127.0.0.1:{}/{}", standby.port, db.name);

@@ -11,17 +11,27 @@ use parking_lot::Mutex;
 /// A WAL position: bytes since `0/0` (`pg_lsn - '0/0'`).
 pub type Lsn = u64;
 
-/// The SQL giving the primary's WAL insert position as an `int8` [`Lsn`].
-/// Not `pg_current_wal_lsn()`: with `synchronous_commit = off` a commit
-/// returns before its record is written, and only the insert position is
-/// past it then.
+/// The SQL giving the primary's WAL insert position as a JSON number
+/// ([`Lsn`]; JSON for the connection's statement cache,
+/// `DbConn::query_json`: one round trip). Not `pg_current_wal_lsn()`:
+/// with `synchronous_commit = off` a commit returns before its record is
+/// written, and only the insert position is past it then.
 pub const INSERT_LSN_SQL: &str =
-    "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_catalog.pg_lsn)::pg_catalog.int8";
+    "SELECT pg_catalog.to_json((pg_catalog.pg_current_wal_insert_lsn() \
+     - '0/0'::pg_catalog.pg_lsn)::pg_catalog.int8)";
 
-/// The SQL giving a standby's replay position as an `int8` [`Lsn`] (0
-/// before anything was replayed).
-pub const REPLAY_LSN_SQL: &str = "SELECT COALESCE((pg_catalog.pg_last_wal_replay_lsn() \
-     - '0/0'::pg_catalog.pg_lsn)::pg_catalog.int8, 0)";
+/// The SQL giving a standby's replay position as a JSON number ([`Lsn`];
+/// 0 before anything was replayed).
+pub const REPLAY_LSN_SQL: &str =
+    "SELECT pg_catalog.to_json(COALESCE((pg_catalog.pg_last_wal_replay_lsn() \
+     - '0/0'::pg_catalog.pg_lsn)::pg_catalog.int8, 0))";
+
+/// Runs `sql` (one of the constants above) on `conn` with its cached
+/// statement and reads the position.
+pub fn read_lsn(conn: &mut crate::db::DbConn, sql: &str) -> Result<Lsn, postgres::Error> {
+    let value = conn.query_json(sql, &[], &[])?;
+    Ok(value.and_then(|v| v.as_u64()).unwrap_or(0))
+}
 
 /// Per key, the WAL position a reader must have replayed.
 #[derive(Debug, Default)]

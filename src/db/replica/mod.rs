@@ -20,7 +20,7 @@ mod lsn;
 pub mod monitor;
 
 pub use fallback::{after_failure, Fallback};
-pub use lsn::{Lsn, LsnMap, INSERT_LSN_SQL, REPLAY_LSN_SQL};
+pub use lsn::{read_lsn, Lsn, LsnMap, INSERT_LSN_SQL, REPLAY_LSN_SQL};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -229,8 +229,7 @@ impl Replica {
     ) -> Result<bool, postgres::Error> {
         let give_up = Instant::now() + bound;
         loop {
-            let row = conn.client().query_one(REPLAY_LSN_SQL, &[])?;
-            let replayed = row.get::<_, i64>(0) as u64;
+            let replayed = read_lsn(conn, REPLAY_LSN_SQL)?;
             self.replay_lsn.fetch_max(replayed, Ordering::AcqRel);
             if replayed >= lsn {
                 return Ok(true);

@@ -67,7 +67,7 @@ pub fn call(call: &Call) -> Result<Box<RawValue>, RpcError> {
     ctx.replicas.count_primary_call();
     let may_have_written = !prepared.standby_safe || !keyless;
     if outcome.is_ok() && (may_have_written || ctx.replicas.sessions.get(&session).is_none()) {
-        standby::note_position(ctx, &mut conn, &session);
+        standby::note_position(ctx, &mut conn, &session, deadline);
     }
     outcome
 }

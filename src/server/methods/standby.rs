@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::auth::sessions::{run_in_session, CallStatement, EnterArgs};
 use crate::db::catalog::PreparedCall;
-use crate::db::replica::{after_failure, Fallback, Read, Replica, Route, INSERT_LSN_SQL};
+use crate::db::replica::{after_failure, read_lsn, Fallback, Read, Replica, Route, INSERT_LSN_SQL};
 use crate::db::{Deadline, Failure, Lease, PooledConn, StatementKey};
 use crate::protocol::RpcError;
 use crate::server::context::Context;
@@ -142,17 +142,19 @@ fn run_once(
 /// the first of a session new to this instance): records the primary's
 /// WAL insert position for the session, on the same connection (one
 /// round trip, only with standbys configured), so that its next read
-/// runs on a standby only once that standby has replayed it. A failure
+/// runs on a standby only once that standby has replayed it (under the
+/// call's deadline). A failure
 /// forgets the session's position: its next read runs on the primary.
-pub fn note_position(ctx: &Context, conn: &mut PooledConn, session: &str) {
+pub fn note_position(ctx: &Context, conn: &mut PooledConn, session: &str, deadline: &Deadline) {
     if ctx.replicas.is_empty() {
         return;
     }
-    match conn.client().query_one(INSERT_LSN_SQL, &[]) {
-        Ok(row) => ctx
-            .replicas
-            .sessions
-            .raise(session, row.get::<_, i64>(0) as u64),
+    let drain = ctx.shutdown.drain_deadline();
+    let (read, _) = ctx
+        .db
+        .guarded(conn, deadline, drain, |db| read_lsn(db, INSERT_LSN_SQL));
+    match read {
+        Ok(lsn) => ctx.replicas.sessions.raise(session, lsn),
         Err(e) => {
             log::debug!(
                 "cannot read the WAL insert position ({e}); the session reads on the primary"
