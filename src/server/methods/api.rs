@@ -23,21 +23,34 @@ use crate::protocol::{code, RpcError};
 use crate::server::context::Context;
 
 /// Calls `<api_schema>.<name>` with `params` (object, array or null) as
-/// `session`'s user.
+/// `session`'s user: on a standby when it may run there, else on the
+/// primary.
 pub fn call(call: &Call) -> Result<Box<RawValue>, RpcError> {
     let (ctx, deadline) = (call.ctx, call.deadline);
     let session = call.session_key()?;
     let name = &call.request.method["api.".len()..];
     let params = &call.request.params()?;
-    let keyless = call.request.idempotency_key.is_none();
-    if keyless {
-        if let Some(outcome) = standby::try_call(ctx, name, params, &session, deadline) {
-            if !matches!(&outcome, Err(e) if e.code == code::UNAUTHENTICATED) {
-                ctx.sessions.touch(&session);
-            }
-            return outcome;
-        }
+    let keyed = call.request.idempotency_key.is_some();
+    let outcome = match standby::try_call(ctx, name, params, &session, keyed, deadline) {
+        Some(outcome) => outcome,
+        None => on_primary(call, name, params, &session),
+    };
+    if !matches!(&outcome, Err(e) if e.code == code::UNAUTHENTICATED) {
+        ctx.sessions.touch(&session);
     }
+    outcome
+}
+
+/// The call on the primary; with standbys, a call that may have written
+/// (or the first of a session new to this instance) records the
+/// session's position.
+fn on_primary(
+    call: &Call,
+    name: &str,
+    params: &Value,
+    session: &str,
+) -> Result<Box<RawValue>, RpcError> {
+    let (ctx, deadline) = (call.ctx, call.deadline);
     let mut conn = ctx.acquire(deadline)?;
     let catalog = ctx.catalog_loaded(&mut conn, deadline)?;
     let prepared = match catalog.prepare(name, params) {
@@ -57,17 +70,14 @@ pub fn call(call: &Call) -> Result<Box<RawValue>, RpcError> {
         &mut conn,
         name,
         &prepared,
-        &session,
+        session,
         keyed.as_ref(),
         deadline,
     );
-    if !matches!(&outcome, Err(e) if e.code == code::UNAUTHENTICATED) {
-        ctx.sessions.touch(&session);
-    }
     ctx.replicas.count_primary_call();
-    let may_have_written = !prepared.standby_safe || !keyless;
-    if outcome.is_ok() && (may_have_written || ctx.replicas.sessions.get(&session).is_none()) {
-        standby::note_position(ctx, &mut conn, &session, deadline);
+    let may_have_written = !prepared.standby_safe || keyed.is_some();
+    if outcome.is_ok() && (may_have_written || ctx.replicas.sessions.get(session).is_none()) {
+        standby::note_position(ctx, &mut conn, session, deadline);
     }
     outcome
 }

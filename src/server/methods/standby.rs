@@ -21,13 +21,14 @@ use crate::protocol::RpcError;
 use crate::server::context::Context;
 
 /// Runs `api.<name>` on a standby when it may run there; `None`: run it
-/// on the primary (not standby-safe, a session new to this instance, no
+/// on the primary (not standby-safe, keyed, a session new to this instance, no
 /// standby up and caught up in time, or a failure the standby caused).
 pub fn try_call(
     ctx: &Context,
     name: &str,
     params: &Value,
     session: &str,
+    keyed: bool,
     deadline: &Deadline,
 ) -> Option<Result<Box<RawValue>, RpcError>> {
     if ctx.replicas.is_empty() {
@@ -37,7 +38,7 @@ pub fn try_call(
     let prepared = ctx.catalog.current()?.prepare(name, params)?.ok()?;
     let read = Read {
         standby_safe: prepared.standby_safe,
-        keyed: false,
+        keyed,
         must_see: ctx.replicas.sessions.get(session),
     };
     let Route::Standby {
