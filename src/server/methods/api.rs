@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::method::{null, Call};
-use super::standby;
+use super::standby::{self, Tried};
 use crate::auth::sessions::{run_in_session, CallStatement, EnterArgs};
 use crate::db::catalog::PreparedCall;
 use crate::db::idempotency::{self, KeyedCall};
@@ -32,8 +32,8 @@ pub fn call(call: &Call) -> Result<Box<RawValue>, RpcError> {
     let params = &call.request.params()?;
     let keyed = call.request.idempotency_key.is_some();
     let outcome = match standby::try_call(ctx, name, params, &session, keyed, deadline) {
-        Some(outcome) => outcome,
-        None => on_primary(call, name, params, &session),
+        Tried::Answered(outcome) => outcome,
+        Tried::OnPrimary(prepared) => on_primary(call, name, params, &session, prepared),
     };
     if !matches!(&outcome, Err(e) if e.code == code::UNAUTHENTICATED) {
         ctx.sessions.touch(&session);
@@ -41,26 +41,22 @@ pub fn call(call: &Call) -> Result<Box<RawValue>, RpcError> {
     outcome
 }
 
-/// The call on the primary; with standbys, a call that may have written
-/// (or the first of a session new to this instance) records the
-/// session's position.
+/// The call on the primary (`prepared` already, or prepared here); with
+/// standbys, a call that may have written (or the first of a session new
+/// to this instance) records the session's position.
 fn on_primary(
     call: &Call,
     name: &str,
     params: &Value,
     session: &str,
+    prepared: Option<PreparedCall>,
 ) -> Result<Box<RawValue>, RpcError> {
     let (ctx, deadline) = (call.ctx, call.deadline);
     let mut conn = ctx.acquire(deadline)?;
-    let catalog = ctx.catalog_loaded(&mut conn, deadline)?;
-    let prepared = match catalog.prepare(name, params) {
+    let prepared = match prepared {
         Some(prepared) => prepared,
-        None => ctx
-            .catalog_refreshed(&mut conn, deadline)?
-            .prepare(name, params)
-            .ok_or_else(|| RpcError::method_not_found(&format!("api.{name}")))?,
-    }
-    .map_err(|e| RpcError::invalid_params(e.param.as_deref(), e.message))?;
+        None => prepare(ctx, &mut conn, name, params, deadline)?,
+    };
     let keyed = call.request.idempotency_key.as_deref().map(|key| {
         let ttl = ctx.config.invocation.idempotency_ttl_s;
         KeyedCall::new(key, &call.request.method, params, ttl)
@@ -80,6 +76,26 @@ fn on_primary(
         standby::note_position(ctx, &mut conn, session, deadline);
     }
     outcome
+}
+
+/// The call of `name` with `params`, from the catalogue (loaded with
+/// `conn` if it never was, reloaded once on a miss).
+fn prepare(
+    ctx: &Context,
+    conn: &mut PooledConn,
+    name: &str,
+    params: &Value,
+    deadline: &Deadline,
+) -> Result<PreparedCall, RpcError> {
+    let catalog = ctx.catalog_loaded(conn, deadline)?;
+    match catalog.prepare(name, params) {
+        Some(prepared) => prepared,
+        None => ctx
+            .catalog_refreshed(conn, deadline)?
+            .prepare(name, params)
+            .ok_or_else(|| RpcError::method_not_found(&format!("api.{name}")))?,
+    }
+    .map_err(|e| RpcError::invalid_params(e.param.as_deref(), e.message))
 }
 
 /// Runs one prepared call of function `name` as one transaction inside

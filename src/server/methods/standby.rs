@@ -20,9 +20,17 @@ use crate::db::{Deadline, Failure, Lease, PooledConn, StatementKey};
 use crate::protocol::RpcError;
 use crate::server::context::Context;
 
-/// Runs `api.<name>` on a standby when it may run there; `None`: run it
-/// on the primary (not standby-safe, keyed, a session new to this instance, no
-/// standby up and caught up in time, or a failure the standby caused).
+/// What [`try_call`] did.
+pub enum Tried {
+    /// The standby answered (or the deadline passed at its gates).
+    Answered(Result<Box<RawValue>, RpcError>),
+    /// Run it on the primary (not standby-safe, keyed, a session new to
+    /// this instance, no standby up and caught up in time, or a failure
+    /// the standby caused), with the call as prepared here, if it was.
+    OnPrimary(Option<PreparedCall>),
+}
+
+/// Runs `api.<name>` on a standby when it may run there.
 pub fn try_call(
     ctx: &Context,
     name: &str,
@@ -30,12 +38,26 @@ pub fn try_call(
     session: &str,
     keyed: bool,
     deadline: &Deadline,
-) -> Option<Result<Box<RawValue>, RpcError>> {
+) -> Tried {
     if ctx.replicas.is_empty() {
-        return None;
+        return Tried::OnPrimary(None);
     }
     // Only with the catalogue at hand: loading it is the primary path's.
-    let prepared = ctx.catalog.current()?.prepare(name, params)?.ok()?;
+    let prepared = ctx.catalog.current().and_then(|c| c.prepare(name, params));
+    match prepared {
+        Some(Ok(prepared)) => on_a_standby(ctx, prepared, session, keyed, deadline),
+        _ => Tried::OnPrimary(None), // the primary's path reloads or answers
+    }
+}
+
+/// [`try_call`] once the call is prepared.
+fn on_a_standby(
+    ctx: &Context,
+    prepared: PreparedCall,
+    session: &str,
+    keyed: bool,
+    deadline: &Deadline,
+) -> Tried {
     let read = Read {
         standby_safe: prepared.standby_safe,
         keyed,
@@ -47,21 +69,23 @@ pub fn try_call(
         caught_up,
     } = ctx.replicas.route(read)
     else {
-        return None;
+        return Tried::OnPrimary(Some(prepared));
     };
     let mut lease = match lease(&replica, deadline) {
         Ok(Some(lease)) => lease,
-        Ok(None) => return None,
-        Err(failure) => return Some(Err(ctx.failure_reply(failure, deadline, 1))),
+        Ok(None) => return Tried::OnPrimary(Some(prepared)),
+        Err(failure) => return Tried::Answered(Err(ctx.failure_reply(failure, deadline, 1))),
     };
     if !caught_up && !wait_for(&replica, &mut lease, must_see, deadline) {
-        return None;
+        return Tried::OnPrimary(Some(prepared));
     }
-    let outcome = run_once(ctx, &replica, &mut lease, &prepared, session, deadline);
-    if outcome.is_some() {
-        replica.count_call();
+    match run_once(ctx, &replica, &mut lease, &prepared, session, deadline) {
+        Some(outcome) => {
+            replica.count_call();
+            Tried::Answered(outcome)
+        }
+        None => Tried::OnPrimary(Some(prepared)),
     }
-    outcome
 }
 
 /// A connection of `replica`; `None` (the standby marked down) when it
