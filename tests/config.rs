@@ -503,3 +503,98 @@ fn server_exits_2_on_plaintext_passwords_off_loopback() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("server.allow_plaintext"), "{err}");
 }
+
+#[test]
+fn replica_urls_come_as_a_list_from_file_env_and_flags() {
+    let file = load(
+        Some("[db]\nreplica_urls = [\"postgresql://s1:5432/x\", \"postgresql://s2:5432/x\"]\n"),
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(file.db.replica_urls.len(), 2);
+    let env = load(
+        None,
+        &[(
+            "BLITZ_DB_REPLICA_URLS",
+            "postgresql://s1,s2:5433/x?target_session_attrs=any, host=s3 dbname=x",
+        )],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        env.db.replica_urls,
+        [
+            "postgresql://s1,s2:5433/x?target_session_attrs=any",
+            "host=s3 dbname=x"
+        ],
+        "a comma inside a multi-host URL does not split it"
+    );
+    let flag = load(None, &[], &[("db.replica_urls", "")]).unwrap();
+    assert!(flag.db.replica_urls.is_empty(), "empty text: no standby");
+    let workers = load(
+        None,
+        &[],
+        &[
+            ("db.pool_size", "4"),
+            ("db.replica_urls", "postgresql://s1/x,postgresql://s2/x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        workers.invocation.workers, 12,
+        "one worker per pooled connection of every pool"
+    );
+    assert_eq!(workers.db.replica_max_lag_ms, 1000);
+}
+
+#[test]
+fn bad_replica_settings_are_refused_naming_key_value_and_fix() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("db.replica_urls", "postgresql://s1:notaport/x")],
+            "config key db.replica_urls[0] = postgresql://s1:notaport/x: not a PostgreSQL connection URL",
+        ),
+        (
+            &[("db.replica_urls", "postgresql://s1/x?sslmode=sometimes")],
+            "config key db.replica_urls[0]: sslmode=sometimes is not one of",
+        ),
+        (
+            &[("db.replica_urls", "postgresql://s1/x,postgresql://s1/x")],
+            "config key db.replica_urls[1] = postgresql://s1/x: named twice",
+        ),
+        (
+            &[("db.url", "postgresql://p/x"), ("db.replica_urls", "postgresql://p/x")],
+            "config key db.replica_urls[0] = postgresql://p/x: that is db.url",
+        ),
+        (
+            &[("db.replica_urls", "postgresql://s1/x?sslmode=verify-ca&sslrootcert=/no/such/ca.pem")],
+            "config key db.replica_urls[0]'s sslrootcert",
+        ),
+        (
+            &[("db.replica_max_lag_ms", "0")],
+            "config key db.replica_max_lag_ms = 0: allowed 1 to 3600000 ms",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let e = load(None, &[], flags).unwrap_err();
+        assert!(e.contains(expected), "{flags:?}: {e}");
+    }
+    let e = load(
+        Some("[db]\nreplica_urls = \"postgresql://s1/x\"\n"),
+        &[],
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("db.replica_urls") && e.contains("a list of strings"),
+        "{e}"
+    );
+    let e = load(
+        None,
+        &[],
+        &[("db.replica_urls", "postgresql://u:secret@s1:bad/x")],
+    )
+    .unwrap_err();
+    assert!(!e.contains("secret"), "the password is hidden: {e}");
+}

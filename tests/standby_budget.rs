@@ -386,7 +386,6 @@ fn readers(
 }
 
 #[test]
-#[ignore = "needs db.replica_urls (replicas branch)"]
 fn two_servers_never_hold_more_than_a_standby_s_budget_while_the_second_joins_under_load() {
     const MAX: i64 = 20;
     const RESERVE: i64 = 4;

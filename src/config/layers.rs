@@ -127,6 +127,7 @@ impl Layers {
                 "false" | "0" | "no" | "off" => Value::Boolean(false),
                 _ => return Err(type_error(key, text, "true or false", &source)),
             },
+            Value::Array(_) => Value::Array(split_list(text).map(Value::String).collect()),
             _ => Value::String(text.to_string()),
         };
         self.set(key, value, source)
@@ -138,6 +139,7 @@ impl Layers {
         if default.type_str() != value.type_str() {
             let expected = match default {
                 Value::Integer(_) => "a whole number",
+                Value::Array(_) => "a list of strings",
                 Value::Boolean(_) => "true or false",
                 _ => "a string",
             };
@@ -207,6 +209,35 @@ fn typed_error(e: &toml::de::Error, layers: &Layers) -> ConfigError {
         "config key {key} = {value} ({source}): {}",
         e.message()
     ))
+}
+
+/// A list key's value as text (environment, flag): its entries separated
+/// by commas, blanks around them dropped, nothing for an empty text. A
+/// comma inside a multi-host URL (`postgresql://a,b/db`) does not split it:
+/// an entry starts only where a URL (`postgres://`, `postgresql://`) or a
+/// `key=value` string starts.
+fn split_list(text: &str) -> impl Iterator<Item = String> {
+    let mut entries: Vec<String> = Vec::new();
+    for part in text.split(',') {
+        let starts_entry = {
+            let p = part.trim_start();
+            p.starts_with("postgres://")
+                || p.starts_with("postgresql://")
+                || p.split_once('=')
+                    .is_some_and(|(k, _)| !k.contains([':', '/', '@']))
+        };
+        match entries.last_mut() {
+            Some(last) if !starts_entry => {
+                last.push(',');
+                last.push_str(part);
+            }
+            _ => entries.push(part.to_string()),
+        }
+    }
+    entries
+        .into_iter()
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
 }
 
 fn type_error(key: &str, value: &str, expected: &str, source: &Source) -> ConfigError {

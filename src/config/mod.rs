@@ -192,6 +192,9 @@ impl Config {
             metrics: self.metrics.clone(),
         };
         raw.db.url = redact_url(&raw.db.url);
+        for url in &mut raw.db.replica_urls {
+            *url = redact_url(url);
+        }
         let table = match Value::try_from(&raw) {
             Ok(Value::Table(t)) => t,
             _ => return String::new(),
@@ -206,7 +209,10 @@ impl Config {
                     note.push_str(&format!(", {}", self.pool_size_explained()));
                 }
                 if full == "invocation.workers" && self.source(&full) == Source::Default {
-                    note.push_str(", = pool size");
+                    note.push_str(match self.db.replica_urls.len() {
+                        0 => ", = pool size",
+                        _ => ", = pool size × (1 + replicas)",
+                    });
                 }
                 if full == "server.router_threads" && self.source(&full) == Source::Default {
                     note.push_str(", = cores");

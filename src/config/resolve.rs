@@ -1,6 +1,6 @@
 //! The values 0 stands for, filled in after validation: the pool size from
 //! the physical cores ([`PoolSizeOrigin`] says how it was chosen), the
-//! router threads from the cores, the workers from the pool size.
+//! router threads from the cores, the workers from the pool sizes.
 
 use super::cpu::physical_cores;
 use super::sections::{DbConfig, InvocationConfig, RawConfig, ServerConfig};
@@ -25,7 +25,8 @@ pub enum PoolSizeOrigin {
 pub(super) fn derived_values(raw: &mut RawConfig) -> PoolSizeOrigin {
     let origin = pool_size(&mut raw.db);
     router_threads(&mut raw.server);
-    workers(&mut raw.invocation, raw.db.pool_size);
+    let pools = 1 + raw.db.replica_urls.len() as u64;
+    workers(&mut raw.invocation, raw.db.pool_size * pools);
     origin
 }
 
@@ -36,10 +37,11 @@ fn router_threads(server: &mut ServerConfig) {
     }
 }
 
-/// `invocation.workers = 0`: one worker per pooled connection.
-fn workers(invocation: &mut InvocationConfig, pool_size: u64) {
+/// `invocation.workers = 0`: one worker per pooled connection, the
+/// standbys' pools (each of `db.pool_size`) counted with the primary's.
+fn workers(invocation: &mut InvocationConfig, connections: u64) {
     if invocation.workers == 0 {
-        invocation.workers = pool_size;
+        invocation.workers = connections;
     }
 }
 

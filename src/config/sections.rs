@@ -101,6 +101,11 @@ pub struct DbConfig {
     pub heartbeat_interval_ms: u64,
     /// An instance whose heartbeat is older than this is dead and removed.
     pub heartbeat_timeout_ms: u64,
+    /// Hot standbys of the primary (libpq URLs) that serve STABLE and
+    /// IMMUTABLE `api.` calls; empty = every call on the primary.
+    pub replica_urls: Vec<String>,
+    /// A standby lagging more than this (ms) is skipped until it catches up.
+    pub replica_max_lag_ms: u64,
 }
 
 /// `auth.mode`: how a user proves who they are. Written `"password"` or
@@ -216,6 +221,8 @@ impl Default for RawConfig {
                 reserved_connections: 3,
                 heartbeat_interval_ms: 2000,
                 heartbeat_timeout_ms: 6000,
+                replica_urls: Vec::new(),
+                replica_max_lag_ms: 1000,
             },
             auth: AuthConfig {
                 mode: AuthMode::Password,

@@ -166,10 +166,45 @@ fn db(db: &DbConfig) -> Result<(), ConfigError> {
             10_000,
             "",
         ),
+        (
+            "db.replica_max_lag_ms",
+            db.replica_max_lag_ms,
+            1,
+            3_600_000,
+            " ms",
+        ),
     ])?;
     super::limit::check(db.active_limit, db.pool_size)?;
-    check_url(&db.url)?;
+    check_url("db.url", &db.url)?;
+    replica_urls(db)?;
     check_identifier("db.api_schema", &db.api_schema)
+}
+
+/// `db.replica_urls`: each a connection URL like `db.url`, none repeated.
+fn replica_urls(db: &DbConfig) -> Result<(), ConfigError> {
+    for (i, url) in db.replica_urls.iter().enumerate() {
+        let key = format!("db.replica_urls[{i}]");
+        if url.trim().is_empty() {
+            return Err(ConfigError(format!(
+                "config key {key} = \"\": an empty URL; give a hot standby's URL, \
+                 e.g. postgresql://user@standby:5432/dbname, or leave the entry out"
+            )));
+        }
+        check_url(&key, url)?;
+        if *url == db.url {
+            return Err(ConfigError(format!(
+                "config key {key} = {}: that is db.url, the primary; list its hot standbys",
+                redact_url(url)
+            )));
+        }
+        if db.replica_urls[..i].contains(url) {
+            return Err(ConfigError(format!(
+                "config key {key} = {}: named twice; list each standby once",
+                redact_url(url)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `[auth]`: session lifetimes, and trust only where no one else can reach.
@@ -232,16 +267,17 @@ fn trust_only_on_loopback(listeners: &Listeners) -> Result<(), ConfigError> {
     }
 }
 
-/// Refuses a `db.url` that is no PostgreSQL connection string (its
-/// password hidden in the message).
-fn check_url(url: &str) -> Result<(), ConfigError> {
-    let db_tls = super::tls::split_pg_tls(url).map_err(ConfigError)?;
+/// Refuses a URL under config key `key` (`db.url`, a replica's) that is no
+/// PostgreSQL connection string (its password hidden in the message).
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let db_tls =
+        super::tls::split_pg_tls(url).map_err(|e| ConfigError(e.replacen("db.url", key, 1)))?;
     if let Some(ca) = &db_tls.root_cert {
-        super::tls::read_certificates("db.url's sslrootcert", ca).map_err(ConfigError)?;
+        super::tls::read_certificates(&format!("{key}'s sslrootcert"), ca).map_err(ConfigError)?;
     }
     postgres::Config::from_str(&db_tls.url).map_err(|e| {
         ConfigError(format!(
-            "config key db.url = {}: not a PostgreSQL connection URL ({e}); \
+            "config key {key} = {}: not a PostgreSQL connection URL ({e}); \
              expected e.g. postgresql://user@host:5432/dbname",
             redact_url(url)
         ))

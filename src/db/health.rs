@@ -10,14 +10,28 @@ pub struct Health {
     epoch: AtomicU64,
     down: AtomicBool,
     since: parking_lot::Mutex<Option<Instant>>,
+    /// Whether the owner logs the changes itself (a standby's monitor).
+    silent: bool,
 }
 
 impl Health {
+    /// A health that logs nothing: its owner logs the changes (a
+    /// standby's, whose monitor logs its states).
+    pub fn silent() -> Health {
+        Health {
+            silent: true,
+            ..Health::default()
+        }
+    }
+
     /// Records a failure to reach the database; logs when an outage starts.
     pub fn report_down(&self, detail: &str) {
         if !self.down.swap(true, Ordering::AcqRel) {
             self.epoch.fetch_add(1, Ordering::AcqRel);
             *self.since.lock() = Some(Instant::now());
+            if self.silent {
+                return;
+            }
             log::warn!("database unavailable: {detail}; answering -32004 until it is back");
         }
     }
@@ -31,6 +45,9 @@ impl Health {
                 .take()
                 .map(|t| t.elapsed().as_secs_f64())
                 .unwrap_or(0.0);
+            if self.silent {
+                return;
+            }
             log::info!("database available again after {lasted:.1} s");
         }
     }

@@ -21,6 +21,7 @@ mod health;
 pub mod idempotency;
 pub mod limit;
 mod pool;
+pub mod replica;
 mod share;
 pub mod sqlstate;
 mod tls;

@@ -235,13 +235,13 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
-/// The libpq-style connection settings for `config`, with the connect
-/// timeout, TCP keepalives and TCP user timeout that keep a dead or
-/// unreachable database from hanging a worker.
-pub fn connect_config(config: &Config) -> postgres::Config {
-    let db_tls = tls::pg_tls(config);
+/// The libpq-style connection settings of `url` (`db.url` or a replica's,
+/// validated with the config), with `config`'s connect timeout, TCP
+/// keepalives and TCP user timeout that keep a dead or unreachable
+/// database from hanging a worker.
+fn connect_config(config: &Config, db_tls: &crate::config::PgTls) -> postgres::Config {
     let mut pg = postgres::Config::from_str(&db_tls.url)
-        .expect("db.url was validated when the config was loaded");
+        .expect("database URLs were validated when the config was loaded");
     pg.ssl_mode(tls::ssl_mode(db_tls.mode));
     let connect_timeout = Duration::from_secs(config.db.connect_timeout_s);
     pg.connect_timeout(connect_timeout)
@@ -256,25 +256,44 @@ pub fn connect_config(config: &Config) -> postgres::Config {
     pg
 }
 
-/// How to open one connection to PostgreSQL: the settings of `db.url` and
-/// the TLS its `sslmode` asks for.
+/// How to open one connection to PostgreSQL: the settings of `db.url` (or
+/// a replica's URL) and the TLS its `sslmode` asks for.
 #[derive(Clone)]
 pub struct Connector {
-    /// The connection settings ([`connect_config`]).
+    /// The connection settings: the URL's, with timeouts and keepalives.
     pub settings: postgres::Config,
     tls: PgTlsConnector,
     db_tls: crate::config::PgTls,
 }
 
 impl Connector {
-    /// The connector of `config`'s database.
+    /// The connector of `config`'s database (`db.url`).
     pub fn new(config: &Config) -> Connector {
-        let db_tls = tls::pg_tls(config);
+        Connector::for_url(config, &config.db.url)
+    }
+
+    /// The connector of the database at `url` (a validated URL of
+    /// `config`: `db.url` or one of `db.replica_urls`).
+    pub fn for_url(config: &Config, url: &str) -> Connector {
+        let db_tls = tls::pg_tls(url);
         Connector {
-            settings: connect_config(config),
+            settings: connect_config(config, &db_tls),
             tls: tls::connector(&db_tls),
             db_tls,
         }
+    }
+
+    /// Makes every transaction of these connections read-only
+    /// (`default_transaction_read_only`, sent at connect with the URL's
+    /// own `options`): what a hot standby's connections are, so that a
+    /// standby promoted behind blitz's back takes no write from them.
+    pub fn read_only(mut self) -> Connector {
+        let options = match self.settings.get_options() {
+            Some(own) => format!("{own} -c default_transaction_read_only=on"),
+            None => "-c default_transaction_read_only=on".to_string(),
+        };
+        self.settings.options(&options);
+        self
     }
 
     /// Opens a connection.
@@ -298,18 +317,20 @@ impl std::fmt::Debug for Connector {
     }
 }
 
-/// Builds the pool of at most `db.pool_size` connections without waiting
-/// for the database: connections are opened on demand, within `share`,
-/// each enlisted in `registration`, so the server starts while the
-/// database is down.
+/// Builds the pool of at most `db.pool_size` connections opened by
+/// `connector` (the primary's, or a standby's) without waiting for the
+/// database: connections are opened on demand, within `share`, each
+/// enlisted in `registration`, so the server starts while the database is
+/// down.
 pub fn build_pool(
     config: &Config,
+    connector: Connector,
     health: Arc<Health>,
     share: Arc<Share>,
     registration: Arc<dyn Registration>,
 ) -> Pool {
     let manager = Manager {
-        inner: PostgresConnectionManager::new(connect_config(config), Connector::new(config).tls),
+        inner: PostgresConnectionManager::new(connector.settings, connector.tls),
         health,
         share,
         registration,

@@ -16,14 +16,14 @@ use rustls::{
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{read_certificates, split_pg_tls, Config, PgSslMode, PgTls};
+use crate::config::{read_certificates, split_pg_tls, PgSslMode, PgTls};
 
 /// The TLS connector every connection to PostgreSQL uses.
 pub type PgTlsConnector = MakeRustlsConnect;
 
-/// The TLS settings of `db.url`.
-pub fn pg_tls(config: &Config) -> PgTls {
-    split_pg_tls(&config.db.url).expect("db.url was validated when the config was loaded")
+/// The TLS settings of `url` (`db.url` or a replica's).
+pub fn pg_tls(url: &str) -> PgTls {
+    split_pg_tls(url).expect("database URLs were validated when the config was loaded")
 }
 
 /// What rust-postgres is told: whether to ask for TLS and whether to insist.

@@ -1,5 +1,5 @@
 //! [`Context`]: what the methods share — the configuration, the database,
-//! the catalogue, sessions, the queue (for `sys.status`), counters and the
+//! the standbys, the catalogue, sessions, the queue (for `sys.status`), counters and the
 //! lifecycle. Only the methods and the router's dispatch see it; the
 //! queue, the workers and a connection are given the handles they need.
 
@@ -17,6 +17,7 @@ use crate::auth::LoginLimiter;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::db::catalog::{Catalog, CatalogCache};
+use crate::db::replica::Replicas;
 use crate::db::{Database, Deadline, Failure, Lease, PooledConn};
 use crate::protocol::RpcError;
 
@@ -34,6 +35,9 @@ pub struct Context {
     pub dispatcher: Dispatcher,
     /// The database connections, their health and the statement watchdog.
     pub db: Database,
+    /// The hot standbys (`db.replica_urls`; none: every call on the
+    /// primary) and the sessions' positions.
+    pub replicas: Arc<Replicas>,
     /// This instance's membership: its share of the budget, the registry.
     pub cluster: Arc<Cluster>,
     /// The `api.` functions known from pg_proc.

@@ -45,6 +45,8 @@ use crate::cluster::{Cluster, Housekeeper, Identity, JoinError, Timing};
 use crate::config::Config;
 use crate::db::catalog::CatalogCache;
 use crate::db::idempotency::Sweep;
+use crate::db::replica::monitor::Monitor;
+use crate::db::replica::Replicas;
 use crate::db::{self, CancelReason, Database, Health};
 use crate::protocol::framing::Wire;
 use crate::protocol::RpcError;
@@ -128,7 +130,14 @@ impl Server {
         let health = Arc::new(Health::default());
         let acquire_timeout = Duration::from_millis(config.db.acquire_timeout_ms);
         let share = cluster.share().clone();
-        let pool = db::build_pool(&config, health.clone(), share.clone(), cluster.clone());
+        let connector = db::Connector::new(&config);
+        let pool = db::build_pool(
+            &config,
+            connector,
+            health.clone(),
+            share.clone(),
+            cluster.clone(),
+        );
         let limiter = db::Limiter::new(
             config.db.active_limit,
             config.active_limit_start() as usize,
@@ -136,11 +145,14 @@ impl Server {
         );
         share.attach_limiter(limiter.clone());
         let db = Database::new(pool, health, acquire_timeout, share, limiter);
+        let replicas = Arc::new(Replicas::new(&config, cluster.clone()));
+        cluster.attach_standbys(replicas.standby_shares());
         let ping_result = methods::ping_result(&instance, &config.auth.mode.to_string());
         let ctx = Arc::new(Context {
             ping_result,
             instance,
             db,
+            replicas,
             cluster,
             catalog: CatalogCache::new(&config.db.api_schema),
             sessions: Arc::new(Sessions::new(&config.auth)),
@@ -210,6 +222,7 @@ impl Server {
         }
         let ctx = &self.ctx;
         let workers = self.spawn_workers();
+        let monitors = self.spawn_monitors()?;
         let housekeeper = self.housekeeper.take().expect("run once").spawn();
         let addrs = self.local_addrs();
         let http_note = match self.addrs_of(Wire::Http).as_slice() {
@@ -249,6 +262,9 @@ impl Server {
         };
         drain_and_close(ctx, stages);
         let _ = housekeeper.join(); // it closes the pool and leaves the registry
+        for monitor in monitors {
+            let _ = monitor.join();
+        }
         if let Some(m) = metrics {
             m.stop();
         }
@@ -263,6 +279,7 @@ impl Server {
         let endpoints = metrics::Endpoints {
             metrics: Box::new(move || {
                 let catalog = gauges.catalog.current();
+                gauges.stats.metrics.targets.set(target_samples(&gauges));
                 (gauges.stats.metrics).render(&gauge_values(&gauges), catalog.as_deref())
             }),
             ready: Box::new(move || readiness(&ready)),
@@ -275,6 +292,30 @@ impl Server {
                 None
             }
         }
+    }
+
+    /// One monitor thread per standby; after each probe its connection
+    /// keeps this instance's part of that standby's budget
+    /// ([`Cluster::keep_standby`]: its lock, and the reaping of dead
+    /// instances' sessions there).
+    fn spawn_monitors(&self) -> io::Result<Vec<JoinHandle<()>>> {
+        let ctx = &self.ctx;
+        let cluster = ctx.cluster.clone();
+        let on_probe: db::replica::monitor::OnProbe =
+            Arc::new(move |standby, client| cluster.keep_standby(&standby.name, client));
+        (0..ctx.replicas.list().len())
+            .map(|index| {
+                Monitor {
+                    replicas: ctx.replicas.clone(),
+                    index,
+                    probe_timeout: Duration::from_millis(ctx.config.db.heartbeat_interval_ms),
+                    session_idle: Duration::from_secs(ctx.config.auth.session_idle_timeout_s),
+                    on_probe: on_probe.clone(),
+                    stop: self.housekeeping_stop.clone(),
+                }
+                .spawn()
+            })
+            .collect()
     }
 
     /// The workers, each given the method table's `run_job`.
@@ -340,12 +381,20 @@ fn housekeeper(ctx: &Arc<Context>, stop: &Arc<AtomicBool>) -> Housekeeper {
     connect.settings.application_name("blitz-housekeeping");
     let sessions = ctx.sessions.clone();
     let (pool, share) = (ctx.db.pool.clone(), ctx.db.share().clone());
+    let standbys: Vec<_> = (ctx.replicas.list().iter())
+        .map(|r| (r.db.pool.clone(), r.db.share().clone()))
+        .collect();
     let stop = stop.clone();
     let mut housekeeper = Housekeeper::new(
         ctx.cluster.clone(),
         connect,
         Box::new(move |client| sessions.ensure_schema(client)),
-        Box::new(move || db::trim(&pool, &share)),
+        Box::new(move || {
+            db::trim(&pool, &share);
+            for (pool, share) in &standbys {
+                db::trim(pool, share);
+            }
+        }),
         Box::new(move || stop.load(Ordering::Acquire)),
     );
     housekeeper.add(Box::new(SessionWriter::new(ctx.sessions.clone())));
@@ -392,6 +441,28 @@ fn gauge_values(ctx: &Context) -> metrics::Gauges {
     }
 }
 
+/// The calls per database target and the standbys' lag, read now.
+fn target_samples(ctx: &Context) -> Vec<metrics::targets::TargetSample> {
+    let primary = metrics::targets::TargetSample {
+        target: "primary".into(),
+        calls: ctx.replicas.primary_calls(),
+        replica: None,
+    };
+    let standbys = ctx
+        .replicas
+        .list()
+        .iter()
+        .map(|r| metrics::targets::TargetSample {
+            target: r.name.clone(),
+            calls: r.calls(),
+            replica: Some((
+                r.lag_ms() as f64 / 1000.0,
+                r.state() == db::replica::State::Up,
+            )),
+        });
+    std::iter::once(primary).chain(standbys).collect()
+}
+
 /// `/health/ready`: the database answers and the server is not draining.
 fn readiness(ctx: &Context) -> Result<(), String> {
     if ctx.shutdown.is_stopping() {
@@ -432,6 +503,9 @@ fn drain_and_close(ctx: &Arc<Context>, mut stages: Stages) {
     if ctx.dispatcher.busy_workers() > 0 {
         log::warn!("drain timeout reached: cancelling running statements");
         ctx.db.watchdog.cancel_all(CancelReason::Shutdown);
+        for replica in ctx.replicas.list() {
+            replica.db.watchdog.cancel_all(CancelReason::Shutdown);
+        }
     }
     ctx.dispatcher.close();
     stages.housekeeping_stop.store(true, Ordering::Release);
@@ -444,6 +518,9 @@ fn drain_and_close(ctx: &Arc<Context>, mut stages: Stages) {
     }
     stages.router.finish(); // replies written (within WRITE_TIMEOUT), connections closed
     ctx.db.watchdog.stop();
+    for replica in ctx.replicas.list() {
+        replica.db.watchdog.stop();
+    }
     log::info!(
         "stopped: {} requests completed",
         ctx.stats.metrics.completed()
@@ -455,7 +532,8 @@ fn drain_and_close(ctx: &Arc<Context>, mut stages: Stages) {
 /// `server.max_clients` plus the pool and a margin.
 pub fn raise_fd_limit(config: &Config) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource::RLIMIT_NOFILE};
-    let needed = config.server.max_clients + config.db.pool_size * 2 + 64;
+    let pools = 1 + config.db.replica_urls.len() as u64;
+    let needed = config.server.max_clients + config.db.pool_size * 2 * pools + 64;
     let Ok((mut soft, hard)) = getrlimit(RLIMIT_NOFILE) else {
         return;
     };

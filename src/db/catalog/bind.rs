@@ -6,7 +6,7 @@ use postgres::types::{Oid, ToSql, Type};
 use postgres::GenericClient;
 use serde_json::{Map, Value};
 
-use super::function::{Arg, Function};
+use super::function::{Arg, Function, Volatility};
 use super::params::{ParamError, Supplied};
 use super::quote::{quote_ident, quoted, show};
 use super::value::{convert_scalar, SqlParam};
@@ -34,6 +34,10 @@ pub struct PreparedCall {
     /// for each argument `i` passed; by position, `POSITIONAL` plus their
     /// number. One function's calls of one shape share one `sql`.
     pub shape: u128,
+    /// Whether the function declares it writes nothing (`STABLE` or
+    /// `IMMUTABLE`) and is not pinned to the primary: a hot standby may
+    /// run it.
+    pub standby_safe: bool,
 }
 
 /// The bit of [`PreparedCall::shape`] that says params came by position
@@ -194,6 +198,8 @@ impl CallBuilder {
             params: self.params,
             oid: function.oid,
             shape: self.shape,
+            standby_safe: function.volatility != Volatility::Volatile
+                && !function.pinned_to_primary,
         }
     }
 }

@@ -29,6 +29,44 @@ pub struct Function {
     pub(super) form: CallForm,
     /// The JSON Schema of the result, for the OpenRPC description.
     pub(super) result_schema: Value,
+    /// `pg_proc.provolatile`.
+    pub volatility: Volatility,
+    /// Whether its comment pins it to the primary ([`PIN_MARKER`]).
+    pub pinned_to_primary: bool,
+}
+
+/// The line of a `COMMENT ON FUNCTION` that keeps a STABLE or IMMUTABLE
+/// function's calls on the primary (for one that must see the latest
+/// commit of any session): a line of the comment that is exactly this,
+/// blanks around it ignored.
+pub const PIN_MARKER: &str = "@blitz primary";
+
+/// Whether a function's comment carries [`PIN_MARKER`] on a line of its own.
+pub(super) fn pins_to_primary(comment: &str) -> bool {
+    comment.lines().any(|line| line.trim() == PIN_MARKER)
+}
+
+/// What a function declares about its effects (`pg_proc.provolatile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Volatility {
+    /// `IMMUTABLE`: the same result for the same arguments, forever.
+    Immutable,
+    /// `STABLE`: reads the database, writes nothing.
+    Stable,
+    /// `VOLATILE` (the default): may write.
+    Volatile,
+}
+
+impl Volatility {
+    /// The volatility `provolatile` (`i`, `s`, `v`) names; anything else
+    /// counts as volatile, the safe side.
+    pub(super) fn from_provolatile(code: &str) -> Volatility {
+        match code {
+            "i" => Volatility::Immutable,
+            "s" => Volatility::Stable,
+            _ => Volatility::Volatile,
+        }
+    }
 }
 
 /// One input argument of a [`Function`].

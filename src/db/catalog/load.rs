@@ -5,7 +5,7 @@
 use postgres::types::{Json, Oid, Type};
 use serde::Deserialize;
 
-use super::function::{Arg, Function, ResultShape};
+use super::function::{pins_to_primary, Arg, Function, ResultShape, Volatility};
 use super::pg_type::{Binding, TypeInfo};
 use super::schema::result_schema;
 use super::sql::CallForm;
@@ -29,6 +29,7 @@ pub(super) fn functions(
             description: row.try_get(5)?,
             ret: row.try_get::<_, Json<TypeInfo>>(6)?.0,
             args: row.try_get::<_, Json<Vec<ArgInfo>>>(7)?.0,
+            volatility: row.try_get(8)?,
         };
         functions.push(Function::from_raw(raw));
     }
@@ -45,6 +46,8 @@ struct RawFunction {
     description: Option<String>,
     ret: TypeInfo,
     args: Vec<ArgInfo>,
+    /// `provolatile` as text: `i`, `s` or `v`.
+    volatility: String,
 }
 
 /// One entry of `proallargtypes` (or `proargtypes`), as [`LOAD_SQL`] builds it.
@@ -122,7 +125,8 @@ static LOAD_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     'mode', COALESCE(p.proargmodes[a.ord]::text, 'i'), \
                     'type', {arg}) ORDER BY a.ord) \
                   FROM pg_catalog.unnest(COALESCE(p.proallargtypes, p.proargtypes::pg_catalog.oid[])) \
-                       WITH ORDINALITY AS a(typ, ord)), '[]'::pg_catalog.json) \
+                       WITH ORDINALITY AS a(typ, ord)), '[]'::pg_catalog.json), \
+                p.provolatile::pg_catalog.text \
          FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          WHERE n.nspname = $1 AND p.prokind = 'f' \
@@ -148,7 +152,11 @@ impl Function {
         let (result, form) = result_form(&raw, &outputs);
         let columns = result_columns(&raw.ret, &outputs);
         let result_schema = result_schema(&raw.ret, result, &form, &columns);
+        let volatility = Volatility::from_provolatile(&raw.volatility);
+        let pinned_to_primary = raw.description.as_deref().is_some_and(pins_to_primary);
         Function {
+            volatility,
+            pinned_to_primary,
             schema: raw.schema,
             name: raw.name,
             args,

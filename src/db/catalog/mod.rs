@@ -23,7 +23,7 @@
 //! | `quote.rs` | quoting identifiers for SQL, names and values for messages |
 //! | `pg_type.rs` | what `pg_type` says about a type, and how an argument of it is sent |
 //! | `sql.rs` | the statement shape around a call, a parameter's casts |
-//! | `function.rs` | one function, its arguments, its result shape, its signature |
+//! | `function.rs` | one function, its arguments, its result shape, its signature, its volatility and the pin to the primary |
 //! | `params.rs` | how a call's params arrived; [`ParamError`] |
 //! | `value.rs` | JSON value → typed bind parameter (`SqlParam`) |
 //! | `schema.rs` | JSON Schemas of parameters and results |

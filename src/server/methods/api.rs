@@ -2,7 +2,10 @@
 //! one transaction, on a worker, with its deadline enforced by the
 //! watchdog and serialization failures retried. The statement is prepared
 //! once per connection and (function, argument shape), and its result
-//! passes through as the JSON text PostgreSQL sent.
+//! passes through as the JSON text PostgreSQL sent. With standbys, a call
+//! that may run on one is tried there first ([`standby`]); this is the
+//! primary's path, which also records a session's position after a call
+//! that may have written.
 
 use std::time::Duration;
 
@@ -10,7 +13,8 @@ use postgres::types::Type;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::method::Call;
+use super::method::{null, Call};
+use super::standby::{self, Tried};
 use crate::auth::sessions::{run_in_session, CallStatement, EnterArgs};
 use crate::db::catalog::PreparedCall;
 use crate::db::idempotency::{self, KeyedCall};
@@ -19,22 +23,40 @@ use crate::protocol::{code, RpcError};
 use crate::server::context::Context;
 
 /// Calls `<api_schema>.<name>` with `params` (object, array or null) as
-/// `session`'s user.
+/// `session`'s user: on a standby when it may run there, else on the
+/// primary.
 pub fn call(call: &Call) -> Result<Box<RawValue>, RpcError> {
     let (ctx, deadline) = (call.ctx, call.deadline);
     let session = call.session_key()?;
     let name = &call.request.method["api.".len()..];
     let params = &call.request.params()?;
-    let mut conn = ctx.acquire(deadline)?;
-    let catalog = ctx.catalog_loaded(&mut conn, deadline)?;
-    let prepared = match catalog.prepare(name, params) {
-        Some(prepared) => prepared,
-        None => ctx
-            .catalog_refreshed(&mut conn, deadline)?
-            .prepare(name, params)
-            .ok_or_else(|| RpcError::method_not_found(&format!("api.{name}")))?,
+    let keyed = call.request.idempotency_key.is_some();
+    let outcome = match standby::try_call(ctx, name, params, &session, keyed, deadline) {
+        Tried::Answered(outcome) => outcome,
+        Tried::OnPrimary(prepared) => on_primary(call, name, params, &session, prepared),
+    };
+    if !matches!(&outcome, Err(e) if e.code == code::UNAUTHENTICATED) {
+        ctx.sessions.touch(&session);
     }
-    .map_err(|e| RpcError::invalid_params(e.param.as_deref(), e.message))?;
+    outcome
+}
+
+/// The call on the primary (`prepared` already, or prepared here); with
+/// standbys, a call that may have written (or the first of a session new
+/// to this instance) records the session's position.
+fn on_primary(
+    call: &Call,
+    name: &str,
+    params: &Value,
+    session: &str,
+    prepared: Option<PreparedCall>,
+) -> Result<Box<RawValue>, RpcError> {
+    let (ctx, deadline) = (call.ctx, call.deadline);
+    let mut conn = ctx.acquire(deadline)?;
+    let prepared = match prepared {
+        Some(prepared) => prepared,
+        None => prepare(ctx, &mut conn, name, params, deadline)?,
+    };
     let keyed = call.request.idempotency_key.as_deref().map(|key| {
         let ttl = ctx.config.invocation.idempotency_ttl_s;
         KeyedCall::new(key, &call.request.method, params, ttl)
@@ -44,14 +66,36 @@ pub fn call(call: &Call) -> Result<Box<RawValue>, RpcError> {
         &mut conn,
         name,
         &prepared,
-        &session,
+        session,
         keyed.as_ref(),
         deadline,
     );
-    if !matches!(&outcome, Err(e) if e.code == code::UNAUTHENTICATED) {
-        ctx.sessions.touch(&session);
+    ctx.replicas.count_primary_call();
+    let may_have_written = !prepared.standby_safe || keyed.is_some();
+    if outcome.is_ok() && (may_have_written || ctx.replicas.sessions.get(session).is_none()) {
+        standby::note_position(ctx, &mut conn, session, deadline);
     }
     outcome
+}
+
+/// The call of `name` with `params`, from the catalogue (loaded with
+/// `conn` if it never was, reloaded once on a miss).
+fn prepare(
+    ctx: &Context,
+    conn: &mut PooledConn,
+    name: &str,
+    params: &Value,
+    deadline: &Deadline,
+) -> Result<PreparedCall, RpcError> {
+    let catalog = ctx.catalog_loaded(conn, deadline)?;
+    match catalog.prepare(name, params) {
+        Some(prepared) => prepared,
+        None => ctx
+            .catalog_refreshed(conn, deadline)?
+            .prepare(name, params)
+            .ok_or_else(|| RpcError::method_not_found(&format!("api.{name}")))?,
+    }
+    .map_err(|e| RpcError::invalid_params(e.param.as_deref(), e.message))
 }
 
 /// Runs one prepared call of function `name` as one transaction inside
@@ -147,11 +191,6 @@ fn statement_text(call: &PreparedCall, keyed: Option<&KeyedCall>) -> (String, Ve
             (k.statement(&call.sql, call.params.len()), types)
         }
     }
-}
-
-/// JSON `null` as raw JSON text.
-fn null() -> Box<RawValue> {
-    RawValue::from_string("null".into()).expect("null is JSON")
 }
 
 /// A raw result parsed into a value (for an idempotency outcome).

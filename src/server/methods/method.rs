@@ -120,3 +120,8 @@ fn openrpc_method(m: &Method) -> Value {
         "result": {"name": "result", "schema": {}},
     })
 }
+
+/// JSON `null` as raw JSON text (a call's SQL NULL or void result).
+pub fn null() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is JSON")
+}

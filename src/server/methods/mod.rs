@@ -15,12 +15,15 @@
 //! - [`method`]: what the table and the methods share — a row
 //!   ([`Method`], [`Runs`]) and what a queued method is given ([`Call`]).
 //! - [`api`]: `api.<name>` calls of PostgreSQL functions.
+//! - [`standby`]: those calls on a hot standby, and the session positions
+//!   that give a session its own writes back there.
 //! - [`session`]: `session.login`, `session.join`, `session.logout`.
 //! - [`sys`]: `sys.ping`, `sys.status`, `sys.instances`, `rpc.discover`.
 
 mod api;
 mod method;
 mod session;
+mod standby;
 mod sys;
 
 pub use method::{Answer, Call, Method, Runs};

@@ -55,6 +55,7 @@ pub fn login(call: &Call) -> Result<Value, RpcError> {
     let (session, expires_at) = ctx.with_db(&mut db, deadline, |client| {
         ctx.sessions.create(client, &user, key)
     })?;
+    super::standby::note_position(ctx, &mut db, &session.key, deadline);
     ctx.stats.metrics.count_session_created();
     log::debug!(
         "connection {} ({}): {} logged in",
@@ -77,6 +78,7 @@ pub fn join(call: &Call) -> Result<Value, RpcError> {
     let found = ctx.with_db(&mut db, deadline, |client| ctx.sessions.find(client, &key))?;
     let (session, expires_at) = found.ok_or_else(|| RpcError::unauthenticated(DEAD_SESSION))?;
     ctx.sessions.touch(&session.key);
+    super::standby::note_position(ctx, &mut db, &session.key, deadline);
     log::debug!(
         "connection {} ({}): {} joined a session",
         conn.number,
@@ -97,6 +99,7 @@ pub fn logout(call: &Call) -> Result<Value, RpcError> {
     let ended = ctx.with_db(&mut db, deadline, |client| ctx.sessions.end(client, &key))?;
     ctx.connections.unbind_session(&key);
     conn.unbind_session(&key);
+    ctx.replicas.sessions.forget(&key);
     if !ended {
         return Err(RpcError::unauthenticated(DEAD_SESSION));
     }

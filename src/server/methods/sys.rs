@@ -55,11 +55,32 @@ pub fn status(ctx: &Context) -> Value {
         "database": {"available": !ctx.db.health.is_down()},
         "functions": ctx.catalog.len(),
         "cluster": ctx.cluster.status(),
+        "replicas": replicas_status(ctx),
+        "db_calls": {"primary": ctx.replicas.primary_calls()},
     });
     if let (Value::Object(out), Value::Object(stats)) = (&mut status, ctx.stats.to_json()) {
         out.extend(stats);
     }
     status
+}
+
+/// Each standby as its monitor sees it, with `budget`: its connection
+/// budget as the registry splits it ([`Cluster::standby_status`]).
+///
+/// [`Cluster::standby_status`]: crate::cluster::Cluster::standby_status
+fn replicas_status(ctx: &Context) -> Value {
+    let mut replicas = ctx.replicas.status();
+    let budgets = ctx.cluster.standby_status();
+    let (Value::Array(list), Value::Array(budgets)) = (&mut replicas, budgets) else {
+        return replicas;
+    };
+    for replica in list.iter_mut() {
+        let name = replica.get("name").cloned();
+        if let Some(budget) = budgets.iter().find(|b| b.get("name") == name.as_ref()) {
+            replica["budget"] = budget.clone();
+        }
+    }
+    replicas
 }
 
 /// `sys.instances`: the live instances in the registry, oldest first.

@@ -17,6 +17,7 @@
 //! - [`completions`]: the latency histograms of finished requests, kept
 //!   per thread and merged at each scrape.
 //! - [`tls`]: the TLS handshakes by outcome, and their durations.
+//! - [`targets`]: the calls per database target and the standbys' lag.
 //! - [`listener`]: the HTTP listener (a mio event loop on one thread).
 
 pub mod calls;
@@ -26,6 +27,7 @@ pub mod labels;
 pub mod latencies;
 pub mod listener;
 pub mod per_thread;
+pub mod targets;
 pub mod tls;
 
 pub use gauges::Gauges;
@@ -63,6 +65,8 @@ pub struct Metrics {
     completions: Arc<Completions>,
     api_calls: Arc<ApiCalls>,
     tls: TlsHandshakes,
+    /// The series per database target, handed over at each scrape.
+    pub targets: Arc<targets::Targets>,
 }
 
 impl Default for Metrics {
@@ -131,6 +135,8 @@ impl Metrics {
         let api_calls = Arc::new(ApiCalls::new());
         registry.register_collector(api_calls.collector());
         let tls = TlsHandshakes::register(&mut registry);
+        let targets = Arc::new(targets::Targets::default());
+        registry.register_collector(targets.collector());
         Metrics {
             registry,
             requests,
@@ -143,6 +149,7 @@ impl Metrics {
             completions,
             api_calls,
             tls,
+            targets,
         }
     }
 
