@@ -60,7 +60,13 @@ fn setup(settings: &[(&str, &str)]) -> (TestDb, Cluster, Server) {
     all.extend_from_slice(settings);
     let server = Server::start(&db.url, &all);
     let mut rpc = Rpc::session(&server.addr);
-    rpc.wait_for_status("the standby up", |s| replica(s)["state"] == "up");
+    let up = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rpc.wait_for_status("the standby up", |s| replica(s)["state"] == "up")
+    }));
+    if let Err(e) = up {
+        eprintln!("the server's log:\n{}", server.log());
+        std::panic::resume_unwind(e);
+    }
     (db, standby, server)
 }
 
