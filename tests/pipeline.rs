@@ -22,6 +22,8 @@ CREATE SEQUENCE conflict_counter;
 CREATE FUNCTION blitz_api.sleep_ms(ms int) RETURNS int LANGUAGE plpgsql AS
   $$ BEGIN PERFORM pg_sleep(ms / 1000.0); RETURN ms; END $$;
 CREATE FUNCTION blitz_api.add(a int, b int DEFAULT 0) RETURNS int LANGUAGE sql AS 'SELECT a + b';
+CREATE FUNCTION blitz_api.rows(n int) RETURNS TABLE(i int, label text) LANGUAGE sql AS
+  $$ SELECT g, E'line\nbreak ' || g FROM generate_series(1, n) AS g $$;
 CREATE FUNCTION blitz_api.greet(name text) RETURNS text LANGUAGE sql AS $$ SELECT 'hello ' || name $$;
 CREATE FUNCTION blitz_api.conflict_twice() RETURNS text LANGUAGE plpgsql AS $$
   BEGIN
@@ -155,6 +157,23 @@ fn a_burst_of_500_within_the_queue_all_succeed_with_pool_size_backends() {
     );
     assert!(most_busy >= 1, "the sampler never saw blitz at work");
     eprintln!("500-client burst, pool 4, queue 1000: 500 results in {took:?}, at most {most_busy} busy backends");
+}
+
+#[test]
+fn a_result_of_many_rows_is_one_reply_line() {
+    let (_db, server) = setup(&[]);
+    let mut rpc = Rpc::session(&server.addr);
+    // json_agg puts a line break between the rows it aggregates.
+    let reply = rpc.call("api.rows", json!({"n": 3}));
+    assert_eq!(
+        reply["result"],
+        json!([
+            {"i": 1, "label": "line\nbreak 1"},
+            {"i": 2, "label": "line\nbreak 2"},
+            {"i": 3, "label": "line\nbreak 3"},
+        ])
+    );
+    assert_eq!(rpc.call("sys.ping", json!({}))["result"]["pong"], true);
 }
 
 #[test]

@@ -222,10 +222,20 @@ pub fn write_result(out: &mut Vec<u8>, id: &RawValue, result: &Value) {
     out.push(b'}');
 }
 
-/// Appends a result that is JSON text already (a template rendered once).
+/// Appends a result that is JSON text already (a template rendered once,
+/// or the text PostgreSQL sent). A reply is one line, and JSON text from
+/// elsewhere may hold line breaks (`json_agg` puts one between elements):
+/// they are whitespace between tokens (inside a JSON string a line break
+/// is always escaped), so each becomes a space.
 pub fn write_raw_result(out: &mut Vec<u8>, id: &RawValue, result: &RawValue) {
     write_head(out, id, b"result");
+    let start = out.len();
     out.extend_from_slice(result.get().as_bytes());
+    for byte in &mut out[start..] {
+        if matches!(*byte, b'\n' | b'\r') {
+            *byte = b' ';
+        }
+    }
     out.push(b'}');
 }
 
@@ -256,6 +266,17 @@ mod tests {
 
     use super::*;
     use crate::protocol::code;
+
+    #[test]
+    fn a_raw_result_with_line_breaks_is_written_on_one_line() {
+        let rows = RawValue::from_string("[{\"a\":1}, \n {\"a\":\"x\\ny\"}]\r\n".into()).unwrap();
+        let id = RawValue::from_string("7".into()).unwrap();
+        let mut out = Vec::new();
+        write_raw_result(&mut out, &id, &rows);
+        assert!(!out.contains(&b'\n') && !out.contains(&b'\r'));
+        let reply: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(reply["result"], json!([{"a": 1}, {"a": "x\ny"}]));
+    }
 
     fn single(text: &str) -> Parsed {
         match parse_line(text.as_bytes()).unwrap() {

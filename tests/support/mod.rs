@@ -260,26 +260,12 @@ impl Cluster {
     /// Promotes this standby to a primary (`pg_ctl promote`, waiting until
     /// it accepts writes).
     pub fn promote(&self) {
-        let status = pg_command(&self.bindir, "pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-w", "-t", "60", "promote"])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctl promote failed");
+        self.pg_ctl(&["-w", "-t", "60", "promote"]);
     }
 
     /// Stops the cluster at once (`-m immediate`: like a crash).
     pub fn kill(&self) {
-        let status = pg_command(&self.bindir, "pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctl stop -m immediate failed");
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
     }
 
     /// Waits until this standby has replayed everything `primary` had
@@ -302,6 +288,18 @@ impl Cluster {
         });
     }
 
+    /// Runs `pg_ctl -D <data> args…`, which must succeed.
+    fn pg_ctl(&self, args: &[&str]) {
+        let status = pg_command(&self.bindir, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {} failed", args.join(" "));
+    }
+
     /// A URL for database `db` as the superuser.
     pub fn url(&self, db: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
@@ -314,14 +312,7 @@ impl Cluster {
 
     /// Stops the cluster (fast shutdown); `start` brings it back on the same port.
     pub fn stop(&self) {
-        let status = pg_command(&self.bindir, "pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "fast", "-w", "stop"])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctl stop failed");
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
     }
 
     /// Starts a stopped cluster again on the same port.

@@ -188,11 +188,9 @@ pub fn run_bench(
         BenchError::Usage(m) => Failure::Usage(m),
         BenchError::Connect(m) => Failure::Connect(m),
     })?;
-    let text = if bench_args.json {
-        serde_json::to_string(&report)
-            .map_err(|e| Failure::Local(format!("cannot render the report: {e}")))?
-    } else {
-        report.to_text()
+    let text = match bench_args.json {
+        true => render_json(&report)?,
+        false => report.to_text(),
     };
     print_report(&text)
 }
@@ -250,13 +248,17 @@ fn run_storm(
             report.first_failure.as_deref().unwrap_or("no answer")
         )));
     }
-    let text = if bench_args.json {
-        serde_json::to_string(&report)
-            .map_err(|e| Failure::Local(format!("cannot render the report: {e}")))?
-    } else {
-        report.to_text()
+    let text = match bench_args.json {
+        true => render_json(&report)?,
+        false => report.to_text(),
     };
     print_report(&text)
+}
+
+/// A report as one line of JSON (`--json`).
+fn render_json(report: &impl serde::Serialize) -> Result<String, Failure> {
+    serde_json::to_string(report)
+        .map_err(|e| Failure::Local(format!("cannot render the report: {e}")))
 }
 
 fn print_report(text: &str) -> Result<(), Failure> {
