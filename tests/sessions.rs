@@ -206,9 +206,11 @@ fn sessions_expire_when_idle_and_at_their_maximum_lifetime() {
         !live_in_database(&mut client, &key, 3, 0)
     });
     // last_used is written at most every 0.75 s (a quarter of the idle
-    // timeout), so it may lag the last call by that much.
+    // timeout) by the housekeeper's flush, which runs as often: it may lag
+    // the last call by two of those and the flush's own delay on a loaded
+    // machine, but the session must not end long before the timeout.
     assert!(
-        last_use.elapsed() >= Duration::from_secs(2),
+        last_use.elapsed() >= Duration::from_secs(1),
         "expired {:?} after its last use, before the 3 s idle timeout",
         last_use.elapsed()
     );
