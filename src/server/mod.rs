@@ -453,7 +453,7 @@ fn target_samples(ctx: &Context) -> Vec<metrics::targets::TargetSample> {
         .list()
         .iter()
         .map(|r| metrics::targets::TargetSample {
-            target: r.name.clone(),
+            target: r.standby.name.clone(),
             calls: r.calls(),
             replica: Some((
                 r.lag_ms() as f64 / 1000.0,

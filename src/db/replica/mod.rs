@@ -75,11 +75,10 @@ impl State {
 
 /// One hot standby.
 pub struct Replica {
-    /// Its name: the URL's `host:port/dbname`.
-    pub name: String,
     /// Its pool, health, watchdog, limit and share's gate.
     pub db: Database,
-    /// Its share of the standby's connections, as the cluster sets it.
+    /// Its share of the standby's connections, as the cluster sets it,
+    /// and its name (the URL's `host:port/dbname`).
     pub standby: Arc<StandbyShare>,
     /// How the monitor connects (outside the pool).
     monitor_connector: Connector,
@@ -111,7 +110,7 @@ impl Replica {
     fn new(config: &Config, url: &str, registration: Arc<dyn Registration>) -> Replica {
         let connector = Connector::for_url(config, url).read_only();
         let name = standby_name(&connector.settings);
-        let standby = StandbyShare::new(name.clone());
+        let standby = StandbyShare::new(name);
         let health = Arc::new(Health::silent());
         let share = standby.share.clone();
         let pool = build_pool(
@@ -133,7 +132,6 @@ impl Replica {
             .settings
             .application_name("blitz-replica-monitor");
         Replica {
-            name,
             db: Database::new(pool, health, acquire_timeout, share, limiter),
             standby,
             monitor_connector,
@@ -203,7 +201,7 @@ impl Replica {
         if before == state {
             return;
         }
-        let name = &self.name;
+        let name = &self.standby.name;
         match state {
             State::Up => log::info!("standby {name} is up ({why}): serving reads"),
             State::Lagging => log::warn!(
@@ -245,7 +243,7 @@ impl Replica {
     pub fn status(&self) -> Value {
         let pool = self.db.pool.state();
         json!({
-            "name": self.name,
+            "name": self.standby.name,
             "state": self.state().as_str(),
             "lag_ms": self.lag_ms(),
             "replay_paused": self.paused.load(Ordering::Acquire),
