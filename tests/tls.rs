@@ -260,6 +260,21 @@ except Exception as e:
 
 const PING: &str = r#"{"jsonrpc":"2.0","method":"sys.ping","id":7}"#;
 
+/// curl POSTing [`PING`] to `https://localhost:PORT/` (resolved to
+/// 127.0.0.1), verified against `ca`, with `extra` options.
+fn curl_ping_https(ca: &Path, http_port: &str, extra: &[&str]) -> std::process::Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(extra)
+        .arg("--cacert")
+        .arg(ca)
+        .args(["--resolve", &format!("localhost:{http_port}:127.0.0.1")])
+        .args(["-H", "Content-Type: application/json", "-d", PING])
+        .arg(format!("https://localhost:{http_port}/"))
+        .output()
+        .expect("run curl")
+}
+
 fn assert_pong(reply: &str) {
     let value: serde_json::Value =
         serde_json::from_str(reply).unwrap_or_else(|_| panic!("not a JSON-RPC reply: {reply}"));
@@ -291,14 +306,7 @@ fn https_with_curl_verified_against_the_ca() {
     let http_port = support::free_port().to_string();
     let http = format!("127.0.0.1:{http_port}");
     let (_db, server) = tls_server(&files, &[("server.http_listen", &http)]);
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "--cacert"])
-        .arg(&files.ca_file)
-        .args(["--resolve", &format!("localhost:{http_port}:127.0.0.1")])
-        .args(["-H", "Content-Type: application/json", "-d", PING])
-        .arg(format!("https://localhost:{http_port}/"))
-        .output()
-        .expect("run curl");
+    let out = curl_ping_https(&files.ca_file, &http_port, &[]);
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -557,21 +565,7 @@ fn a_tls_client_past_max_clients_gets_the_32005_line_over_tls() {
     assert_eq!(support::error_code(&value), -32005, "{reply}");
     assert_eq!(value["error"]["data"]["max_clients"], 1, "{reply}");
     // HTTPS: a 503 with the -32005 body.
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "30",
-            "-w",
-            "\n%{http_code}",
-            "--cacert",
-        ])
-        .arg(&files.ca_file)
-        .args(["--resolve", &format!("localhost:{http_port}:127.0.0.1")])
-        .args(["-H", "Content-Type: application/json", "-d", PING])
-        .arg(format!("https://localhost:{http_port}/"))
-        .output()
-        .expect("run curl");
+    let out = curl_ping_https(&files.ca_file, &http_port, &["-w", "\n%{http_code}"]);
     let answer = String::from_utf8_lossy(&out.stdout);
     assert!(
         answer.ends_with("\n503") && answer.contains("-32005"),
