@@ -71,9 +71,11 @@ fn on_primary(
         deadline,
     );
     ctx.replicas.count_primary_call();
-    let may_have_written = !prepared.standby_safe || keyed.is_some();
-    if outcome.is_ok() && (may_have_written || ctx.replicas.sessions.get(session).is_none()) {
-        standby::note_position(ctx, &mut conn, session, deadline);
+    if !ctx.replicas.is_empty() && outcome.is_ok() {
+        let may_have_written = !prepared.standby_safe || keyed.is_some();
+        if may_have_written || ctx.replicas.sessions.get(session).is_none() {
+            standby::note_position(ctx, &mut conn, session, deadline);
+        }
     }
     outcome
 }
