@@ -10,6 +10,7 @@ use super::function::{Arg, Function, Volatility};
 use super::params::{ParamError, Supplied};
 use super::quote::{quote_ident, quoted, show};
 use super::value::{convert_scalar, SqlParam};
+use crate::db::StatementKey;
 
 /// One call ready to run: SQL text, declared parameter types and values.
 ///
@@ -45,6 +46,22 @@ pub struct PreparedCall {
 pub const POSITIONAL: u128 = 1 << 127;
 
 impl PreparedCall {
+    /// Names this call's statement in a connection's cache, wrapped as
+    /// `wrapping` says (the caller's numbering: idempotency key, session,
+    /// role).
+    pub fn statement_key(&self, wrapping: u8) -> StatementKey {
+        StatementKey {
+            function: self.oid,
+            shape: self.shape,
+            wrapping,
+        }
+    }
+
+    /// The SQL text and parameter types to prepare the call with.
+    pub fn statement_text(&self) -> (String, Vec<Type>) {
+        (self.sql.clone(), self.param_types.clone())
+    }
+
     /// The params as the slice `postgres` query functions take.
     pub fn param_refs(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params

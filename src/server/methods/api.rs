@@ -18,7 +18,7 @@ use super::standby::{self, Tried};
 use crate::auth::sessions::{run_in_session, CallStatement, EnterArgs};
 use crate::db::catalog::PreparedCall;
 use crate::db::idempotency::{self, KeyedCall};
-use crate::db::{Deadline, Failure, PooledConn, StatementKey};
+use crate::db::{Deadline, Failure, PooledConn};
 use crate::protocol::{code, RpcError};
 use crate::server::context::Context;
 
@@ -122,11 +122,7 @@ fn run(
     }
     let text = || statement_text(call, keyed);
     let statement = CallStatement {
-        key: StatementKey {
-            function: call.oid,
-            shape: call.shape,
-            wrapping: u8::from(keyed.is_some()),
-        },
+        key: call.statement_key(u8::from(keyed.is_some())),
         text: &text,
         params: &params,
     };
@@ -185,10 +181,10 @@ fn run(
 /// The SQL text and parameter types of `call`'s statement, keyed by
 /// [`idempotency`] when `keyed` is given.
 fn statement_text(call: &PreparedCall, keyed: Option<&KeyedCall>) -> (String, Vec<Type>) {
-    let mut types = call.param_types.clone();
     match keyed {
-        None => (call.sql.clone(), types),
+        None => call.statement_text(),
         Some(k) => {
+            let mut types = call.param_types.clone();
             types.extend(KeyedCall::types());
             (k.statement(&call.sql, call.params.len()), types)
         }

@@ -9,14 +9,13 @@
 
 use std::time::Duration;
 
-use postgres::types::Type;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::auth::sessions::{run_in_session, CallStatement, EnterArgs};
 use crate::db::catalog::PreparedCall;
 use crate::db::replica::{after_failure, read_lsn, Fallback, Read, Replica, Route, INSERT_LSN_SQL};
-use crate::db::{Deadline, Failure, Lease, PooledConn, StatementKey};
+use crate::db::{Deadline, Failure, Lease, PooledConn};
 use crate::protocol::RpcError;
 use crate::server::context::Context;
 
@@ -131,13 +130,9 @@ fn run_once(
 ) -> Option<Result<Box<RawValue>, RpcError>> {
     let enter = EnterArgs::new(&ctx.sessions, session, call.oid);
     let params = call.param_refs();
-    let text = || -> (String, Vec<Type>) { (call.sql.clone(), call.param_types.clone()) };
+    let text = || call.statement_text();
     let statement = CallStatement {
-        key: StatementKey {
-            function: call.oid,
-            shape: call.shape,
-            wrapping: 0,
-        },
+        key: call.statement_key(0),
         text: &text,
         params: &params,
     };
