@@ -197,11 +197,13 @@ pub fn start_own_cluster() -> Cluster {
     start_cluster()
 }
 
-/// The postgres options of a test cluster: loopback only, durability off.
+/// The postgres options of a test cluster: loopback only, durability off,
+/// room for a slot per standby ([`Cluster::standby`]).
 fn server_options(port: u16, dir: &Path) -> String {
     format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
-         -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+         -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+         -c max_replication_slots=32 -c max_wal_senders=32",
         dir.display()
     )
 }
@@ -239,13 +241,25 @@ impl Cluster {
     /// port. It replays everything the primary writes, every database
     /// included; like every test cluster it is stopped and removed when the
     /// test process exits.
+    ///
+    /// The backup creates a replication slot of its own first (`-C -S`),
+    /// which the standby then streams from: without it the primary may
+    /// recycle a WAL segment the backup or the standby still needs
+    /// ("requested WAL segment … has already been removed") when other
+    /// tests write a lot meanwhile.
     pub fn standby(&self) -> Cluster {
         let dir = new_cluster_dir(&self.bindir);
+        let slot = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a cluster dir has a name")
+            .replace('-', "_");
         let out = pg_command(&self.bindir, "pg_basebackup")
             .arg("-D")
             .arg(dir.join("data"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-U", "postgres", "-R", "-X", "stream", "--no-sync"])
+            .args(["-C", "-S", &slot])
             .args(["-c", "fast"])
             .output()
             .expect("run pg_basebackup");
