@@ -144,13 +144,100 @@ fn a_session_made_on_one_instance_works_on_another_and_ends_on_both() {
     );
     assert_eq!(result(&add(&mut on_b)), &json!(3));
     assert_eq!(result(&add(&mut on_a)), &json!(3));
+    on_a.wait_for_status("A's session cache trusted, the session in it", |s| {
+        s["session_cache"]["trusted"] == true && s["session_cache"]["sessions"] == 1
+    });
     result(&on_b.call("session.logout", json!({})));
-    let reply = add(&mut on_a);
-    assert_eq!(
-        error_code(&reply),
-        -32006,
-        "logout on B ends it on A: {reply}"
+    let took = until_refused(&mut on_a);
+    assert!(
+        took < Duration::from_secs(1),
+        "logout on B ended it on A after {took:?}"
     );
+}
+
+/// Calls `api.add` until it is answered -32006; how long that took (panics
+/// after 3 s, or on any other error).
+fn until_refused(rpc: &mut Rpc) -> Duration {
+    let start = Instant::now();
+    loop {
+        let reply = add(rpc);
+        if reply.get("error").is_some() {
+            assert_eq!(error_code(&reply), -32006, "{reply}");
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "still served: {reply}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_user_disabled_with_sql_is_refused_by_every_instance_within_a_second() {
+    let db = TestDb::new();
+    db.execute(FIXTURES);
+    add_user(&db, "alice", "pw-a");
+    let (a, b) = (password_server(&db, &[]), password_server(&db, &[]));
+    let mut on_a = Rpc::connect(&a.addr);
+    let key = session_key(&login(&mut on_a, "alice", "pw-a"));
+    let mut on_b = Rpc::connect(&b.addr);
+    result(&on_b.call("session.join", json!({"session": key})));
+    for rpc in [&mut on_a, &mut on_b] {
+        assert_eq!(result(&add(rpc)), &json!(3));
+        rpc.wait_for_status("a trusted cache holding the session", |s| {
+            s["session_cache"]["trusted"] == true && s["session_cache"]["sessions"] == 1
+        });
+    }
+    db.execute("UPDATE blitz.users SET disabled = true WHERE name = 'alice'");
+    let disabled = Instant::now();
+    for rpc in [&mut on_a, &mut on_b] {
+        until_refused(rpc);
+    }
+    let took = disabled.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "refused on both after {took:?}"
+    );
+}
+
+#[test]
+fn an_instance_that_cannot_hear_session_changes_checks_every_call_in_the_database() {
+    let db = TestDb::new();
+    db.execute(FIXTURES);
+    add_user(&db, "alice", "pw-a");
+    // The housekeeper reconnects a heartbeat interval after losing its connection.
+    let server = password_server(&db, &[("db.heartbeat_interval_ms", "3000")]);
+    let mut rpc = Rpc::connect(&server.addr);
+    let key = session_key(&login(&mut rpc, "alice", "pw-a"));
+    assert_eq!(result(&add(&mut rpc)), &json!(3));
+    rpc.wait_for_status("a trusted cache", |s| s["session_cache"]["trusted"] == true);
+
+    let mut sql = db.connect();
+    let housekeeping = "SELECT pid FROM pg_stat_activity \
+        WHERE application_name = 'blitz-housekeeping' AND datname = current_database()";
+    sql.execute(
+        &format!("SELECT pg_terminate_backend(pid) FROM ({housekeeping}) h"),
+        &[],
+    )
+    .unwrap();
+    support::wait_until("the housekeeping connection gone", || {
+        sql.query(housekeeping, &[]).unwrap().is_empty()
+    });
+    // Nobody hears this notification.
+    sql.execute("DELETE FROM blitz.sessions WHERE key = $1", &[&key])
+        .unwrap();
+    let deleted = Instant::now();
+    until_refused(&mut rpc);
+    let took = deleted.elapsed();
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    let status = result(&rpc.call("sys.status", json!({}))).clone();
+    if deleted.elapsed() < Duration::from_secs(2) {
+        assert_eq!(status["session_cache"]["trusted"], false, "{status}");
+    }
+    rpc.wait_for_status("trusted again once it hears", |s| {
+        s["session_cache"]["trusted"] == true && s["session_cache"]["sessions"] == 0
+    });
 }
 
 #[test]

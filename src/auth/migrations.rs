@@ -249,6 +249,41 @@ CREATE TABLE blitz.standby_shares (
 );
 ",
     },
+    Migration {
+        version: 6,
+        description: "notifications of ended sessions and changed users, for the instances' session caches",
+        sql: r#"
+-- Payload: the user whose sessions may have ended; empty: anyone's.
+CREATE FUNCTION blitz.sessions_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('blitz_sessions', e.user_name)
+       FROM (SELECT DISTINCT user_name FROM ended) AS e;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER sessions_ended AFTER DELETE ON blitz.sessions
+    REFERENCING OLD TABLE AS ended FOR EACH STATEMENT
+    EXECUTE FUNCTION blitz.sessions_ended();
+CREATE FUNCTION blitz.sessions_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('blitz_sessions', '');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER sessions_truncated AFTER TRUNCATE ON blitz.sessions
+    FOR EACH STATEMENT EXECUTE FUNCTION blitz.sessions_truncated();
+CREATE FUNCTION blitz.user_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('blitz_sessions', OLD.name);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER user_changed AFTER UPDATE OR DELETE ON blitz.users
+    FOR EACH ROW EXECUTE FUNCTION blitz.user_changed();
+CREATE TRIGGER users_truncated AFTER TRUNCATE ON blitz.users
+    FOR EACH STATEMENT EXECUTE FUNCTION blitz.sessions_truncated();
+"#,
+    },
 ];
 
 /// Brings schema `blitz` up to the newest migration; returns the versions

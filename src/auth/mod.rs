@@ -1,9 +1,11 @@
 //! Who may call: passwords and session keys ([`passwords`]), the
 //! failed-login limiter ([`limiter`]), sessions kept in PostgreSQL
-//! ([`sessions`]), the server's own schema `blitz` as versioned
+//! ([`sessions`]) and the instance's cache of the live ones ([`cache`]),
+//! the server's own schema `blitz` as versioned
 //! [`migrations`], and the user administration commands ([`admin`]).
 
 pub mod admin;
+pub mod cache;
 mod limiter;
 pub mod migrations;
 mod passwords;

@@ -9,7 +9,8 @@
 //! - [`run_in_session`]: runs an api call's statement so that
 //!   the session check (with `auth.set_role`, `blitz.enter`) checks
 //!   the session and sets `blitz.user`, `blitz.session` (and the role) in
-//!   the call's own transaction, in the same round trip.
+//!   the call's own transaction, in the same round trip; for a session the
+//!   [`cache`](super::cache) knows live, the statement only sets them.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -23,6 +24,7 @@ use postgres::{Client, GenericClient};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::cache::{Remaining, SessionCache};
 use super::migrations;
 use crate::config::{AuthConfig, AuthMode};
 use crate::db::{Chore, DbConn, StatementKey};
@@ -68,6 +70,7 @@ pub struct Sessions {
     schema_lock: Mutex<()>,
     schema_warnings: LogThrottle,
     touches: Mutex<Touches>,
+    cache: Arc<SessionCache>,
 }
 
 /// Sessions used since the last flush, and when each was last written.
@@ -89,7 +92,16 @@ impl Sessions {
             schema_lock: Mutex::new(()),
             schema_warnings: LogThrottle::new(Duration::from_secs(30)),
             touches: Mutex::default(),
+            cache: Arc::new(SessionCache::new(Duration::from_secs(
+                auth.session_idle_timeout_s,
+            ))),
         }
+    }
+
+    /// The sessions this instance knows live (kept by the housekeeper's
+    /// [`SessionListener`](super::cache::SessionListener)).
+    pub fn cache(&self) -> &Arc<SessionCache> {
+        &self.cache
     }
 
     /// Applies pending migrations once per process (cheap afterwards).
@@ -137,7 +149,50 @@ impl Sessions {
             .lock()
             .written
             .insert(session.key.clone(), Instant::now());
+        let remaining = Remaining {
+            idle: Duration::from_secs(self.auth.session_idle_timeout_s),
+            life: (self.auth.session_max_lifetime_s > 0)
+                .then(|| Duration::from_secs(self.auth.session_max_lifetime_s)),
+        };
+        let generation = self.cache.generation();
+        self.cache
+            .insert(&session.key, &session.user, remaining, generation);
         Ok((session, row.get(0)))
+    }
+
+    /// Checks session `key` in the database for the cache, when the cache
+    /// is trusted: its user when it is live (now cached), `None` when it is
+    /// not, or when the cache cannot be trusted (the call's statement then
+    /// checks the session itself).
+    pub fn verify(
+        &self,
+        client: &mut impl GenericClient,
+        key: &str,
+    ) -> Result<Option<Arc<str>>, postgres::Error> {
+        if self.auth.set_role || !self.cache.trusted() {
+            return Ok(None);
+        }
+        let generation = self.cache.generation();
+        let sql = format!(
+            "SELECT s.user_name, \
+                    EXTRACT(epoch FROM s.last_used + make_interval(secs => $2::int4) - now())::float8, \
+                    CASE WHEN $3::int4 = 0 THEN NULL ELSE \
+                    EXTRACT(epoch FROM s.created + make_interval(secs => $3::int4) - now())::float8 END \
+               FROM blitz.sessions s JOIN blitz.users u ON u.name = s.user_name \
+              WHERE s.key = $1 AND NOT u.disabled AND {LIVE}"
+        );
+        let (idle, max) = self.limits();
+        let Some(row) = client.query_opt(&sql, &[&key, &idle, &max])? else {
+            return Ok(None);
+        };
+        let user: String = row.get(0);
+        let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        let remaining = Remaining {
+            idle: seconds(row.get(1)),
+            life: row.get::<_, Option<f64>>(2).map(seconds),
+        };
+        self.cache.insert(key, &user, remaining, generation);
+        Ok(Some(Arc::from(user)))
     }
 
     /// The live session with `key`, and its `expires_at`; `None` when it
@@ -169,6 +224,7 @@ impl Sessions {
         let sql = format!("DELETE FROM blitz.sessions AS s WHERE key = $1 AND {LIVE}");
         let (idle, max) = self.limits();
         let ended = client.execute(&sql, &[&key, &idle, &max])? > 0;
+        self.cache.forget(key);
         let mut touches = self.touches.lock();
         touches.pending.remove(key);
         touches.written.remove(key);
@@ -305,13 +361,15 @@ impl Chore for SessionWriter {
     }
 }
 
-/// `blitz.enter`'s arguments for one call.
+/// `blitz.enter`'s arguments for one call, and the session's user when
+/// the cache knows the session live (then no check runs in the database).
 pub struct EnterArgs {
     key: String,
     idle_s: i32,
     max_life_s: i32,
     set_role: bool,
     callee: Oid,
+    user: Option<Arc<str>>,
 }
 
 /// `blitz.enter` as a statement of its own (the `auth.set_role` path).
@@ -321,15 +379,35 @@ const ENTER: &str = "SELECT blitz.enter($1, $2, $3, $4, $5)::text::json";
 const ENTER_CALL_TYPES: [Type; 3] = [Type::TEXT, Type::INT4, Type::INT4];
 
 impl EnterArgs {
-    /// The arguments that admit the session `key` to a call of function `callee`.
+    /// The arguments that admit the session `key` to a call of function
+    /// `callee`; with the session's user when the cache knows it live.
     pub fn new(sessions: &Sessions, key: &str, callee: Oid) -> EnterArgs {
         let (idle_s, max_life_s) = sessions.limits();
+        let set_role = sessions.auth.set_role;
         EnterArgs {
             key: key.to_string(),
             idle_s,
             max_life_s,
-            set_role: sessions.auth.set_role,
+            set_role,
             callee,
+            user: if set_role {
+                None
+            } else {
+                sessions.cache.user(key)
+            },
+        }
+    }
+
+    /// Whether the session still has to be checked (the cache did not know it).
+    pub fn unchecked(&self) -> bool {
+        self.user.is_none() && !self.set_role
+    }
+
+    /// The session's user, as [`Sessions::verify`] found it.
+    pub fn checked(self, user: Arc<str>) -> EnterArgs {
+        EnterArgs {
+            user: Some(user),
+            ..self
         }
     }
 
@@ -386,6 +464,9 @@ fn session_check(k: usize) -> String {
     )
 }
 
+/// The wrapping bit of a call wrapped with the session's identity only
+/// (the cache knew the session live).
+pub const AS_USER: u8 = 1 << 5;
 /// The wrapping bit of a call wrapped with the session check, in one statement.
 pub const IN_SESSION: u8 = 1 << 6;
 /// The wrapping bit of a call run on its own after `blitz.enter` set the role.
@@ -414,6 +495,9 @@ pub fn run_in_session(
     if enter.set_role {
         return run_as_role(db, enter, call);
     }
+    if let Some(user) = &enter.user {
+        return run_as_user(db, user, &enter.key, call);
+    }
     let n = call.params.len();
     let wrapped = || {
         let (sql, mut types) = (call.text)();
@@ -429,6 +513,38 @@ pub fn run_in_session(
     params.extend(enter.call_params());
     let key = StatementKey {
         wrapping: call.key.wrapping | IN_SESSION,
+        ..call.key
+    };
+    db.query_raw_json(key, wrapped, &params)
+}
+
+/// The call wrapped so that it first sets `blitz.user` and
+/// `blitz.session` (the session known live: no check in the database).
+fn run_as_user(
+    db: &mut DbConn,
+    user: &str,
+    key: &str,
+    call: &CallStatement,
+) -> Result<Option<Box<RawValue>>, postgres::Error> {
+    let n = call.params.len();
+    let wrapped = || {
+        let (sql, mut types) = (call.text)();
+        types.extend([Type::TEXT, Type::TEXT]);
+        let (u, k) = (n + 1, n + 2);
+        let sql = format!(
+            "SELECT c.* FROM (SELECT pg_catalog.set_config('blitz.user', ${u}::text, true) IS NOT NULL \
+                                 AND pg_catalog.set_config('blitz.session', ${k}::text, true) IS NOT NULL \
+                                 AS ok OFFSET 0) AS e \
+             CROSS JOIN LATERAL (SELECT * FROM ({sql}) AS c WHERE e.ok OFFSET 0) AS c"
+        );
+        (sql, types)
+    };
+    let user = user.to_string();
+    let key_param = key.to_string();
+    let mut params = call.params.to_vec();
+    params.extend([&user as &(dyn ToSql + Sync), &key_param]);
+    let key = StatementKey {
+        wrapping: call.key.wrapping | AS_USER,
         ..call.key
     };
     db.query_raw_json(key, wrapped, &params)

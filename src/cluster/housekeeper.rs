@@ -8,8 +8,10 @@
 //! a standby were proven gone. While a smaller share waits to be released it
 //! closes idle pool connections every few milliseconds. It also runs the
 //! other background [`Chore`]s (session `last_used` writes, the
-//! idempotency sweep) on the same connection, and at a clean stop closes
-//! the pool and leaves the registry.
+//! idempotency sweep, the session cache's listener) on the same connection,
+//! LISTENing on the channels they name and handing each chore its
+//! notifications, and at a clean stop closes the pool and leaves the
+//! registry.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -144,6 +146,12 @@ impl Housekeeper {
         let mut client = self.connect.connect()?;
         (self.prepare)(&mut client)?;
         client.batch_execute(&format!("LISTEN {}", registry::CHANNEL))?;
+        for (chore, _) in &mut self.chores {
+            for channel in chore.channels() {
+                client.batch_execute(&format!("LISTEN {channel}"))?;
+            }
+            chore.listening();
+        }
         if !self.cluster.enlist(&mut client)? {
             if self.cluster.share().key() != 0 {
                 log::error!(
@@ -235,6 +243,27 @@ impl Housekeeper {
                 *due = Instant::now() + chore.every();
             }
         }
+        self.deliver()
+    }
+
+    /// Hands every notification received so far to the chores that hear
+    /// its channel (one on the registry's channel starts a round), then
+    /// tells every chore they were.
+    fn deliver(&mut self) -> Result<(), postgres::Error> {
+        let client = self.client.as_mut().expect("connected");
+        let mut notifications = client.notifications();
+        let mut pending = notifications.iter();
+        while let Some(n) = pending.next()? {
+            route(
+                &mut self.chores,
+                &mut self.notified,
+                n.channel(),
+                n.payload(),
+            );
+        }
+        for (chore, _) in &mut self.chores {
+            chore.delivered();
+        }
         Ok(())
     }
 
@@ -254,17 +283,15 @@ impl Housekeeper {
             std::thread::sleep(wait);
             return;
         };
-        let got = {
-            let mut notifications = client.notifications();
-            let first = notifications.timeout_iter(wait).next();
-            if let Ok(Some(_)) = first {
-                while let Ok(Some(_)) = notifications.iter().next() {}
-            }
-            first.map(|n| n.is_some())
-        };
-        match got {
-            Ok(true) => self.notified = true,
-            Ok(false) => {}
+        let first = client.notifications().timeout_iter(wait).next();
+        match first {
+            Ok(Some(n)) => route(
+                &mut self.chores,
+                &mut self.notified,
+                n.channel(),
+                n.payload(),
+            ),
+            Ok(None) => {}
             Err(e) => {
                 self.client = None;
                 self.warn(&format!("housekeeping connection lost: {e}; reconnecting"));
@@ -324,6 +351,19 @@ impl Housekeeper {
         {
             log::warn!("{message} (at most one such line per 30 s)");
             self.last_warning = Some(Instant::now());
+        }
+    }
+}
+
+/// Hands one notification to the chores that hear `channel`; one on the
+/// registry's channel sets `round` (a round is due).
+fn route(chores: &mut [(Box<dyn Chore>, Instant)], round: &mut bool, channel: &str, payload: &str) {
+    if channel == registry::CHANNEL {
+        *round = true;
+    }
+    for (chore, _) in chores.iter_mut() {
+        if chore.channels().contains(&channel) {
+            chore.notified(channel, payload);
         }
     }
 }

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::auth::cache::SessionListener;
 use crate::auth::sessions::{SessionWriter, Sessions};
 use crate::auth::LoginLimiter;
 use crate::cluster::{Cluster, Housekeeper, Identity, JoinError, Timing};
@@ -398,6 +399,7 @@ fn housekeeper(ctx: &Arc<Context>, stop: &Arc<AtomicBool>) -> Housekeeper {
         Box::new(move || stop.load(Ordering::Acquire)),
     );
     housekeeper.add(Box::new(SessionWriter::new(ctx.sessions.clone())));
+    housekeeper.add(Box::new(SessionListener::new(ctx.sessions.cache().clone())));
     housekeeper.add(Box::new(Sweep::new(
         ctx.config.invocation.idempotency_ttl_s,
     )));

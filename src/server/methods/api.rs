@@ -116,6 +116,7 @@ fn run(
     deadline: &Deadline,
 ) -> Result<Box<RawValue>, RpcError> {
     let enter = EnterArgs::new(&ctx.sessions, session, call.oid);
+    let enter = checked(ctx, conn, session, enter, deadline)?;
     let mut params = call.param_refs();
     if let Some(k) = keyed {
         params.extend(k.params());
@@ -175,6 +176,28 @@ fn run(
                 None => reply,
             });
         }
+    }
+}
+
+/// `enter` with the session's user when the cache did not know the
+/// session and can be trusted: one query checks it (and caches it), so the
+/// call's own statement need not. A session found dead, or a cache not
+/// trusted, leaves the check to the call's statement (which raises BZ006).
+fn checked(
+    ctx: &Context,
+    conn: &mut PooledConn,
+    session: &str,
+    enter: EnterArgs,
+    deadline: &Deadline,
+) -> Result<EnterArgs, RpcError> {
+    if !enter.unchecked() || !ctx.sessions.cache().trusted() {
+        return Ok(enter);
+    }
+    match ctx.with_db(conn, deadline, |client| {
+        ctx.sessions.verify(client, session)
+    })? {
+        Some(user) => Ok(enter.checked(user)),
+        None => Ok(enter),
     }
 }
 

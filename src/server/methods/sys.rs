@@ -57,6 +57,10 @@ pub fn status(ctx: &Context) -> Value {
         "cluster": ctx.cluster.status(),
         "replicas": replicas_status(ctx),
         "db_calls": {"primary": ctx.replicas.primary_calls()},
+        "session_cache": {
+            "trusted": ctx.sessions.cache().trusted(),
+            "sessions": ctx.sessions.cache().len(),
+        },
     });
     if let (Value::Object(out), Value::Object(stats)) = (&mut status, ctx.stats.to_json()) {
         out.extend(stats);
