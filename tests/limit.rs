@@ -149,6 +149,39 @@ fn a_standing_queue_is_refused_at_arrival() {
     }
 }
 
+#[test]
+fn a_burst_into_a_quiet_queue_is_absorbed_only_up_to_three_targets() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let settings = [
+        ("db.active_limit", "1"),
+        ("invocation.queue_capacity", "1000"),
+        ("server.max_in_flight_per_connection", "1000"),
+    ];
+    let (_db, server) = Server::on_fresh_db(FIXTURES, &settings);
+    let mut rpc = Rpc::session(&server.addr);
+    for _ in 0..3 {
+        assert_eq!(result(&rpc.call("api.slow", json!({}))), 1); // a typical call: 20 ms
+    }
+    // Target: 4 calls (80 ms); absorbed: about 3 targets (12 calls).
+    let burst = 100;
+    for _ in 0..burst {
+        rpc.send_with("api.slow", json!({}), json!({"timeout_ms": 1000}));
+    }
+    let (mut served, mut over_target) = (0, 0);
+    for _ in 0..burst {
+        let reply = rpc.read_reply().expect("a reply");
+        if reply.get("result").is_some() {
+            served += 1;
+        } else if reply["error"]["data"]["reason"] == "queue wait over the target" {
+            over_target += 1;
+        } else {
+            assert_eq!(error_code(&reply), -32001, "{reply}");
+        }
+    }
+    assert!(served >= 5 && served <= 30, "served {served} of the burst");
+    assert!(over_target >= 50, "refused over the target: {over_target}");
+}
+
 /// `n` clients calling `method` in a closed loop until `stop` is set.
 fn closed_loop(
     addr: &str,

@@ -7,9 +7,12 @@
 //! queue is *standing* (CoDel's idea): every job that reached a worker in
 //! the last [`WAIT_INTERVAL`] had waited more than [`WAIT_TARGET`], and the
 //! estimated wait of this one is over the target too. A burst is absorbed
-//! (the queue drained recently); a queue that stays long is refused, so the
-//! calls served wait about the target rather than the whole queue, and the
-//! refused caller hears it at once and may go to another instance.
+//! (the queue drained recently: a job waited less than half the target),
+//! up to [`BURST_TARGETS`] targets of expected wait; a queue that stays long
+//! is refused, so the calls served wait about the target rather than the
+//! whole queue, and the refused caller hears it at once and may go to
+//! another instance. Until the workers have a recent pace, the expected
+//! wait counts one typical call per permit.
 //! `invocation.queue_capacity` stays the bound on memory.
 //!
 //! The target of 20 ms is a few typical calls' time at the knee (0.2 to 2
@@ -79,6 +82,8 @@ pub struct Dispatcher {
     /// The target now, µs: [`WAIT_TARGET`], or [`TARGET_CALLS`] typical
     /// calls when they are longer.
     target_us: AtomicU64,
+    /// A typical call's connection hold time, µs (0: none measured yet).
+    typical_us: AtomicU64,
     origin: Instant,
     /// The -32001 reply, rendered once.
     overload: OverloadTemplate,
@@ -90,13 +95,17 @@ pub const WAIT_TARGET: Duration = Duration::from_millis(20);
 /// times): a queue of a few calls per permit is never refused by time.
 pub const TARGET_CALLS: u32 = 4;
 /// A request's own target is at least this fraction of its deadline
-/// (1/20: 50 ms for a 1 s deadline, 1.5 s for the default 30 s): a caller
+/// (1/50: 20 ms for a 1 s deadline, 600 ms for the default 30 s): a caller
 /// that states a short deadline is refused early, one that gives the queue
 /// time (a burst of logins, a batch job) is not refused a wait it accepts.
-pub const DEADLINE_SHARE: u32 = 20;
+pub const DEADLINE_SHARE: u32 = 50;
 /// How long every job must have waited over the target before the queue
-/// counts as standing.
+/// counts as standing; it stops standing once a job waited less than half
+/// the target (the queue drained), not merely less than the target.
 pub const WAIT_INTERVAL: Duration = Duration::from_millis(100);
+/// A burst is absorbed up to this many targets of expected wait; beyond,
+/// requests are refused whether the queue stands or not.
+pub const BURST_TARGETS: u32 = 3;
 
 /// How often a refusal burst is logged at most.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -113,6 +122,7 @@ impl Dispatcher {
             refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
             above_since_us: AtomicU64::new(0),
             target_us: AtomicU64::new(WAIT_TARGET.as_micros() as u64),
+            typical_us: AtomicU64::new(0),
             origin: Instant::now(),
             overload: OverloadTemplate::new(capacity, &limits.instance),
             limits,
@@ -158,9 +168,16 @@ impl Dispatcher {
     }
 
     /// How long a job with `depth` jobs ahead of it would wait, with every
-    /// worker that may hold a job going at the pace the workers kept recently.
+    /// worker that may hold a job going at the pace the workers kept
+    /// recently, or, when too few ran recently to tell (the first burst
+    /// after a quiet spell), one typical call at a time each.
     fn wait_for(&self, depth: usize) -> Option<Duration> {
-        let rate = self.stats.worker_rate()? * self.workforce.slots() as f64;
+        let typical_us = self.typical_us.load(Ordering::Relaxed);
+        let per_worker = self
+            .stats
+            .worker_rate()
+            .or_else(|| (typical_us > 0).then(|| 1e6 / typical_us as f64))?;
+        let rate = per_worker * self.workforce.slots() as f64;
         Some(Duration::from_secs_f64(depth as f64 / rate))
     }
 
@@ -171,9 +188,13 @@ impl Dispatcher {
         let target = typical_call.map_or(WAIT_TARGET, |t| WAIT_TARGET.max(t * TARGET_CALLS));
         self.target_us
             .store(target.as_micros() as u64, Ordering::Relaxed);
-        if waited < target {
+        if let Some(typical) = typical_call {
+            self.typical_us
+                .store(typical.as_micros() as u64, Ordering::Relaxed);
+        }
+        if waited < target / 2 {
             self.above_since_us.store(0, Ordering::Relaxed);
-        } else if self.above_since_us.load(Ordering::Relaxed) == 0 {
+        } else if waited >= target && self.above_since_us.load(Ordering::Relaxed) == 0 {
             let now = self.origin.elapsed().as_micros() as u64;
             self.above_since_us.store(now.max(1), Ordering::Relaxed);
         }
@@ -189,8 +210,9 @@ impl Dispatcher {
     }
 
     /// Why a request with `timeout` cannot wait in the queue now, if so:
-    /// its deadline is shorter than the expected wait, or the queue is
-    /// standing and the expected wait is over the target.
+    /// its deadline is shorter than the expected wait, or the expected wait
+    /// is over the target and the queue is standing, or over
+    /// [`BURST_TARGETS`] targets (a burst is absorbed only so far).
     fn refused_by_time(&self, timeout: Duration) -> Option<(Refusal, &'static str)> {
         let wait = self.estimated_wait()?;
         if wait > timeout {
@@ -198,8 +220,8 @@ impl Dispatcher {
         }
         let target = Duration::from_micros(self.target_us.load(Ordering::Relaxed))
             .max(timeout / DEADLINE_SHARE);
-        (wait > target && self.queue_is_standing())
-            .then_some((Refusal::QueueWait, "queue wait over the target"))
+        let over = wait > target * BURST_TARGETS || (wait > target && self.queue_is_standing());
+        over.then_some((Refusal::QueueWait, "queue wait over the target"))
     }
 
     /// Answers `request` with -32001 from the template.
