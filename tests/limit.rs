@@ -178,7 +178,7 @@ fn a_burst_into_a_quiet_queue_is_absorbed_only_up_to_three_targets() {
             assert_eq!(error_code(&reply), -32001, "{reply}");
         }
     }
-    assert!(served >= 5 && served <= 30, "served {served} of the burst");
+    assert!((5..=30).contains(&served), "served {served} of the burst");
     assert!(over_target >= 50, "refused over the target: {over_target}");
 }
 
