@@ -122,7 +122,8 @@ enum Command {
         params: Vec<String>,
         /// Authenticate this call alone with session KEY, sent in the
         /// request (its "session" member) instead of the stored session.
-        #[arg(long, value_name = "KEY")]
+        /// (A key may begin with `-`: base64url.)
+        #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
         session: Option<String>,
         /// Send the call with idempotency key KEY (1 to 256 bytes): the
         /// same call repeated with the same KEY returns the first outcome
@@ -589,6 +590,22 @@ mod tests {
 
     fn params(args: &[&str]) -> Result<Value, String> {
         parse_params(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn a_session_key_may_begin_with_a_hyphen() {
+        let args = Args::try_parse_from(["blitz", "call", "--session", "-pQ_x", "api.add", "a=1"])
+            .expect("parses");
+        let Command::Call {
+            session, method, ..
+        } = args.command
+        else {
+            panic!("not a call");
+        };
+        assert_eq!(
+            (session.as_deref(), method.as_str()),
+            (Some("-pQ_x"), "api.add")
+        );
     }
 
     #[test]
