@@ -44,7 +44,7 @@
 #        pinned: the load generator on the last CPU (taskset -c), blitz-server
 #        and every PostgreSQL process on the others (taskset -a -p);
 #        refusals alone: a second server with one worker and a queue as
-#        deep as the load generator's threads (4), the worker held on a
+#        deep as the load generator's threads (at most 4), the worker held on a
 #        table lock (LOCK pgbench_accounts IN SHARE MODE from psql), open
 #        loop at the 10× rate: every call refused (-32001 at admission; the
 #        few that reach the worker or the queue end -32002 at their deadline);
@@ -435,6 +435,12 @@ measure() {
   row "$json}"
 }
 
+# Load generator threads: one per CPU, at most 4 (pgbench -j here; blitz
+# bench picks the same by itself, from the CPUs it may run on, so a pinned
+# generator runs one): more threads than CPUs only preempt one another.
+loader_threads=$(nproc)
+[ "$loader_threads" -gt 4 ] && loader_threads=4
+
 # pgbench_row ID SYSTEM PORT CLIENTS MODE KIND -T SECS|-t N [log]
 pgbench_row() {
   local id=$1 system=$2 port=$3 c=$4 mode=$5 kind=$6 limit=$7 n=$8 log=${9:-}
@@ -442,7 +448,7 @@ pgbench_row() {
   if [ "$system" = pgbouncer ]; then mid_pid=$(cat "$bouncer_pidfile"); fi
   if [ -n "$log" ]; then logargs=(-l --sampling-rate=0.1 --log-prefix="$tmp/out/$id"); fi
   measure "$id" "$system" "$kind" "$c" pgbench "$mid_pid" \
-    "$bindir/pgbench" -n -f "$tmp/transfer.sql" -s "$scale" -c "$c" -j $(( c < 4 ? c : 4 )) \
+    "$bindir/pgbench" -n -f "$tmp/transfer.sql" -s "$scale" -c "$c" -j $(( c < loader_threads ? c : loader_threads )) \
     -M "$mode" "$limit" "$n" "${logargs[@]}" -h 127.0.0.1 -p "$port" -U postgres blitz
 }
 
@@ -559,8 +565,8 @@ fi
 
 # Refusals alone: what a refusal costs the server when it does nothing
 # else. A second server with one worker and a queue of four: the load
-# generator's four threads log their connections in one at a time each, so
-# the logins fit. Then a psql session holds pgbench_accounts in SHARE mode:
+# generator's threads (at most four) log their connections in one at a time
+# each, so the logins fit. Then a psql session holds pgbench_accounts in SHARE mode:
 # the transfer that reaches the worker waits on it until its deadline, four
 # more wait in the queue, and every other call is refused at admission.
 # Open loop at the 10× rate.
@@ -585,7 +591,7 @@ if ! skipped refusals; then
   default_port=$blitz_port default_pid=$blitz_pid
   start_blitz --set invocation.workers=1 --set invocation.queue_capacity=4
   loader_prefix=(with_table_locked)
-  blitz_row "refusals-10x" refusals "$big" --threads 4 --rate "$(calc "$peak * 10")" \
+  blitz_row "refusals-10x" refusals "$big" --rate "$(calc "$peak * 10")" \
     --duration "$duration" --timeout-ms "$timeout_ms"
   loader_prefix=()
   stop_blitz

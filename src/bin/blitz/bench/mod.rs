@@ -80,7 +80,8 @@ pub struct BenchArgs {
     /// Open loop at R calls per second in total (default: closed loop).
     #[arg(long, value_name = "R")]
     rate: Option<f64>,
-    /// Event-loop threads the connections are spread over (0 = min(connections, 4)).
+    /// Event-loop threads the connections are spread over (0 = one per CPU
+    /// this process may run on, at most 4 and at most one per connection).
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
     /// Log in on every connection first with session.login {"user": NAME}

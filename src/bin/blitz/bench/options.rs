@@ -35,7 +35,8 @@ pub struct Options {
     pub servers: Vec<String>,
     /// Client connections, all opened before the measured phase starts.
     pub connections: usize,
-    /// Event-loop threads (0 = `min(connections, 4)`).
+    /// Event-loop threads (0 = one per CPU the process may run on, at most
+    /// 4 and at most one per connection).
     pub threads: usize,
     /// When to stop sending.
     pub stop: Stop,
