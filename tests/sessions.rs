@@ -206,7 +206,8 @@ fn an_instance_that_cannot_hear_session_changes_checks_every_call_in_the_databas
     let db = TestDb::new();
     db.execute(FIXTURES);
     add_user(&db, "alice", "pw-a");
-    // The housekeeper reconnects a heartbeat interval after losing its connection.
+    // The housekeeper reconnects at once or a heartbeat interval after
+    // losing its connection (as it notices the loss waiting or working).
     let server = password_server(&db, &[("db.heartbeat_interval_ms", "3000")]);
     let mut rpc = Rpc::connect(&server.addr);
     let key = session_key(&login(&mut rpc, "alice", "pw-a"));
@@ -231,10 +232,14 @@ fn an_instance_that_cannot_hear_session_changes_checks_every_call_in_the_databas
     until_refused(&mut rpc);
     let took = deleted.elapsed();
     assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    // Either it stopped trusting the cache, or it listens again on a new
+    // connection and emptied the cache (what was sent meanwhile is lost).
     let status = result(&rpc.call("sys.status", json!({}))).clone();
-    if deleted.elapsed() < Duration::from_secs(2) {
-        assert_eq!(status["session_cache"]["trusted"], false, "{status}");
-    }
+    let cache = &status["session_cache"];
+    assert!(
+        cache["trusted"] == false || cache["sessions"] == 0,
+        "{status}"
+    );
     rpc.wait_for_status("trusted again once it hears", |s| {
         s["session_cache"]["trusted"] == true && s["session_cache"]["sessions"] == 0
     });
