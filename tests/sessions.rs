@@ -215,15 +215,22 @@ fn an_instance_that_cannot_hear_session_changes_checks_every_call_in_the_databas
     rpc.wait_for_status("a trusted cache", |s| s["session_cache"]["trusted"] == true);
 
     let mut sql = db.connect();
-    let housekeeping = "SELECT pid FROM pg_stat_activity \
-        WHERE application_name = 'blitz-housekeeping' AND datname = current_database()";
-    sql.execute(
-        &format!("SELECT pg_terminate_backend(pid) FROM ({housekeeping}) h"),
-        &[],
-    )
-    .unwrap();
+    let old: Vec<i32> = sql
+        .query(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE application_name = 'blitz-housekeeping' AND datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(old.len(), 1, "one housekeeping connection");
+    sql.execute("SELECT pg_terminate_backend($1)", &[&old[0]])
+        .unwrap();
     support::wait_until("the housekeeping connection gone", || {
-        sql.query(housekeeping, &[]).unwrap().is_empty()
+        let gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)";
+        sql.query_one(gone, &[&old[0]]).unwrap().get::<_, bool>(0)
     });
     // Nobody hears this notification.
     sql.execute("DELETE FROM blitz.sessions WHERE key = $1", &[&key])
