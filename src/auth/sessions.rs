@@ -160,18 +160,13 @@ impl Sessions {
         Ok((session, row.get(0)))
     }
 
-    /// Checks session `key` in the database for the cache, when the cache
-    /// is trusted: its user when it is live (now cached), `None` when it is
-    /// not, or when the cache cannot be trusted (the call's statement then
-    /// checks the session itself).
+    /// Checks session `key` in the database: its user when it is live
+    /// (then cached, if the cache is trusted), `None` when it is not.
     pub fn verify(
         &self,
         client: &mut impl GenericClient,
         key: &str,
     ) -> Result<Option<Arc<str>>, postgres::Error> {
-        if self.auth.set_role || !self.cache.trusted() {
-            return Ok(None);
-        }
         let generation = self.cache.generation();
         let sql = format!(
             "SELECT s.user_name, \
@@ -477,10 +472,10 @@ pub const AS_ROLE: u8 = 1 << 7;
 /// `blitz.user`, `blitz.session` and, with `auth.set_role`, the role, and
 /// raises BZ006 (→ -32006) for a dead session.
 ///
-/// Without `set_role` this is one statement, one round trip: the call is
-/// wrapped in a LATERAL subquery that refers to the session check's
-/// result (`session_check`), so PostgreSQL must evaluate the check first
-/// (`OFFSET 0` keeps the planner from flattening either side).
+/// Without `set_role` this is one statement, one round trip
+/// ([`run_after`]): for a session the cache knows live, the two settings
+/// are set first; otherwise the session check (`session_check`) runs
+/// first.
 ///
 /// With `set_role` the call must also be *planned* under the user's role
 /// (row-level security and privileges are applied when a statement is
@@ -495,56 +490,65 @@ pub fn run_in_session(
     if enter.set_role {
         return run_as_role(db, enter, call);
     }
-    if let Some(user) = &enter.user {
-        return run_as_user(db, user, &enter.key, call);
-    }
     let n = call.params.len();
-    let wrapped = || {
-        let (sql, mut types) = (call.text)();
-        types.extend(ENTER_CALL_TYPES);
-        let check = session_check(n + 1);
-        let sql = format!(
-            "SELECT c.* FROM (SELECT {check} AS ok OFFSET 0) AS e \
-             CROSS JOIN LATERAL (SELECT * FROM ({sql}) AS c WHERE e.ok OFFSET 0) AS c"
-        );
-        (sql, types)
-    };
-    let mut params = call.params.to_vec();
-    params.extend(enter.call_params());
-    let key = StatementKey {
-        wrapping: call.key.wrapping | IN_SESSION,
-        ..call.key
-    };
-    db.query_raw_json(key, wrapped, &params)
+    match &enter.user {
+        Some(user) => {
+            let (user, key): (&str, &str) = (user, &enter.key);
+            let first = || {
+                format!(
+                    "pg_catalog.set_config('blitz.user', ${}::text, true) IS NOT NULL \
+                     AND pg_catalog.set_config('blitz.session', ${}::text, true) IS NOT NULL",
+                    n + 1,
+                    n + 2
+                )
+            };
+            let extra: [&(dyn ToSql + Sync); 2] = [&user, &key];
+            run_after(db, call, &first, &[Type::TEXT, Type::TEXT], &extra, AS_USER)
+        }
+        None => {
+            let first = || session_check(n + 1);
+            run_after(
+                db,
+                call,
+                &first,
+                &ENTER_CALL_TYPES,
+                &enter.call_params(),
+                IN_SESSION,
+            )
+        }
+    }
 }
 
-/// The call wrapped so that it first sets `blitz.user` and
-/// `blitz.session` (the session known live: no check in the database).
-fn run_as_user(
+/// Runs `call` wrapped so that the boolean SQL expression `first` builds
+/// (which sets `blitz.user` and `blitz.session`) is evaluated before it, in
+/// one statement: the call is a LATERAL subquery that refers to `first`'s
+/// result, so PostgreSQL must evaluate it first, and `OFFSET 0` keeps the
+/// planner from flattening either side. `first` reads `extra` (of
+/// `extra_types`) as the params after the call's; `wrapping` names this
+/// wrapping in the connection's statement cache. The SQL text is built
+/// only when the connection has not prepared the statement yet.
+fn run_after(
     db: &mut DbConn,
-    user: &str,
-    key: &str,
     call: &CallStatement,
+    first: &dyn Fn() -> String,
+    extra_types: &[Type],
+    extra: &[&(dyn ToSql + Sync)],
+    wrapping: u8,
 ) -> Result<Option<Box<RawValue>>, postgres::Error> {
-    let n = call.params.len();
     let wrapped = || {
         let (sql, mut types) = (call.text)();
-        types.extend([Type::TEXT, Type::TEXT]);
-        let (u, k) = (n + 1, n + 2);
+        types.extend_from_slice(extra_types);
+        let first = first();
         let sql = format!(
-            "SELECT c.* FROM (SELECT pg_catalog.set_config('blitz.user', ${u}::text, true) IS NOT NULL \
-                                 AND pg_catalog.set_config('blitz.session', ${k}::text, true) IS NOT NULL \
-                                 AS ok OFFSET 0) AS e \
+            "SELECT c.* FROM (SELECT {first} AS ok OFFSET 0) AS e \
              CROSS JOIN LATERAL (SELECT * FROM ({sql}) AS c WHERE e.ok OFFSET 0) AS c"
         );
         (sql, types)
     };
-    let user = user.to_string();
-    let key_param = key.to_string();
     let mut params = call.params.to_vec();
-    params.extend([&user as &(dyn ToSql + Sync), &key_param]);
+    params.extend_from_slice(extra);
     let key = StatementKey {
-        wrapping: call.key.wrapping | AS_USER,
+        wrapping: call.key.wrapping | wrapping,
         ..call.key
     };
     db.query_raw_json(key, wrapped, &params)
