@@ -374,6 +374,13 @@ fn an_overloaded_server_answers_503_with_retry_after_over_http() {
     let mut tcp = Rpc::connect(&server.addr);
     let own = json!({ "session": key });
     tcp.send_with("api.hold", json!({}), own.clone());
+    // Running means waiting for the lock in PostgreSQL: a worker counted
+    // busy may still be finishing the login, with the call in the queue.
+    support::wait_until("the call to wait for the lock", || {
+        let waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+             AND objid = 42 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+        locker.query_one(waiting, &[]).unwrap().get::<_, i64>(0) == 1
+    });
     watcher.wait_for_status("the call to run", |s| s["workers"]["busy"] == 1);
     tcp.send_with("api.hold", json!({}), own);
     let start = Instant::now();
