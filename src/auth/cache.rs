@@ -4,8 +4,11 @@
 //!
 //! An entry is made when this instance creates a session (`session.login`)
 //! or checks one in the database ([`Sessions::verify`]); it holds the user
-//! and when the session would expire by time (its idle timeout, pushed
-//! back by each call here, and its lifetime).
+//! and when the session would expire by time: its lifetime, and its idle
+//! timeout counted from the last `last_used` write this instance made
+//! ([`SessionCache::written`]), never from a call not yet written, so
+//! that the cache never holds a session live that the database, reading
+//! its `last_used`, has already let expire.
 //!
 //! Everything else that ends a session or changes its user (a logout or a
 //! purge by any instance, a user disabled or deleted, anything done with
@@ -60,7 +63,7 @@ const SHARD_CAPACITY: usize = 8192;
 /// One live session as this instance knows it.
 struct Entry {
     user: Arc<str>,
-    /// When it expires unless used again (its idle timeout).
+    /// When it expires unless its `last_used` is written again (its idle timeout).
     idle_until: Instant,
     /// When it expires whatever happens (its lifetime), if it has one.
     life_until: Option<Instant>,
@@ -79,6 +82,15 @@ pub struct Remaining {
     pub idle: Duration,
     /// Until the end of its lifetime (`None`: no maximum lifetime).
     pub life: Option<Duration>,
+}
+
+/// A check of a session in the database, begun by [`SessionCache::check`].
+#[derive(Debug, Clone, Copy)]
+pub struct Check {
+    /// The invalidation count when it began.
+    generation: u64,
+    /// When it began.
+    at: Instant,
 }
 
 /// The cache; see the module doc.
@@ -121,39 +133,56 @@ impl SessionCache {
         micros(at.saturating_duration_since(self.origin)).max(1)
     }
 
-    /// The user of session `key` when the cache is trusted and knows it
-    /// live; the use pushes its idle timeout back (as the call's `last_used`
-    /// write will).
+    /// The user of session `key` when the cache is trusted and knows it live.
     pub fn user(&self, key: &str) -> Option<Arc<str>> {
         if !self.trusted() {
             return None;
         }
         let now = Instant::now();
         let mut shard = self.shard(key).lock();
-        let entry = shard.get_mut(key)?;
+        let entry = shard.get(key)?;
         if !entry.live(now) {
             shard.remove(key);
             return None;
         }
-        entry.idle_until = now + self.idle_timeout;
         Some(entry.user.clone())
     }
 
-    /// The invalidation count now: pass it to [`SessionCache::insert`] for
-    /// a session checked after this.
-    pub fn generation(&self) -> u64 {
+    /// The `last_used` of sessions `keys` was written by a statement sent
+    /// at `sent` (so the database's `now()` is not earlier): their idle
+    /// timeouts run from then.
+    pub fn written(&self, keys: &[String], sent: Instant) {
+        let idle_until = sent + self.idle_timeout;
+        for key in keys {
+            if let Some(entry) = self.shard(key).lock().get_mut(key.as_str()) {
+                entry.idle_until = entry.idle_until.max(idle_until);
+            }
+        }
+    }
+
+    /// Starts a check of a session in the database: pass the result to
+    /// [`SessionCache::insert`] with what the check found.
+    pub fn check(&self) -> Check {
+        Check {
+            generation: self.generation(),
+            at: Instant::now(),
+        }
+    }
+
+    fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Remembers session `key` of `user`, checked live with `remaining`
-    /// time, unless an invalidation came since `generation` was read (the
-    /// check may have raced a logout) or the cache is not trusted.
-    pub fn insert(&self, key: &str, user: &str, remaining: Remaining, generation: u64) {
+    /// Remembers session `key` of `user`, found live with `remaining` time
+    /// by `check`, unless an invalidation came since it started (it may
+    /// have raced a logout) or the cache is not trusted. The times count
+    /// from the check's start, as the database's `now()` is not earlier.
+    pub fn insert(&self, key: &str, user: &str, remaining: Remaining, check: Check) {
         let now = Instant::now();
         let entry = Entry {
             user: Arc::from(user),
-            idle_until: now + remaining.idle,
-            life_until: remaining.life.map(|life| now + life),
+            idle_until: check.at + remaining.idle,
+            life_until: remaining.life.map(|life| check.at + life),
         };
         let mut shard = self.shard(key).lock();
         if shard.len() >= SHARD_CAPACITY {
@@ -165,7 +194,7 @@ impl SessionCache {
         // Under the shard's lock: an invalidation bumps the generation
         // before it takes the shards, so it either sees this entry or this
         // sees its generation.
-        if self.generation() == generation && self.trusted() {
+        if self.generation() == check.generation && self.trusted() {
             shard.insert(key.to_string(), entry);
         }
     }
@@ -289,10 +318,10 @@ mod tests {
     #[test]
     fn an_untrusted_cache_knows_no_session() {
         let cache = SessionCache::new(Duration::from_secs(60));
-        cache.insert("k", "alice", remaining(60_000), cache.generation());
+        cache.insert("k", "alice", remaining(60_000), cache.check());
         assert!(cache.user("k").is_none());
         cache.confirm(Instant::now());
-        cache.insert("k", "alice", remaining(60_000), cache.generation());
+        cache.insert("k", "alice", remaining(60_000), cache.check());
         assert_eq!(cache.user("k").as_deref(), Some("alice"));
     }
 
@@ -313,7 +342,7 @@ mod tests {
     fn an_invalidation_during_a_check_keeps_its_result_out() {
         let cache = SessionCache::new(Duration::from_secs(60));
         cache.confirm(Instant::now());
-        let before = cache.generation();
+        let before = cache.check();
         cache.forget_user("bob");
         cache.insert("k", "alice", remaining(60_000), before);
         assert!(cache.user("k").is_none());
@@ -324,7 +353,7 @@ mod tests {
         let cache = SessionCache::new(Duration::from_secs(60));
         cache.confirm(Instant::now());
         for (key, user) in [("a1", "alice"), ("a2", "alice"), ("b1", "bob")] {
-            cache.insert(key, user, remaining(60_000), cache.generation());
+            cache.insert(key, user, remaining(60_000), cache.check());
         }
         cache.forget_user("alice");
         assert!(cache.user("a1").is_none() && cache.user("a2").is_none());
@@ -334,26 +363,37 @@ mod tests {
     }
 
     #[test]
-    fn a_session_expires_by_time_unless_used() {
+    fn a_session_expires_by_time_unless_its_use_is_written() {
         let cache = SessionCache::new(Duration::from_millis(40));
         cache.confirm(Instant::now());
-        cache.insert("k", "alice", remaining(40), cache.generation());
+        cache.insert("k", "alice", remaining(40), cache.check());
         for _ in 0..4 {
             std::thread::sleep(Duration::from_millis(20));
             cache.confirm(Instant::now());
-            assert!(
-                cache.user("k").is_some(),
-                "each use pushes the idle timeout back"
-            );
+            assert!(cache.user("k").is_some());
+            cache.written(&["k".to_string()], Instant::now());
         }
-        std::thread::sleep(Duration::from_millis(60));
+        cache.written(
+            &["k".to_string()],
+            Instant::now() - Duration::from_millis(60),
+        );
+        std::thread::sleep(Duration::from_millis(30));
         cache.confirm(Instant::now());
-        assert!(cache.user("k").is_none());
+        assert!(
+            cache.user("k").is_some(),
+            "an older write does not pull the timeout forward"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        cache.confirm(Instant::now());
+        assert!(
+            cache.user("k").is_none(),
+            "uses not written do not push the idle timeout back"
+        );
         let lifetime = Remaining {
             idle: Duration::from_secs(60),
             life: Some(Duration::from_millis(30)),
         };
-        cache.insert("l", "alice", lifetime, cache.generation());
+        cache.insert("l", "alice", lifetime, cache.check());
         std::thread::sleep(Duration::from_millis(40));
         assert!(cache.user("l").is_none(), "used or not, a lifetime ends");
     }

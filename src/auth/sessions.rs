@@ -140,6 +140,7 @@ impl Sessions {
             "INSERT INTO blitz.sessions AS s (key, user_name) VALUES ($1, $4) RETURNING {EXPIRES_AT}"
         );
         let (idle, max) = self.limits();
+        let check = self.cache.check();
         let row = client.query_one(&sql, &[&key, &idle, &max, &user])?;
         let session = Session {
             key,
@@ -154,9 +155,8 @@ impl Sessions {
             life: (self.auth.session_max_lifetime_s > 0)
                 .then(|| Duration::from_secs(self.auth.session_max_lifetime_s)),
         };
-        let generation = self.cache.generation();
         self.cache
-            .insert(&session.key, &session.user, remaining, generation);
+            .insert(&session.key, &session.user, remaining, check);
         Ok((session, row.get(0)))
     }
 
@@ -167,7 +167,7 @@ impl Sessions {
         client: &mut impl GenericClient,
         key: &str,
     ) -> Result<Option<Arc<str>>, postgres::Error> {
-        let generation = self.cache.generation();
+        let check = self.cache.check();
         let sql = format!(
             "SELECT s.user_name, \
                     EXTRACT(epoch FROM s.last_used + make_interval(secs => $2::int4) - now())::float8, \
@@ -186,7 +186,7 @@ impl Sessions {
             idle: seconds(row.get(1)),
             life: row.get::<_, Option<f64>>(2).map(seconds),
         };
-        self.cache.insert(key, &user, remaining, generation);
+        self.cache.insert(key, &user, remaining, check);
         Ok(Some(Arc::from(user)))
     }
 
@@ -264,10 +264,14 @@ impl Sessions {
         if keys.is_empty() {
             return Ok(());
         }
+        let sent = Instant::now();
         let result = client.execute(
             "UPDATE blitz.sessions SET last_used = now() WHERE key = ANY($1)",
             &[&keys],
         );
+        if result.is_ok() {
+            self.cache.written(&keys, sent);
+        }
         let mut touches = self.touches.lock();
         match result {
             Ok(_) => {
