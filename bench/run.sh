@@ -40,9 +40,10 @@
 #        included): blitz, PgBouncer, direct at 500, direct at its best;
 #        for information, blitz at 500 on a second server whose pool is
 #        direct's best concurrency (when that differs from the default);
-#        blitz open loop at 2× and 10× its closed-loop peak, then again
-#        pinned: the load generator on the last CPU (taskset -c), blitz-server
-#        and every PostgreSQL process on the others (taskset -a -p);
+#        blitz open loop at 2× and 10× its closed-loop peak, then the
+#        closed loop at 500 and the same two rows pinned: the load generator
+#        on the last CPU (taskset -c), blitz-server and every PostgreSQL
+#        process on the others (taskset -a -p);
 #        refusals alone: a second server with one worker and a queue as
 #        deep as the load generator's threads (at most 4), the worker held on a
 #        table lock (LOCK pgbench_accounts IN SHARE MODE from psql), open
@@ -475,10 +476,10 @@ blitz_http_row() {
 }
 
 n_curve=$(echo $clients | wc -w)
-n_long=$((2 * n_curve + 8)) # keys, PgBouncer, pool, 2 overload, 2 pinned, refusals
+n_long=$((2 * n_curve + 9)) # keys, PgBouncer, pool, 2 overload, pinned peak, 2 pinned, refusals
 [[ " $clients " == *" $big "* ]] && n_long=$((n_long + 1)) # blitz over HTTP at $big
 skipped replicas || n_long=$((n_long + 3)) # 0, 1 and 2 standbys (when the server has replicas)
-n_sub=$(( syscall_duration > 0 ? n_curve + 10 : 0 )) # one per blitz or PgBouncer row
+n_sub=$(( syscall_duration > 0 ? n_curve + 11 : 0 )) # one per blitz or PgBouncer row
 say "rows: $n_long of ${duration} s, 4 short ones and $n_sub system-call sub-rows of ${syscall_duration} s" \
   "(about $(( (n_long * (duration + 3) + n_sub * (syscall_duration + 3)) / 60 + 1 )) min at most); the table comes at the end"
 # The curve, direct and blitz interleaved at each concurrency so that a
@@ -532,7 +533,9 @@ done
 
 # The same overload rows pinned: the load generator on the last CPU this
 # script may use, blitz-server and PostgreSQL on the others, so that the
-# load generator takes no CPU from the server. Backends forked later
+# load generator takes no CPU from the server. First the closed loop at 500
+# pinned the same way: the peak those CPUs give, against which the pinned
+# overload rows' goodput is read (the offered rates stay the unpinned ones). Backends forked later
 # inherit the postmaster's CPUs. Afterwards every process is allowed all
 # of this script's CPUs again.
 read -r loader_cpu service_cpus all_cpus < <(python3 -c 'import os
@@ -555,6 +558,7 @@ else
   pinning="load generator on CPU $loader_cpu; blitz-server and PostgreSQL on CPU $service_cpus"
   pin_services "$service_cpus"
   loader_prefix=(taskset -c "$loader_cpu")
+  blitz_row "blitz-c$big-pinned" peak-pinned "$big" --duration "$duration"
   for x in 2 10; do
     rate=$(calc "$peak * $x")
     blitz_row "overload-${x}x-pinned" overload-pinned "$big" --rate "$rate" --duration "$duration" --timeout-ms "$timeout_ms"

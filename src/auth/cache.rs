@@ -25,7 +25,9 @@
 //! anywhere therefore takes effect here within [`TRUST_FOR`] at most (in
 //! practice within milliseconds); an instance that cannot hear (its
 //! housekeeping connection lost or stuck) stops trusting the cache and
-//! checks every call's session in its statement again until it hears. A new
+//! checks every call's session in its statement again until it hears (at
+//! once when it sees the connection fail, at the latest when the last
+//! confirmation is [`TRUST_FOR`] old). A new
 //! listening connection starts with an empty cache (what was sent before
 //! it listened is lost).
 //!
@@ -297,6 +299,11 @@ impl Chore for SessionListener {
         self.cache.reset();
     }
 
+    fn deaf(&mut self) {
+        self.pending = None;
+        self.cache.reset();
+    }
+
     fn delivered(&mut self) {
         if let Some(started) = self.pending.take() {
             self.cache.confirm(started);
@@ -323,6 +330,16 @@ mod tests {
         cache.confirm(Instant::now());
         cache.insert("k", "alice", remaining(60_000), cache.check());
         assert_eq!(cache.user("k").as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn a_lost_connection_ends_the_trust_at_once() {
+        let cache = Arc::new(SessionCache::new(Duration::from_secs(60)));
+        let mut listener = SessionListener::new(cache.clone());
+        cache.confirm(Instant::now());
+        cache.insert("k", "alice", remaining(60_000), cache.check());
+        listener.deaf();
+        assert!(!cache.trusted() && cache.is_empty());
     }
 
     #[test]

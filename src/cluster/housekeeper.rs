@@ -131,9 +131,8 @@ impl Housekeeper {
     fn run(mut self) {
         while !(self.stopping)() {
             if let Err(e) = self.tick() {
-                self.client = None;
                 self.reconnect_at = Instant::now() + self.cluster.timing().interval;
-                self.warn(&format!("housekeeping failed: {e}; reconnecting"));
+                self.lost(&format!("housekeeping failed: {e}; reconnecting"));
             }
             self.wait();
         }
@@ -215,7 +214,7 @@ impl Housekeeper {
                     Ok(()) => Ok(()),
                     Err(JoinError::Db(e)) => Err(e),
                     Err(JoinError::Busy) => {
-                        self.client = None; // its connection would be one too many
+                        self.hang_up(); // its connection would be one too many
                         self.reconnect_at = Instant::now() + BUSY_RETRY;
                         Ok(())
                     }
@@ -292,9 +291,22 @@ impl Housekeeper {
                 n.payload(),
             ),
             Ok(None) => {}
-            Err(e) => {
-                self.client = None;
-                self.warn(&format!("housekeeping connection lost: {e}; reconnecting"));
+            Err(e) => self.lost(&format!("housekeeping connection lost: {e}; reconnecting")),
+        }
+    }
+
+    /// Drops the housekeeping connection, which failed.
+    fn lost(&mut self, message: &str) {
+        self.hang_up();
+        self.warn(message);
+    }
+
+    /// Closes the housekeeping connection; its chores hear nothing until
+    /// the next one listens.
+    fn hang_up(&mut self) {
+        if self.client.take().is_some() {
+            for (chore, _) in &mut self.chores {
+                chore.deaf();
             }
         }
     }

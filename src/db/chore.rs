@@ -30,6 +30,9 @@ pub trait Chore: Send {
     /// A new housekeeping connection now LISTENs on its channels: what was
     /// sent before never reached it.
     fn listening(&mut self) {}
+    /// The housekeeping connection was lost: nothing is heard until the
+    /// next [`Chore::listening`].
+    fn deaf(&mut self) {}
     /// Every notification the connection had received, up to the end of
     /// the last round trip on it, was handed to [`Chore::notified`].
     fn delivered(&mut self) {}
