@@ -22,7 +22,8 @@
 #
 # What it does, all in a temporary directory it deletes at the end:
 #   1. a throw-away PostgreSQL cluster (initdb as user postgres when run as
-#      root) on a free port: max_connections 520, shared_buffers 256MB,
+#      root) on a free port: max_connections 560 (500 direct clients beside
+#      PgBouncer's and blitz-server's pools), shared_buffers 256MB,
 #      fsync and synchronous_commit left on (durable commits, as deployed),
 #      checkpoints only between rows; `pgbench -i -s SCALE`, then
 #      conf/api.sql through scripts/load-api.sh;
@@ -210,7 +211,7 @@ cat >>"$tmp/data/postgresql.conf" <<CONF
 port = $pg_port
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$tmp'
-max_connections = 520
+max_connections = 560
 shared_buffers = 256MB
 # Durable commits, as deployed: fsync and synchronous_commit stay on.
 # Checkpoints are taken between rows, not during them.

@@ -155,13 +155,25 @@ fn a_session_made_on_one_instance_works_on_another_and_ends_on_both() {
 /// Waits until the server trusts its session cache, then makes a call
 /// (which caches the connection's session if its login or an earlier call
 /// came before the cache was trusted) and checks that the cache holds it.
+/// On a loaded machine the trust can lapse between the status and the
+/// call (a confirmation late by more than the cache allows): then the call
+/// is checked in the database and not cached, and it is tried again.
 fn cache_the_session(rpc: &mut Rpc) {
-    rpc.wait_for_status("a trusted session cache", |s| {
-        s["session_cache"]["trusted"] == true
-    });
-    assert_eq!(result(&add(rpc)), &json!(3));
-    let status = result(&rpc.call("sys.status", json!({}))).clone();
-    assert_eq!(status["session_cache"]["sessions"], 1, "{status}");
+    let start = Instant::now();
+    loop {
+        rpc.wait_for_status("a trusted session cache", |s| {
+            s["session_cache"]["trusted"] == true
+        });
+        assert_eq!(result(&add(rpc)), &json!(3));
+        let status = result(&rpc.call("sys.status", json!({}))).clone();
+        if status["session_cache"]["sessions"] == 1 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the session was never cached: {status}"
+        );
+    }
 }
 
 /// Calls `api.add` until it is answered -32006; how long that took (panics
@@ -622,10 +634,12 @@ fn user_administration() {
     let (code, out, _) = user_command(&db, &["disable", "alice"], "");
     assert_eq!(code, 0);
     assert!(out.contains("1 sessions ended"), "{out}");
-    assert_eq!(
-        error_code(&add(&mut alice)),
-        -32006,
-        "a disabled user's sessions end"
+    // The server hears of it from the database (the command is another
+    // process): within the second the contract allows.
+    let took = until_refused(&mut alice);
+    assert!(
+        took < Duration::from_secs(1),
+        "a disabled user's sessions end within 1 s: {took:?}"
     );
     assert_eq!(error_code(&login(&mut alice, "alice", "second")), -32006);
 
