@@ -510,9 +510,21 @@ fn clients_through_haproxy_keep_working_when_an_instance_stops() {
     let front = format!("127.0.0.1:{}", support::free_port());
     let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/haproxy.cfg"))
         .unwrap()
-        .replace("127.0.0.1:4060", &front)
-        .replace("127.0.0.1:4063", &a.addr)
-        .replace("127.0.0.1:4064", &b.addr);
+        // Whole lines: an address put in must not be matched by the next
+        // replacement (a port 40645 holds "127.0.0.1:4064").
+        .replace("bind 127.0.0.1:4060\n", &format!("bind {front}\n"))
+        .replace(
+            "server blitz1 127.0.0.1:4063 check",
+            &format!("server blitz1 {} check", a.addr),
+        )
+        .replace(
+            "server blitz2 127.0.0.1:4064 check",
+            &format!("server blitz2 {} check", b.addr),
+        );
+    assert!(
+        config.contains(&format!("bind {front}\n")) && config.contains(&b.addr),
+        "conf/haproxy.cfg no longer has the lines this test rewrites"
+    );
     let path = std::env::temp_dir().join(format!("blitz-haproxy-{}.cfg", std::process::id()));
     std::fs::write(&path, config).unwrap();
     let mut proxy = Command::new(haproxy)

@@ -550,6 +550,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test: what the server said is its first clue.
+            eprintln!("--- blitz-server log ---\n{}--- end of log ---", self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
