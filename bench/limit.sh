@@ -111,7 +111,8 @@ start_sampler limit-slowdown.csv
 mark slowdown_run_start
 inject_slowdown $((limit_slow_run_s / 2)) "$limit_slowdown_s" &
 injector=$!
-row_pool=$auto_pool blitz_row limit-slowdown limit-slowdown "$big" --duration "$limit_slow_run_s"
+row_pool=$auto_pool blitz_row limit-slowdown limit-slowdown "$big" --duration "$limit_slow_run_s" \
+  --series "$tmp/out/limit-slowdown-calls.csv"
 wait "$injector" 2>/dev/null || true
 stop_sampler
 stop_limit_server

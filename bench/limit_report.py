@@ -13,7 +13,10 @@ limit-marks.jsonl; bench/limit_sampler.py explains the columns):
 - slowdown: the limit's median over the 10 s before the slowdown and
   during it; "adapts within": from the slowdown's start to the first
   sample a step below the median before; served p99: the median, and the
-  worst, of the 250 ms intervals' p99 before and during.
+  worst, of the 250 ms intervals' p99 before and during, from the load
+  generator's own latencies (limit-slowdown-calls.csv, `blitz bench
+  --series`: exact), or, without that file, from the sampler's reading of
+  the server's histogram (rounded to its bucket bounds: 100, 250, 500 ms).
 - recovery: from the second 500-client phase's start to the first sample
   within one step (or 3 %, the larger) of the settled limit.
 """
@@ -92,9 +95,17 @@ def slowdown_figures(outdir, marks):
     adapt = None
     if pre is not None:
         adapt = first_time(during, start, lambda s: s["limit"] <= pre - step_of(pre))
+    # Served p99 from the load generator's own series (exact), else from
+    # the sampler's reading of the server's histogram (bucket bounds).
+    calls = read_csv(outdir, "limit-slowdown-calls.csv")
+    latency = calls or samples
+    lat_before = between(latency, start - 10, start)
+    lat_during = between(latency, start, end)
     return {"before": pre, "during": median_of(during, "limit"), "adapt_s": adapt,
-            "p99_before": median_of(before, "p99_ms"), "p99_during": median_of(during, "p99_ms"),
-            "p99_worst": worst(during, "p99_ms"), "samples": samples, "start": start, "end": end,
+            "p99_before": median_of(lat_before, "p99_ms"),
+            "p99_during": median_of(lat_during, "p99_ms"),
+            "p99_worst": worst(lat_during, "p99_ms"), "p99_source": "client" if calls else "server",
+            "samples": samples, "latency": latency, "start": start, "end": end,
             "run_start": marks.get("slowdown_run_start", samples[0]["t_s"])}
 
 
@@ -165,14 +176,15 @@ def section(rows, outdir, meta, fmt, ms):
     note = ("500 clients closed loop, one server per row beside the default one; fixed N: "
             "db.active_limit = db.pool_size = N (formula, 2×, 4×, 8×). The limit is sampled from "
             "/metrics every 250 ms (limit-auto.csv, limit-slowdown.csv; plot limit-slowdown.svg); "
-            "bench/limit_report.py says how each figure is taken. Overload rows: the default "
+            "the slowdown's served p99 is the load generator's, per 250 ms "
+            "(limit-slowdown-calls.csv); bench/limit_report.py says how each figure is taken. Overload rows: the default "
             "server (auto), open loop; peak: blitz closed loop at 500.")
     return "Concurrency limit (db.active_limit)", headers, body, note
 
 
 def write_files(outdir, results):
     """Copies the CSVs to RESULTS and writes limit-slowdown.svg."""
-    for name in ("limit-auto.csv", "limit-slowdown.csv"):
+    for name in ("limit-auto.csv", "limit-slowdown.csv", "limit-slowdown-calls.csv"):
         if os.path.exists(os.path.join(outdir, name)):
             shutil.copy(os.path.join(outdir, name), os.path.join(results, name))
     slow = slowdown_figures(outdir, read_marks(outdir))
@@ -189,7 +201,8 @@ def svg(slow):
     xs = [s["t_s"] - t0 for s in samples]
     xmax = max(xs + [1.0])
     lmax = max([s["limit"] for s in samples] + [1.0]) * 1.1
-    pmax = max([s["p99_ms"] or 0 for s in samples] + [1.0]) * 1.1
+    latency = slow["latency"]
+    pmax = max([s["p99_ms"] or 0 for s in latency] + [1.0]) * 1.1
     lx = lambda x: L + (W - L - R) * x / xmax
     ly = lambda v, top: H - B - (H - T - B) * v / top
     out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' "
@@ -199,9 +212,10 @@ def svg(slow):
     x0, x1 = lx(slow["start"] - t0), lx((slow["end"] or samples[-1]["t_s"]) - t0)
     out.append(f"<rect x='{x0:.1f}' y='{T}' width='{max(0, x1 - x0):.1f}' height='{H - T - B}' "
                "fill='#fbe3d6'><title>slowdown</title></rect>")
-    for series, top, color in (("limit", lmax, "#1f77b4"), ("p99_ms", pmax, "#d62728")):
-        pts = " ".join(f"{lx(x):.1f},{ly(s[series], top):.1f}"
-                       for x, s in zip(xs, samples) if s.get(series) is not None)
+    for rows, series, top, color in ((samples, "limit", lmax, "#1f77b4"),
+                                     (latency, "p99_ms", pmax, "#d62728")):
+        pts = " ".join(f"{lx(r['t_s'] - t0):.1f},{ly(r[series], top):.1f}"
+                       for r in rows if r.get(series) is not None and r["t_s"] >= t0)
         out.append(f"<polyline points='{pts}' fill='none' stroke='{color}' stroke-width='1.5'/>")
     for i in range(5):
         v = lmax * i / 4

@@ -440,6 +440,9 @@ impl ThreadPlan {
             None => {
                 result.ok += 1;
                 result.ok_hist.saturating_record(us);
+                if let (Some(_), Some(&t0)) = (&self.opts.series, self.shared.t0.get()) {
+                    result.series.push(super::series::sample(t0, now, us));
+                }
                 if latency <= deadline || self.opts.timeout_ms.is_none() {
                     result.ok_in_deadline += 1;
                 }

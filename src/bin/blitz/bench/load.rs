@@ -101,6 +101,11 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         return Err(BenchError::Connect(first));
     }
     let total = merge(results);
+    if let Some(path) = &opts.series {
+        super::series::write(path, t0, &total.series).map_err(|e| {
+            BenchError::Usage(format!("--series {}: cannot write it: {e}", path.display()))
+        })?;
+    }
     let end = total.last_reply.unwrap_or(t0).max(t0);
     let elapsed_s = (end - t0).as_secs_f64();
     let per_s = |n: u64| {

@@ -9,7 +9,8 @@
 //! connection readied and logged in), [`progress`] (counters shared by the
 //! threads), [`tally`] (what one thread measured), [`engine`] (one
 //! event-loop thread), [`load`] (the run: threads, measured phase, report);
-//! [`wire`] (a connection's bytes, plaintext or TLS) under [`connect`];
+//! [`series`] (`--series`: the successes' latency per interval) under
+//! [`tally`]; [`wire`] (a connection's bytes, plaintext or TLS) under [`connect`];
 //! [`storm`] (`--handshakes`: new TLS connections, one call each) beside
 //! [`load`].
 
@@ -23,6 +24,7 @@ mod poller;
 mod progress;
 mod report;
 mod requests;
+mod series;
 mod storm;
 mod tally;
 mod timer;
@@ -97,6 +99,10 @@ pub struct BenchArgs {
     /// pid of PostgreSQL's postmaster, to report PostgreSQL's CPU per call.
     #[arg(long, value_name = "PID")]
     postgres_pid: Option<u32>,
+    /// Write the successes' latency per 250 ms to FILE as CSV (t_s, calls,
+    /// p50_ms, p99_ms: Unix time at each interval's end, exact percentiles).
+    #[arg(long, value_name = "FILE")]
+    series: Option<std::path::PathBuf>,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -160,6 +166,7 @@ impl BenchArgs {
             idempotency_keys: self.idempotency_keys,
             server_pid: self.server_pid,
             postgres_pid: self.postgres_pid,
+            series: self.series.clone(),
             progress: !self.quiet,
             http: self.http,
             tls: None,

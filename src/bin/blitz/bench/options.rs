@@ -56,6 +56,8 @@ pub struct Options {
     pub server_pid: Option<u32>,
     /// PostgreSQL's postmaster pid, for PostgreSQL's CPU time per call.
     pub postgres_pid: Option<u32>,
+    /// Write the successes' latency per interval to this CSV file ([`series`](super::series)).
+    pub series: Option<std::path::PathBuf>,
     /// Print one progress line a second on stderr.
     pub progress: bool,
     /// Speak JSON-RPC over HTTP/1.1 to `servers` (see the module doc).
@@ -101,6 +103,7 @@ impl Options {
             user: None,
             server_pid: None,
             postgres_pid: None,
+            series: None,
             progress: false,
             http: false,
             tls: None,

@@ -19,6 +19,8 @@ pub(super) struct ThreadResult {
     pub(super) ok_hist: Histogram<u64>,
     pub(super) rejected_hist: Histogram<u64>,
     pub(super) lag_hist: Histogram<u64>,
+    /// With `--series`: every success's interval and latency.
+    pub(super) series: Vec<super::series::Sample>,
     pub(super) codes: BTreeMap<i64, u64>,
     pub(super) samples: BTreeMap<i64, String>,
     pub(super) sent: u64,
@@ -41,6 +43,7 @@ impl ThreadResult {
             ok_hist: h(),
             rejected_hist: h(),
             lag_hist: h(),
+            series: Vec::new(),
             codes: BTreeMap::new(),
             samples: BTreeMap::new(),
             sent: 0,
@@ -74,6 +77,7 @@ pub(super) fn merge(results: Vec<ThreadResult>) -> ThreadResult {
             .add(&r.rejected_hist)
             .expect("same bounds");
         total.lag_hist.add(&r.lag_hist).expect("same bounds");
+        total.series.extend_from_slice(&r.series);
         for (c, n) in r.codes {
             *total.codes.entry(c).or_default() += n;
         }
