@@ -104,7 +104,7 @@ def slowdown_figures(outdir, marks):
     return {"before": pre, "during": median_of(during, "limit"), "adapt_s": adapt,
             "p99_before": median_of(lat_before, "p99_ms"),
             "p99_during": median_of(lat_during, "p99_ms"),
-            "p99_worst": worst(lat_during, "p99_ms"), "p99_source": "client" if calls else "server",
+            "p99_worst": worst(lat_during, "p99_ms"),
             "samples": samples, "latency": latency, "start": start, "end": end,
             "run_start": marks.get("slowdown_run_start", samples[0]["t_s"])}
 

@@ -508,23 +508,28 @@ fn clients_through_haproxy_keep_working_when_an_instance_stops() {
     let mut a = instance(&db, "4", &[]);
     let b = instance(&db, "4", &[]);
     let front = format!("127.0.0.1:{}", support::free_port());
-    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/haproxy.cfg"))
-        .unwrap()
-        // Whole lines: an address put in must not be matched by the next
-        // replacement (a port 40645 holds "127.0.0.1:4064").
-        .replace("bind 127.0.0.1:4060\n", &format!("bind {front}\n"))
-        .replace(
+    let mut config =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/haproxy.cfg")).unwrap();
+    // Whole lines: an address put in must not be matched by the next
+    // replacement (a port 40645 holds "127.0.0.1:4064").
+    let rewrites = [
+        ("bind 127.0.0.1:4060\n", format!("bind {front}\n")),
+        (
             "server blitz1 127.0.0.1:4063 check",
-            &format!("server blitz1 {} check", a.addr),
-        )
-        .replace(
+            format!("server blitz1 {} check", a.addr),
+        ),
+        (
             "server blitz2 127.0.0.1:4064 check",
-            &format!("server blitz2 {} check", b.addr),
+            format!("server blitz2 {} check", b.addr),
+        ),
+    ];
+    for (line, rewritten) in rewrites {
+        assert!(
+            config.contains(line),
+            "conf/haproxy.cfg no longer has the line this test rewrites: {line:?}"
         );
-    assert!(
-        config.contains(&format!("bind {front}\n")) && config.contains(&b.addr),
-        "conf/haproxy.cfg no longer has the lines this test rewrites"
-    );
+        config = config.replace(line, &rewritten);
+    }
     let path = std::env::temp_dir().join(format!("blitz-haproxy-{}.cfg", std::process::id()));
     std::fs::write(&path, config).unwrap();
     let mut proxy = Command::new(haproxy)
