@@ -527,12 +527,15 @@ impl Gate {
     }
 }
 
-/// Backends of `db` waiting at the [`Gate`] right now.
+/// Backends of `db` waiting at the [`Gate`] right now: on its lock, key 1
+/// (not on the advisory locks blitz itself takes, e.g. for the budget's
+/// registry).
 fn at_gate(db: &TestDb) -> i64 {
     let mut c = cluster().connect("postgres");
     c.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-         AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE d.datname = $1 AND l.locktype = 'advisory' AND NOT l.granted \
+         AND l.classid = 0 AND l.objid = 1 AND l.objsubid = 1",
         &[&db.name],
     )
     .unwrap()

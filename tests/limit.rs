@@ -60,9 +60,22 @@ const FIXTURES: &str = "CREATE SCHEMA blitz_api;
 CREATE FUNCTION blitz_api.hold() RETURNS int LANGUAGE plpgsql
   AS 'BEGIN PERFORM pg_advisory_xact_lock_shared(42); RETURN 1; END';
 CREATE FUNCTION blitz_api.slow() RETURNS int LANGUAGE plpgsql
-  AS 'BEGIN PERFORM pg_sleep(0.02); RETURN 1; END';
-CREATE FUNCTION blitz_api.knee() RETURNS int LANGUAGE plpgsql
-  AS 'BEGIN PERFORM pg_advisory_xact_lock(7); PERFORM pg_sleep(0.002); RETURN 1; END';";
+  AS 'BEGIN PERFORM pg_sleep(0.02); RETURN 1; END';";
+
+/// `blitz_api.knee` with its knee at 1: each call sleeps 1 ms × the
+/// square of the calls inside it (contention that grows with every
+/// caller, as a hot lock's does), so n at once finish at most 1000 / n
+/// calls a second: every permit past the first costs throughput.
+const KNEE_AT_ONE: &str =
+    "CREATE OR REPLACE FUNCTION blitz_api.knee() RETURNS int LANGUAGE plpgsql AS $$
+DECLARE inside int;
+BEGIN
+  PERFORM pg_advisory_xact_lock_shared(7);
+  SELECT count(*) INTO inside FROM pg_locks
+    WHERE locktype = 'advisory' AND objid = 7 AND granted;
+  PERFORM pg_sleep(0.001 * inside * inside);
+  RETURN 1;
+END $$";
 
 fn active_limit(rpc: &mut Rpc) -> Value {
     result(&rpc.call("sys.status", json!({})))["active_limit"].clone()
@@ -211,7 +224,8 @@ fn auto_moves_toward_a_knee_and_away_when_it_moves() {
         ("db.active_limit", "auto"),
         ("db.heartbeat_interval_ms", "300"),
     ];
-    let (db, server) = Server::on_fresh_db(FIXTURES, &settings);
+    let fixtures = format!("{FIXTURES}\n{KNEE_AT_ONE};");
+    let (db, server) = Server::on_fresh_db(&fixtures, &settings);
     let mut watcher = Rpc::session(&server.addr);
     let start = active_limit(&mut watcher);
     assert_eq!(
@@ -219,8 +233,7 @@ fn auto_moves_toward_a_knee_and_away_when_it_moves() {
         (&json!("auto"), &json!(1), &json!(8))
     );
     let started_at = start["current"].as_u64().unwrap();
-    // One call at a time gets through api.knee (an exclusive advisory lock):
-    // its knee is 1, every permit past it only waits.
+    // api.knee's throughput falls with every call past the first.
     let stop = Arc::new(AtomicBool::new(false));
     let clients = closed_loop(&server.addr, "api.knee", 16, &stop);
     if started_at > 2 {
@@ -228,8 +241,8 @@ fn auto_moves_toward_a_knee_and_away_when_it_moves() {
             s["active_limit"]["current"].as_u64() <= Some(2)
         });
     }
-    // The lock goes: each call now sleeps 2 ms on its own, and throughput
-    // grows with every permit up to the ceiling.
+    // The contention goes: each call now sleeps 5 ms on its own, and
+    // throughput grows with every permit up to the ceiling.
     db.execute(
         "CREATE OR REPLACE FUNCTION blitz_api.knee() RETURNS int LANGUAGE plpgsql
            AS 'BEGIN PERFORM pg_sleep(0.005); RETURN 1; END'",
@@ -247,10 +260,7 @@ fn auto_moves_toward_a_knee_and_away_when_it_moves() {
     watcher.wait_for_status("4 connections open", |s| {
         s["pool"]["open"].as_u64() >= Some(4)
     });
-    db.execute(
-        "CREATE OR REPLACE FUNCTION blitz_api.knee() RETURNS int LANGUAGE plpgsql
-           AS 'BEGIN PERFORM pg_advisory_xact_lock(7); PERFORM pg_sleep(0.002); RETURN 1; END'",
-    );
+    db.execute(KNEE_AT_ONE);
     watcher.wait_for_status("idle connections above the limit closed", |s| {
         let current = s["active_limit"]["current"].as_u64().unwrap();
         current <= 2 && s["pool"]["open"].as_u64() <= Some(3)

@@ -69,7 +69,11 @@ pub const BRAKE_GRADIENT: f64 = 3.0;
 /// whenever it did not cost more than that. So the limit climbs as long as
 /// permits buy anything (the top of a concave curve, not where returns
 /// first diminish), and on a flat stretch, where more permits only add
-/// waiting, it comes down.
+/// waiting, it comes down, as fast as the noise lets it: where a probe's
+/// noise is much wider than this margin, steps up and down on a flat
+/// stretch are kept nearly as often, and the limit wanders between the
+/// knee and the ceiling (throughput as at the knee, more connections
+/// held). A stretch where throughput falls is left quickly.
 pub const NOISE_MARGIN: f64 = 0.01;
 /// The baseline's upward decay per window (×).
 pub const BASELINE_DRIFT: f64 = 1.005;
