@@ -72,8 +72,9 @@ const KNEE_AT_ONE: &str =
 DECLARE inside int;
 BEGIN
   PERFORM pg_advisory_xact_lock_shared(7);
-  SELECT count(*) INTO inside FROM pg_locks
-    WHERE locktype = 'advisory' AND objid = 7 AND granted;
+  SELECT count(*) INTO inside FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+    WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted
+      AND l.classid = 0 AND l.objid = 7 AND l.objsubid = 1;
   PERFORM pg_sleep(0.001 * inside * inside);
   RETURN 1;
 END $$";
