@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use blitz::client::{Client, ClientOptions, ErrorKind, RetryBudget, TIMEOUT_MARGIN};
 use serde_json::{json, Value};
+use support::certs::temp_dir;
 use support::{Rpc, Server, TestDb};
 
 /// What one responder connection received: (connection number, method, params).
@@ -579,14 +580,6 @@ fn blitz_with_config(config: &std::path::Path, args: &[&str]) -> Output {
         .env("XDG_CONFIG_HOME", config)
         .output()
         .expect("run blitz")
-}
-
-/// A fresh directory of this test process named after `tag`.
-fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("blitz-client-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// The session file `blitz login` keeps for the single server `addr`.
@@ -1218,7 +1211,7 @@ fn cli_login_reads_the_password_from_stdin_in_password_mode() {
                 "ann",
                 "--password-stdin",
             ])
-            .env("XDG_CONFIG_HOME", &config)
+            .env("XDG_CONFIG_HOME", config.as_os_str())
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::certs::{temp_dir, TestCa};
+use support::certs::{temp_dir, TempDir, TestCa};
 use support::{bin, result, Rpc, Server};
 
 /// The TLS-only cluster of this test process, its CA file and an unrelated CA's.
@@ -31,11 +31,14 @@ fn tls_db() -> &'static TlsDb {
         let ca = TestCa::new("blitz test PostgreSQL CA");
         let leaf = ca.leaf("postgres", &["localhost"]);
         let cluster = support::start_tls_only_cluster(&leaf.chain_pem, &leaf.key_pem);
-        let dir = temp_dir("pg-cas");
+        // In the cluster's folder, which goes with the cluster (a static
+        // is never dropped).
+        let ca = ca.write(&cluster.dir, "ca");
+        let wrong_ca = TestCa::new("some other CA").write(&cluster.dir, "wrong-ca");
         TlsDb {
             cluster,
-            ca: ca.write(&dir, "ca"),
-            wrong_ca: TestCa::new("some other CA").write(&dir, "wrong-ca"),
+            ca,
+            wrong_ca,
         }
     })
 }
@@ -172,7 +175,7 @@ fn sighup_never_stops_the_server() {
 /// A TLS server's files: its CA, its certificate and key, and the folder.
 struct TlsFiles {
     ca: TestCa,
-    dir: PathBuf,
+    dir: TempDir,
     ca_file: PathBuf,
     cert: PathBuf,
     key: PathBuf,

@@ -153,7 +153,8 @@ mod tests {
     /// A one-connection TLS server on loopback that echoes one line.
     fn echo_server(ca: &TestCa) -> String {
         let leaf = ca.leaf("blitz test server", &["localhost"]);
-        let (cert, key) = leaf.write(&temp_dir("client-echo"), "server");
+        let dir = temp_dir("client-echo"); // read below
+        let (cert, key) = leaf.write(&dir, "server");
         let chain = CertificateDer::pem_file_iter(&cert)
             .unwrap()
             .map(Result::unwrap)
@@ -185,7 +186,8 @@ mod tests {
     fn ca_verifies_the_server_and_its_name() {
         let ca = TestCa::new("blitz test CA");
         let server = echo_server(&ca);
-        let tls = ClientTls::new(&Trust::Ca(ca.write(&temp_dir("client-ca"), "ca"))).unwrap();
+        let dir = temp_dir("client-ca");
+        let tls = ClientTls::new(&Trust::Ca(ca.write(&dir, "ca"))).unwrap();
         let tcp = TcpStream::connect(&server).unwrap();
         let mut stream = tls.connect(&server, tcp).unwrap();
         stream.write_all(b"ping\n").unwrap();
@@ -197,7 +199,8 @@ mod tests {
     #[test]
     fn another_ca_is_an_error_naming_the_file() {
         let server = echo_server(&TestCa::new("blitz test CA"));
-        let other = TestCa::new("someone else").write(&temp_dir("client-other"), "other");
+        let dir = temp_dir("client-other");
+        let other = TestCa::new("someone else").write(&dir, "other");
         let tls = ClientTls::new(&Trust::Ca(other.clone())).unwrap();
         let e = tls
             .connect(&server, TcpStream::connect(&server).unwrap())

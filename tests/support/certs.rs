@@ -1,5 +1,7 @@
 //! Test certificates made with rcgen: a CA and the leaves it signs, written
-//! as PEM files into a fresh directory. Nothing here is checked in.
+//! as PEM files into a fresh directory ([`temp_dir`], removed when the test
+//! is done with it; other tests' files use it too). Nothing here is
+//! checked in.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -78,12 +80,36 @@ impl Leaf {
     }
 }
 
-/// A fresh, empty directory for one test's files (unique per call).
-pub fn temp_dir(name: &str) -> PathBuf {
+/// A fresh, empty directory for one test's files, removed with everything
+/// in it when dropped: keep it as long as its files are used.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, empty [`TempDir`] named after `name` (unique per call).
+pub fn temp_dir(name: &str) -> TempDir {
     static CALLS: AtomicUsize = AtomicUsize::new(0);
     let n = CALLS.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("blitz-tls-{name}-{}-{n}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("blitz-files-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create test directory");
-    dir
+    TempDir(dir)
 }

@@ -195,9 +195,8 @@ mod tests {
 
     fn session() -> TlsSession {
         let ca = TestCa::new("blitz test CA");
-        let (cert, key) = ca
-            .leaf("s", &["localhost"])
-            .write(&temp_dir("session"), "s");
+        let dir = temp_dir("session"); // read by ServerTls::load below
+        let (cert, key) = ca.leaf("s", &["localhost"]).write(&dir, "s");
         let files = TlsFiles {
             cert,
             key,
