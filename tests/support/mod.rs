@@ -242,11 +242,13 @@ impl Cluster {
     /// included; like every test cluster it is stopped and removed when the
     /// test process exits.
     ///
-    /// The backup creates a replication slot of its own first (`-C -S`),
-    /// which the standby then streams from: without it the primary may
-    /// recycle a WAL segment the backup or the standby still needs
-    /// ("requested WAL segment … has already been removed") when other
-    /// tests write a lot meanwhile.
+    /// A replication slot of its own, reserving WAL at once, is made on
+    /// the primary before the backup starts (`-S`, and the standby then
+    /// streams from it): without it the primary may recycle a WAL segment
+    /// the backup or the standby still needs ("requested WAL segment … has
+    /// already been removed"). `pg_basebackup -C` was not enough (that
+    /// error, once in `make test`): its streaming process makes the slot
+    /// only once the backup has started.
     pub fn standby(&self) -> Cluster {
         let dir = new_cluster_dir(&self.bindir);
         let slot = dir
@@ -254,12 +256,18 @@ impl Cluster {
             .and_then(|n| n.to_str())
             .expect("a cluster dir has a name")
             .replace('-', "_");
+        self.connect("postgres")
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[&slot],
+            )
+            .expect("create the standby's replication slot");
         let out = pg_command(&self.bindir, "pg_basebackup")
             .arg("-D")
             .arg(dir.join("data"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-U", "postgres", "-R", "-X", "stream", "--no-sync"])
-            .args(["-C", "-S", &slot])
+            .args(["-S", &slot])
             .args(["-c", "fast"])
             .output()
             .expect("run pg_basebackup");
