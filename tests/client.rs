@@ -787,7 +787,6 @@ fn cli_joins_the_stored_session_before_calls_but_not_pings() {
         err,
         "blitz: session expired or unknown; run `blitz login`\n"
     );
-    std::fs::remove_dir_all(&config).unwrap();
 }
 
 #[test]
@@ -1160,7 +1159,6 @@ fn cli_login_keeps_a_private_session_that_calls_join_and_logout_removes() {
         String::from_utf8(out.stdout).unwrap(),
         format!("not logged in on {addr}\n")
     );
-    std::fs::remove_dir_all(&config).unwrap();
 }
 
 #[test]
@@ -1185,7 +1183,6 @@ fn cli_with_an_expired_session_says_to_log_in_and_logout_still_removes_it() {
         .unwrap()
         .contains("already ended"));
     assert!(!file.exists());
-    std::fs::remove_dir_all(&config).unwrap();
 }
 
 #[test]
@@ -1236,5 +1233,4 @@ fn cli_login_reads_the_password_from_stdin_in_password_mode() {
     let out = login("s3cret");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(session_file(&config, &server.addr).exists());
-    std::fs::remove_dir_all(&config).unwrap();
 }

@@ -33,12 +33,10 @@ fn tls_db() -> &'static TlsDb {
         let cluster = support::start_tls_only_cluster(&leaf.chain_pem, &leaf.key_pem);
         // In the cluster's folder, which goes with the cluster (a static
         // is never dropped).
-        let ca = ca.write(&cluster.dir, "ca");
-        let wrong_ca = TestCa::new("some other CA").write(&cluster.dir, "wrong-ca");
         TlsDb {
+            ca: ca.write(&cluster.dir, "ca"),
+            wrong_ca: TestCa::new("some other CA").write(&cluster.dir, "wrong-ca"),
             cluster,
-            ca,
-            wrong_ca,
         }
     })
 }
