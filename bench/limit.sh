@@ -18,7 +18,9 @@
 #     OUTDIR/limit-auto.csv);
 #   fixed limits: the formula (the auto server's limit at start), 2×, 4×
 #     and 8×, each `--set db.active_limit=N --set db.pool_size=N`, 500
-#     clients closed loop;
+#     clients closed loop; then 8×, 4×, 2×, the formula again (`-r2`), and
+#     auto from start again on a fresh server (limit-auto-r2): two rounds in
+#     mirrored order, whose means the report compares;
 #   slowdown: a fresh auto server at 500 clients; halfway, two psql
 #     sessions run `SELECT count(*) FROM generate_series(1, 5000000)` in a
 #     loop directly on PostgreSQL (CPU-heavy) for BENCH_LIMIT_SLOWDOWN_S,
@@ -97,13 +99,19 @@ mark recover_end
 stop_sampler
 stop_limit_server
 
-# The sweep of fixed limits: formula, 2×, 4×, 8×.
-for m in 1 2 4 8; do
-  n=$((formula * m))
-  start_limit_server --set "db.active_limit=$n" --set "db.pool_size=$n"
-  row_pool=$n blitz_row "limit-fixed-$n" limit-sweep "$big" --duration "$limit_duration"
+# The sweep of fixed limits, formula, 2×, 4×, 8×, then back down, then
+# auto from start again: each setting runs twice, in mirrored order, so a
+# drift of the machine's speed over the sweep hits every setting alike.
+fixed_row() {
+  start_limit_server --set "db.active_limit=$1" --set "db.pool_size=$1"
+  row_pool=$1 blitz_row "limit-fixed-$1${2:-}" limit-sweep "$big" --duration "$limit_duration"
   stop_limit_server
-done
+}
+for m in 1 2 4 8; do fixed_row $((formula * m)); done
+for m in 8 4 2 1; do fixed_row $((formula * m)) -r2; done
+start_limit_server
+row_pool=$auto_pool blitz_row limit-auto-r2 limit-sweep "$big" --duration "$limit_duration"
+stop_limit_server
 
 # A slowdown injected halfway.
 start_limit_server
