@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -161,23 +161,23 @@ impl Sessions {
     }
 
     /// Checks session `key` in the database: its user when it is live
-    /// (then cached, if the cache is trusted), `None` when it is not.
-    pub fn verify(
-        &self,
-        client: &mut impl GenericClient,
-        key: &str,
-    ) -> Result<Option<Arc<str>>, postgres::Error> {
+    /// (then cached, if the cache is trusted), `None` when it is not. The
+    /// statement is prepared once per connection: one round trip.
+    pub fn verify(&self, db: &mut DbConn, key: &str) -> Result<Option<Arc<str>>, postgres::Error> {
+        static VERIFY: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT s.user_name, \
+                        EXTRACT(epoch FROM s.last_used + make_interval(secs => $2::int4) - now())::float8, \
+                        CASE WHEN $3::int4 = 0 THEN NULL ELSE \
+                        EXTRACT(epoch FROM s.created + make_interval(secs => $3::int4) - now())::float8 END \
+                   FROM blitz.sessions s JOIN blitz.users u ON u.name = s.user_name \
+                  WHERE s.key = $1 AND NOT u.disabled AND {LIVE}"
+            )
+        });
         let check = self.cache.check();
-        let sql = format!(
-            "SELECT s.user_name, \
-                    EXTRACT(epoch FROM s.last_used + make_interval(secs => $2::int4) - now())::float8, \
-                    CASE WHEN $3::int4 = 0 THEN NULL ELSE \
-                    EXTRACT(epoch FROM s.created + make_interval(secs => $3::int4) - now())::float8 END \
-               FROM blitz.sessions s JOIN blitz.users u ON u.name = s.user_name \
-              WHERE s.key = $1 AND NOT u.disabled AND {LIVE}"
-        );
         let (idle, max) = self.limits();
-        let Some(row) = client.query_opt(&sql, &[&key, &idle, &max])? else {
+        let types = [Type::TEXT, Type::INT4, Type::INT4];
+        let Some(row) = db.query_opt(&VERIFY, &types, &[&key, &idle, &max])? else {
             return Ok(None);
         };
         let user: String = row.get(0);

@@ -206,9 +206,9 @@ impl Database {
         conn: &mut PooledConn,
         deadline: &Deadline,
         drain: Option<Instant>,
-        work: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+        work: impl FnOnce(&mut DbConn) -> Result<T, postgres::Error>,
     ) -> Result<T, Failure> {
-        let (result, fired) = self.guarded(conn, deadline, drain, |db| work(db.client()));
+        let (result, fired) = self.guarded(conn, deadline, drain, work);
         result.map_err(|e| self.classify(conn, &e, fired))
     }
 

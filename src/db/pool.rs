@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::types::{Json, ToSql, Type};
-use postgres::{Client, Statement};
+use postgres::{Client, Row, Statement};
 use r2d2_postgres::PostgresConnectionManager;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -70,14 +70,14 @@ impl DbConn {
     }
 
     /// Runs `sql` (prepared once per connection with `types`, then reused)
-    /// and returns the first column of the first row as JSON (`None` for no
-    /// row or SQL NULL). With a cached statement this is one round trip.
-    pub fn query_json(
+    /// and returns its first row, if any. With a cached statement this is
+    /// one round trip.
+    pub fn query_opt(
         &mut self,
         sql: &str,
         types: &[Type],
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Value>, postgres::Error> {
+    ) -> Result<Option<Row>, postgres::Error> {
         let statement = match self.statements.get(sql) {
             Some(s) => s.clone(),
             None => {
@@ -89,8 +89,19 @@ impl DbConn {
                 s
             }
         };
-        let rows = self.client.query(&statement, params)?;
-        Ok(rows.first().and_then(|r| r.get::<_, Option<Value>>(0)))
+        Ok(self.client.query(&statement, params)?.into_iter().next())
+    }
+
+    /// [`DbConn::query_opt`], returning the first column of the first row
+    /// as JSON (`None` for no row or SQL NULL).
+    pub fn query_json(
+        &mut self,
+        sql: &str,
+        types: &[Type],
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Value>, postgres::Error> {
+        let row = self.query_opt(sql, types, params)?;
+        Ok(row.and_then(|r| r.get::<_, Option<Value>>(0)))
     }
 
     /// Runs the api call statement named `key` (prepared once per

@@ -18,7 +18,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::db::catalog::{Catalog, CatalogCache};
 use crate::db::replica::Replicas;
-use crate::db::{Database, Deadline, Failure, Lease, PooledConn};
+use crate::db::{Database, DbConn, Deadline, Failure, Lease, PooledConn};
 use crate::protocol::RpcError;
 
 /// Everything the methods share.
@@ -69,7 +69,7 @@ impl Context {
         &self,
         conn: &mut PooledConn,
         deadline: &Deadline,
-        work: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+        work: impl FnOnce(&mut DbConn) -> Result<T, postgres::Error>,
     ) -> Result<T, RpcError> {
         let drain = self.shutdown.drain_deadline();
         self.db

@@ -193,9 +193,7 @@ fn checked(
     if !enter.unchecked() || !ctx.sessions.cache().trusted() {
         return Ok(enter);
     }
-    match ctx.with_db(conn, deadline, |client| {
-        ctx.sessions.verify(client, session)
-    })? {
+    match ctx.with_db(conn, deadline, |db| ctx.sessions.verify(db, session))? {
         Some(user) => Ok(enter.checked(user)),
         None => Ok(enter),
     }

@@ -52,7 +52,8 @@ pub fn login(call: &Call) -> Result<Value, RpcError> {
     let key = auth::new_session_key()
         .map_err(|e| RpcError::internal(format!("no random bytes for a session key: {e}")))?;
     let mut db = ctx.acquire(deadline)?;
-    let (session, expires_at) = ctx.with_db(&mut db, deadline, |client| {
+    let (session, expires_at) = ctx.with_db(&mut db, deadline, |conn| {
+        let client = conn.client();
         ctx.sessions.create(client, &user, key)
     })?;
     super::standby::note_position(ctx, &mut db, &session.key, deadline);
@@ -75,7 +76,9 @@ pub fn join(call: &Call) -> Result<Value, RpcError> {
         .string("session")?
         .ok_or_else(|| missing("session"))?;
     let mut db = ctx.acquire(deadline)?;
-    let found = ctx.with_db(&mut db, deadline, |client| ctx.sessions.find(client, &key))?;
+    let found = ctx.with_db(&mut db, deadline, |conn| {
+        ctx.sessions.find(conn.client(), &key)
+    })?;
     let (session, expires_at) = found.ok_or_else(|| RpcError::unauthenticated(DEAD_SESSION))?;
     ctx.sessions.touch(&session.key);
     super::standby::note_position(ctx, &mut db, &session.key, deadline);
@@ -96,7 +99,9 @@ pub fn logout(call: &Call) -> Result<Value, RpcError> {
     Fields::of(params, call.param_names())?;
     let key = call.session_key()?;
     let mut db = ctx.acquire(deadline)?;
-    let ended = ctx.with_db(&mut db, deadline, |client| ctx.sessions.end(client, &key))?;
+    let ended = ctx.with_db(&mut db, deadline, |conn| {
+        ctx.sessions.end(conn.client(), &key)
+    })?;
     ctx.connections.unbind_session(&key);
     conn.unbind_session(&key);
     ctx.replicas.sessions.forget(&key);
@@ -113,7 +118,9 @@ pub fn logout(call: &Call) -> Result<Value, RpcError> {
 pub fn verify(call: &Call, key: &str) -> Result<(), RpcError> {
     let (ctx, deadline) = (call.ctx, call.deadline);
     let mut db = ctx.acquire(deadline)?;
-    let found = ctx.with_db(&mut db, deadline, |client| ctx.sessions.find(client, key))?;
+    let found = ctx.with_db(&mut db, deadline, |conn| {
+        ctx.sessions.find(conn.client(), key)
+    })?;
     let (session, _) = found.ok_or_else(|| RpcError::unauthenticated(DEAD_SESSION))?;
     ctx.sessions.touch(&session.key);
     Ok(())
@@ -132,7 +139,8 @@ fn trusted_user_may_log_in(
     deadline: &Deadline,
 ) -> Result<bool, RpcError> {
     let mut db = ctx.acquire(deadline)?;
-    ctx.with_db(&mut db, deadline, |client| {
+    ctx.with_db(&mut db, deadline, |conn| {
+        let client = conn.client();
         client.execute(
             "INSERT INTO blitz.users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
             &[&user],
@@ -152,7 +160,8 @@ fn password_matches(
 ) -> Result<bool, RpcError> {
     let stored: Option<String> = {
         let mut db = ctx.acquire(deadline)?;
-        ctx.with_db(&mut db, deadline, |client| {
+        ctx.with_db(&mut db, deadline, |conn| {
+            let client = conn.client();
             let row = client.query_opt(
                 "SELECT password_hash FROM blitz.users WHERE name = $1 AND NOT disabled",
                 &[&user],

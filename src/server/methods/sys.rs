@@ -92,7 +92,9 @@ pub fn instances(call: &Call) -> Result<Value, RpcError> {
     let ctx = call.ctx;
     let mut conn = ctx.acquire(call.deadline)?;
     let cluster = ctx.cluster.clone();
-    ctx.with_db(&mut conn, call.deadline, |client| cluster.instances(client))
+    ctx.with_db(&mut conn, call.deadline, |conn| {
+        cluster.instances(conn.client())
+    })
 }
 
 /// `rpc.discover`: the OpenRPC document (catalogue refreshed at most once a second).
