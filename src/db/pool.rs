@@ -63,6 +63,29 @@ pub struct DbConn {
     _slot: OpenSlot,
 }
 
+/// The statement cached under `key` in `cache`, or the one `prepare`
+/// makes (with the key to keep it under), kept; the cache is emptied when
+/// it holds [`STATEMENT_CACHE_LIMIT`] statements.
+fn cached<K, Q>(
+    cache: &mut HashMap<K, Statement>,
+    key: &Q,
+    prepare: impl FnOnce(&Q) -> Result<(K, Statement), postgres::Error>,
+) -> Result<Statement, postgres::Error>
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(s) = cache.get(key) {
+        return Ok(s.clone());
+    }
+    let (owned, statement) = prepare(key)?;
+    if cache.len() >= STATEMENT_CACHE_LIMIT {
+        cache.clear();
+    }
+    cache.insert(owned, statement.clone());
+    Ok(statement)
+}
+
 impl DbConn {
     /// The underlying client, for statements outside the cache.
     pub fn client(&mut self) -> &mut Client {
@@ -78,17 +101,10 @@ impl DbConn {
         types: &[Type],
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, postgres::Error> {
-        let statement = match self.statements.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let s = self.client.prepare_typed(sql, types)?;
-                if self.statements.len() >= STATEMENT_CACHE_LIMIT {
-                    self.statements.clear();
-                }
-                self.statements.insert(sql.to_string(), s.clone());
-                s
-            }
-        };
+        let client = &mut self.client;
+        let statement = cached(&mut self.statements, sql, |sql| {
+            Ok((sql.to_string(), client.prepare_typed(sql, types)?))
+        })?;
         Ok(self.client.query(&statement, params)?.into_iter().next())
     }
 
@@ -115,18 +131,11 @@ impl DbConn {
         statement: impl FnOnce() -> (String, Vec<Type>),
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Box<RawValue>>, postgres::Error> {
-        let statement = match self.calls.get(&key) {
-            Some(s) => s.clone(),
-            None => {
-                let (sql, types) = statement();
-                let s = self.client.prepare_typed(&sql, &types)?;
-                if self.calls.len() >= STATEMENT_CACHE_LIMIT {
-                    self.calls.clear();
-                }
-                self.calls.insert(key, s.clone());
-                s
-            }
-        };
+        let client = &mut self.client;
+        let statement = cached(&mut self.calls, &key, |&key| {
+            let (sql, types) = statement();
+            Ok((key, client.prepare_typed(&sql, &types)?))
+        })?;
         let rows = self.client.query(&statement, params)?;
         let Some(row) = rows.first() else {
             return Ok(None);
