@@ -12,15 +12,17 @@
 #
 # The rows, each on a server of its own beside the default one (idle):
 #   auto, from start: a fresh server (db.active_limit = "auto"), 500 clients
-#     closed loop; then on the same server 10 calls/s open loop (low
-#     traffic), then 500 clients again (the recovery); the limit sampled
-#     every 250 ms from /metrics all along (bench/limit_sampler.py:
-#     OUTDIR/limit-auto.csv);
+#     closed loop (limit-auto, settling included), and again right after
+#     (limit-auto-settled, the row the sweep compares); then on the same
+#     server 10 calls/s open loop (low traffic), then 500 clients again
+#     (the recovery); the limit sampled every 250 ms from /metrics all
+#     along (bench/limit_sampler.py: OUTDIR/limit-auto.csv);
 #   fixed limits: the formula (the auto server's limit at start), 2×, 4×
 #     and 8×, each `--set db.active_limit=N --set db.pool_size=N`, 500
 #     clients closed loop; then 8×, 4×, 2×, the formula again (`-r2`), and
-#     auto from start again on a fresh server (limit-auto-r2): two rounds in
-#     mirrored order, whose means the report compares;
+#     auto again on a fresh server, from start (limit-auto-r2) then settled
+#     (limit-auto-settled-r2): two rounds in mirrored order, whose means the
+#     report compares;
 #   slowdown: a fresh auto server at 500 clients; halfway, two psql
 #     sessions run `SELECT count(*) FROM generate_series(1, 5000000)` in a
 #     loop directly on PostgreSQL (CPU-heavy) for BENCH_LIMIT_SLOWDOWN_S,
@@ -90,7 +92,8 @@ auto_pool=$("$blitz_bin" --server "127.0.0.1:$blitz_port" call sys.status \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["pool"]["size"])')
 start_sampler limit-auto.csv
 mark auto_start
-row_pool=$auto_pool blitz_row limit-auto limit-sweep "$big" --duration "$limit_duration"
+row_pool=$auto_pool blitz_row limit-auto limit-start "$big" --duration "$limit_duration"
+row_pool=$auto_pool blitz_row limit-auto-settled limit-sweep "$big" --duration "$limit_duration"
 mark low_start
 row_pool=$auto_pool blitz_row limit-low limit-low 10 --rate 10 --duration "$limit_low_s" --timeout-ms "$timeout_ms"
 mark recover_start
@@ -100,7 +103,7 @@ stop_sampler
 stop_limit_server
 
 # The sweep of fixed limits, formula, 2×, 4×, 8×, then back down, then
-# auto from start again: each setting runs twice, in mirrored order, so a
+# auto again from start: each setting runs twice, in mirrored order, so a
 # drift of the machine's speed over the sweep hits every setting alike.
 fixed_row() {
   start_limit_server --set "db.active_limit=$1" --set "db.pool_size=$1"
@@ -110,7 +113,8 @@ fixed_row() {
 for m in 1 2 4 8; do fixed_row $((formula * m)); done
 for m in 8 4 2 1; do fixed_row $((formula * m)) -r2; done
 start_limit_server
-row_pool=$auto_pool blitz_row limit-auto-r2 limit-sweep "$big" --duration "$limit_duration"
+row_pool=$auto_pool blitz_row limit-auto-r2 limit-start "$big" --duration "$limit_duration"
+row_pool=$auto_pool blitz_row limit-auto-settled-r2 limit-sweep "$big" --duration "$limit_duration"
 stop_limit_server
 
 # A slowdown injected halfway.
