@@ -516,11 +516,18 @@ impl Server {
         Server { child, addr, log }
     }
 
-    /// Waits until the server accepts TCP connections (or panics after 20 s).
+    /// Waits until the server accepts TCP connections (or panics after 20
+    /// s). The probe counts against `server.max_clients` until the server
+    /// has seen it go, so it is half-closed and waited for: when this
+    /// returns, the server holds no connection of it (the server closes
+    /// its side once the probe's is closed; 5 s at most).
     pub fn wait_ready(&self) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
-            if TcpStream::connect(&self.addr).is_ok() {
+            if let Ok(probe) = TcpStream::connect(&self.addr) {
+                let _ = probe.shutdown(std::net::Shutdown::Write);
+                let _ = probe.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = std::io::copy(&mut &probe, &mut std::io::sink());
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -331,8 +331,9 @@ impl EventLoop {
         let entry = self.conns.remove(t);
         let fd = entry.conn.stream().as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        entry.conn.close();
+        // Uncounted first: a peer that sees the close may connect again at once.
         self.router.connections.remove(entry.conn.number);
+        entry.conn.close();
     }
 
     /// New connections, hand-overs from workers, and the stop request.
@@ -364,8 +365,8 @@ impl EventLoop {
     /// Starts serving `conn`.
     fn adopt(&mut self, conn: Arc<Connection>, framing: Framing) {
         if self.stopping.is_some() {
-            conn.close();
             self.router.connections.remove(conn.number);
+            conn.close();
             return;
         }
         let entry = self.conns.vacant_entry();
@@ -382,8 +383,8 @@ impl EventLoop {
                 conn.number,
                 conn.peer
             );
-            conn.close();
             self.router.connections.remove(conn.number);
+            conn.close();
             return;
         }
         conn.set_token(t);
