@@ -19,10 +19,11 @@
 #     along (bench/limit_sampler.py: OUTDIR/limit-auto.csv);
 #   fixed limits: the formula (the auto server's limit at start), 2×, 4×
 #     and 8×, each `--set db.active_limit=N --set db.pool_size=N`, 500
-#     clients closed loop; then 8×, 4×, 2×, the formula again (`-r2`), and
-#     auto again on a fresh server, from start (limit-auto-r2) then settled
-#     (limit-auto-settled-r2): two rounds in mirrored order, whose means the
-#     report compares;
+#     clients closed loop, from start (limit-fixed-N-start) then warm
+#     (limit-fixed-N); then 8×, 4×, 2×, the formula again (`-r2`), and auto
+#     again on a fresh server, from start (limit-auto-r2) then settled
+#     (limit-auto-settled-r2): two rounds in mirrored order, whose warm
+#     rows' means the report compares;
 #   slowdown: a fresh auto server at 500 clients; halfway, two psql
 #     sessions run `SELECT count(*) FROM generate_series(1, 5000000)` in a
 #     loop directly on PostgreSQL (CPU-heavy) for BENCH_LIMIT_SLOWDOWN_S,
@@ -105,8 +106,11 @@ stop_limit_server
 # The sweep of fixed limits, formula, 2×, 4×, 8×, then back down, then
 # auto again from start: each setting runs twice, in mirrored order, so a
 # drift of the machine's speed over the sweep hits every setting alike.
+# Every setting's server is fresh: a row from start (new backends warming
+# up, auto settling), then the row the sweep compares, on warm backends.
 fixed_row() {
   start_limit_server --set "db.active_limit=$1" --set "db.pool_size=$1"
+  row_pool=$1 blitz_row "limit-fixed-$1${2:-}-start" limit-start "$big" --duration "$limit_duration"
   row_pool=$1 blitz_row "limit-fixed-$1${2:-}" limit-sweep "$big" --duration "$limit_duration"
   stop_limit_server
 }
