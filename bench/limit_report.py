@@ -146,6 +146,14 @@ def sweep_settings(sweep):
     return sorted(settings, key=lambda g: (g["pool"] is None, g["pool"] or 0))
 
 
+def split_settings(settings):
+    """(the fixed settings, the best of them, auto) of sweep_settings' list;
+    None where there is none."""
+    fixed = [g for g in settings if g["pool"] is not None]
+    best = max(fixed, key=lambda g: g["tps"]) if fixed else None
+    return fixed, best, next((g for g in settings if g["pool"] is None), None)
+
+
 def verdict(value, ok):
     return "–" if value is None else ("met" if ok(value) else "MISSED")
 
@@ -158,32 +166,25 @@ def section(rows, outdir, meta, fmt, ms):
     marks = read_marks(outdir)
     auto, slow = auto_figures(outdir, marks), slowdown_figures(outdir, marks)
     by_id = {r["id"]: r for r in rows}
-    starts = sweep_settings([r for r in rows if r["kind"] == "limit-start" and r.get("tps") is not None])
-    settings = sweep_settings(sweep)
-    fixed = [g for g in settings if g["pool"] is not None]
-    best = max(fixed, key=lambda g: g["tps"]) if fixed else None
-    auto_setting = next((g for g in settings if g["pool"] is None), None)
-    body = []
-    for g in fixed + ([auto_setting] if auto_setting else []):
-        first = g["rounds"][0]
-        name = (f"auto, settled (at {fmt(auto['knee'])}, pool {first['pool']})" if g["pool"] is None
-                else f"fixed {g['pool']}")
-        rounds = " · ".join(fmt(r["tps"]) for r in g["rounds"])
-        tps = fmt(g["tps"]) + (f" ({rounds})" if len(g["rounds"]) > 1 else "")
-        body.append([name, tps, fmt(g["tps"] / best["tps"], 2) if best else "–",
-                     ms(first.get("p50_ms")), ms(first.get("p99_ms")), "", ""])
+    fixed, best, auto_setting = split_settings(sweep_settings(sweep))
+    _, start_best, start_auto = split_settings(sweep_settings(
+        [r for r in rows if r["kind"] == "limit-start" and r.get("tps") is not None]))
     div = lambda a, b: a / b if a is not None and b else None
-    start_fixed = [g for g in starts if g["pool"] is not None]
-    start_best = max(start_fixed, key=lambda g: g["tps"]) if start_fixed else None
-    start_auto = next((g for g in starts if g["pool"] is None), None)
+    # One line per setting: its mean tps (each round's in brackets), against
+    # the best, and the first round's latencies.
+    line = lambda name, g, against, target: [
+        name, fmt(g["tps"]) + (f" ({' · '.join(fmt(r['tps']) for r in g['rounds'])})"
+                               if len(g["rounds"]) > 1 else ""),
+        fmt(div(g["tps"], against and against["tps"]), 2),
+        ms(g["rounds"][0].get("p50_ms")), ms(g["rounds"][0].get("p99_ms")), target, ""]
+    body = [line(f"fixed {g['pool']}", g, best, "") for g in fixed]
+    if auto_setting:
+        body.append(line(f"auto, settled (at {fmt(auto['knee'])}, pool {auto_setting['rounds'][0]['pool']})",
+                         auto_setting, best, ""))
     if start_auto:
-        rounds = " · ".join(fmt(r["tps"]) for r in start_auto["rounds"])
         best_name = fmt(start_best["pool"]) if start_best else "–"
-        body.append([f"auto from start, settling included (against fixed from start: best {best_name})",
-                     fmt(start_auto["tps"]) + f" ({rounds})",
-                     fmt(div(start_auto["tps"], start_best and start_best["tps"]), 2),
-                     ms(start_auto["rounds"][0].get("p50_ms")),
-                     ms(start_auto["rounds"][0].get("p99_ms")), "report", ""])
+        body.append(line(f"auto from start, settling included (against fixed from start: best {best_name})",
+                         start_auto, start_best, "report"))
     auto_ratio = div(auto_setting and auto_setting["tps"], best and best["tps"])
     body.append(["auto (settled) / best fixed", fmt(auto_ratio, 2), "", "", "", "≥ 0.97",
                  verdict(auto_ratio, lambda v: v >= 0.97)])
