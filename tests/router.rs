@@ -360,6 +360,42 @@ fn the_thread_count_does_not_grow_with_the_clients() {
     drop(conns);
 }
 
+/// Each thread's name and nice value, from `/proc/PID/task/*/stat`.
+fn nice_by_thread(server: &Server) -> Vec<(String, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.child.id())).unwrap();
+    tasks
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            // "tid (comm) state ...": nice is field 19, the 17th after comm.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_string();
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((comm, nice))
+        })
+        .collect()
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn workers_run_at_a_lower_cpu_priority_than_the_routers() {
+    let (_db, server) = setup(&[("server.router_threads", "2"), ("invocation.workers", "3")]);
+    let mut rpc = Rpc::session(&server.addr);
+    assert_eq!(result(&rpc.call("api.add", json!({"a": 1}))), 1);
+    let threads = nice_by_thread(&server);
+    let of = |prefix: &str| -> Vec<i64> {
+        let found = threads.iter().filter(|(name, _)| name.starts_with(prefix));
+        found.map(|(_, nice)| *nice).collect()
+    };
+    let (routers, workers) = (of("blitz-router"), of("blitz-worker"));
+    assert_eq!((routers.len(), workers.len()), (2, 3), "{threads:?}");
+    let router_nice = *routers.iter().max().unwrap();
+    let expected = (router_nice + 10).min(19);
+    assert!(
+        router_nice < 19 && workers.iter().all(|&n| n == expected),
+        "routers at nice {routers:?}, workers at {workers:?}: workers should be at {expected}"
+    );
+}
+
 #[test]
 fn status_is_answered_and_counts_right_with_many_idle_connections() {
     let (_db, server) = setup(&[]);

@@ -7,6 +7,15 @@
 //! the next without sleeping while the queue is not empty. It records its
 //! own pace — the time from taking one job to taking the next while the
 //! queue was never empty — which admission uses to estimate the queue wait.
+//!
+//! Workers run at a lower CPU priority than the router threads (a nice
+//! value [`WORKER_NICE`] above the process's). On a core shared with
+//! PostgreSQL, sixteen workers woken by every database reply would
+//! otherwise crowd the two routers off the CPU under overload: requests
+//! then wait unread in the kernel's socket buffers, where admission cannot
+//! see them, and a refusal that costs microseconds arrives seconds late.
+//! A worker needs the CPU only between two database round trips; a router
+//! needs it to read, refuse and reply for every client.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,6 +47,11 @@ pub struct Crew<J = Job> {
     pub may_exit: Arc<AtomicBool>,
 }
 
+/// How much nicer than the process a worker thread runs: at +10 a
+/// runnable worker gets about a tenth of a router's share of the CPU when
+/// both want it, and all of it when the routers are idle.
+pub const WORKER_NICE: i32 = 10;
+
 /// Starts `n` worker threads.
 pub fn spawn<J: Send + 'static>(crew: &Arc<Crew<J>>, n: usize) -> Vec<JoinHandle<()>> {
     (0..n)
@@ -45,10 +59,31 @@ pub fn spawn<J: Send + 'static>(crew: &Arc<Crew<J>>, n: usize) -> Vec<JoinHandle
             let crew = crew.clone();
             std::thread::Builder::new()
                 .name(format!("blitz-worker-{i}"))
-                .spawn(move || worker_loop(&crew))
+                .spawn(move || {
+                    lower_priority(i == 0);
+                    worker_loop(&crew)
+                })
                 .expect("spawn a worker thread")
         })
         .collect()
+}
+
+/// Raises the calling thread's nice value by [`WORKER_NICE`] (on Linux
+/// the nice value belongs to each thread, so the routers keep theirs).
+/// Lowering one's own priority needs no privilege; should it fail, the
+/// worker runs at the process's priority and the first says so once.
+fn lower_priority(report: bool) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::nice(WORKER_NICE) {
+        if report {
+            log::warn!(
+                "workers run at the routers' CPU priority (setting nice +{WORKER_NICE} failed: {e}); \
+                 under overload on a shared core refusals may be slow"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = report; // the nice value is per process there: leave it
 }
 
 /// What a worker found when it looked for a job.
