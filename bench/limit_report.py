@@ -14,20 +14,22 @@ limit-marks.jsonl; bench/limit_sampler.py explains the columns):
   the same server: warm backends for every setting, and auto settled (its
   settling is the next figure's). The rows from start are compared the
   same way beside them, for information.
-- settled limit: the median limit of the last quarter of the auto phase
-  (its two rows at 500 clients, from start and settled);
-  settled at: the first sample after which the limit stays within one
-  step (an eighth, at least 1) of it, one-sample dips (the baseline
-  re-measurement at half the limit) aside; timed from the row's start.
-- slowdown: the limit's median over the 10 s before the slowdown and
-  during it; "adapts within": from the slowdown's start to the first
+- settled limit: read from blitz_db_active_limit_settled, the limit the
+  tuner keeps between its probes (its probe windows, one step away, and
+  its baseline re-measurements at half the limit are excursions from it);
+  the knee: its median over the last quarter of the auto phase (its two
+  rows at 500 clients, from start and settled); settled at: the first
+  sample after which it stays within one of the tuner's steps (a quarter,
+  at least 1) of the knee, timed from the row's start.
+- slowdown: the settled limit's median over the 10 s before the slowdown
+  and during it; "adapts within": from the slowdown's start to the first
   sample a step below the median before; served p99: the median, and the
   worst, of the 250 ms intervals' p99 before and during, from the load
   generator's own latencies (limit-slowdown-calls.csv, `blitz bench
   --series`: exact), or, without that file, from the sampler's reading of
   the server's histogram (rounded to its bucket bounds: 100, 250, 500 ms).
 - recovery: from the second 500-client phase's start to the first sample
-  within one step (or 3 %, the larger) of the settled limit.
+  whose settled limit is within one step (or 3 %, the larger) of the knee.
 """
 import csv
 import json
@@ -55,7 +57,8 @@ def read_marks(outdir):
 
 
 def step_of(limit):
-    return max(1, int(limit) // 8)
+    """The tuner's step once its first climb is over (src/db/limit/tuner.rs)."""
+    return max(1, int(limit) // 4)
 
 
 def between(samples, start, end):
@@ -67,16 +70,20 @@ def settled(samples):
     """The settled limit and the time (from the first sample) it settled."""
     if len(samples) < 4:
         return None, None
-    limits = [s["limit"] for s in samples]
+    limits = [settled_of(s) for s in samples]
     ref = statistics.median(limits[-max(1, len(limits) // 4):])
     near = [abs(l - ref) <= step_of(ref) for l in limits]
     for i in range(len(near)):
-        rest = near[i:]
-        lone_dips = all(ok or (j > 0 and rest[j - 1] and (j + 1 == len(rest) or rest[j + 1]))
-                        for j, ok in enumerate(rest))
-        if near[i] and lone_dips:
+        if all(near[i:]):
             return ref, samples[i]["t_s"] - samples[0]["t_s"]
     return ref, None
+
+
+def settled_of(sample):
+    """The settled limit of a sample (the limit itself in a CSV from before
+    the settled gauge)."""
+    settled = sample.get("settled")
+    return settled if settled else sample["limit"]
 
 
 def first_time(samples, start, test):
@@ -100,17 +107,18 @@ def slowdown_figures(outdir, marks):
         return None
     before = between(samples, start - 10, start)
     during = between(samples, start, end)
-    pre = median_of(before, "limit")
+    pre = median_of(before, "settled") or median_of(before, "limit")
     adapt = None
     if pre is not None:
-        adapt = first_time(during, start, lambda s: s["limit"] <= pre - step_of(pre))
+        adapt = first_time(during, start, lambda s: settled_of(s) <= pre - step_of(pre))
     # Served p99 from the load generator's own series (exact), else from
     # the sampler's reading of the server's histogram (bucket bounds).
     calls = read_csv(outdir, "limit-slowdown-calls.csv")
     latency = calls or samples
     lat_before = between(latency, start - 10, start)
     lat_during = between(latency, start, end)
-    return {"before": pre, "during": median_of(during, "limit"), "adapt_s": adapt,
+    return {"before": pre, "during": median_of(during, "settled") or median_of(during, "limit"),
+            "adapt_s": adapt,
             "p99_before": median_of(lat_before, "p99_ms"),
             "p99_during": median_of(lat_during, "p99_ms"),
             "p99_worst": worst(lat_during, "p99_ms"),
@@ -127,10 +135,11 @@ def auto_figures(outdir, marks):
     back_s = None
     if knee is not None and recover:
         margin = max(step_of(knee), 0.03 * knee)
-        back_s = first_time(recover, marks["recover_start"], lambda s: abs(s["limit"] - knee) <= margin)
-    tail = [s["limit"] for s in auto[len(auto) // 2:]]
+        back_s = first_time(recover, marks["recover_start"],
+                            lambda s: abs(settled_of(s) - knee) <= margin)
+    tail = [settled_of(s) for s in auto[len(auto) // 2:]]
     return {"knee": knee, "settle_s": settle_s, "tail_range": (min(tail), max(tail)) if tail else None,
-            "low_end": low[-1]["limit"] if low else None, "back_s": back_s}
+            "low_end": settled_of(low[-1]) if low else None, "back_s": back_s}
 
 
 def sweep_settings(sweep):
@@ -261,7 +270,8 @@ def svg(slow):
     x0, x1 = lx(slow["start"] - t0), lx((slow["end"] or samples[-1]["t_s"]) - t0)
     out.append(f"<rect x='{x0:.1f}' y='{T}' width='{max(0, x1 - x0):.1f}' height='{H - T - B}' "
                "fill='#fbe3d6'><title>slowdown</title></rect>")
-    for rows, series, top, color in ((samples, "limit", lmax, "#1f77b4"),
+    for rows, series, top, color in ((samples, "limit", lmax, "#9ecae1"),
+                                     (samples, "settled", lmax, "#1f77b4"),
                                      (latency, "p99_ms", pmax, "#d62728")):
         pts = " ".join(f"{lx(r['t_s'] - t0):.1f},{ly(r[series], top):.1f}"
                        for r in rows if r.get(series) is not None and r["t_s"] >= t0)
@@ -278,7 +288,7 @@ def svg(slow):
     out.append(f"<line x1='{L}' y1='{H - B}' x2='{W - R}' y2='{H - B}' stroke='black'/>")
     out.append(f"<text x='{(L + W - R) / 2}' y='{H - 6}' text-anchor='middle'>seconds</text>")
     out.append(f"<text x='14' y='{H / 2}' fill='#1f77b4' transform='rotate(-90 14 {H / 2})' "
-               "text-anchor='middle'>limit</text>")
+               "text-anchor='middle'>limit (settled; pale: in force)</text>")
     out.append(f"<text x='{W - 14}' y='{H / 2}' fill='#d62728' "
                f"transform='rotate(90 {W - 14} {H / 2})' text-anchor='middle'>served p99 ms</text>")
     out.append("</svg>")

@@ -7,7 +7,8 @@ Scrapes http://METRICS_ADDR/metrics every INTERVAL_MS (default 250) until
 SIGTERM and writes one CSV line per scrape:
 
     t_s          wall-clock time of the scrape (seconds since the epoch)
-    limit        blitz_db_active_limit
+    limit        blitz_db_active_limit (a probe's window included)
+    settled      blitz_db_active_limit_settled (the limit the tuner keeps)
     hold_ms      blitz_db_hold_seconds (the tuner's last window), in ms
     baseline_ms  blitz_db_hold_baseline_seconds, in ms
     calls        api. calls the workers finished since the scrape before
@@ -75,7 +76,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["t_s", "limit", "hold_ms", "baseline_ms", "calls", "p50_ms", "p99_ms"])
+        out.writerow(["t_s", "limit", "settled", "hold_ms", "baseline_ms", "calls", "p50_ms", "p99_ms"])
         before = {}
         next_at = time.time()
         while running[0]:
@@ -89,6 +90,7 @@ def main():
                 before = buckets
                 ms = lambda name: round(gauges.get(name, 0.0) * 1000, 3)
                 out.writerow([f"{time.time():.3f}", int(gauges.get("blitz_db_active_limit", 0)),
+                              int(gauges.get("blitz_db_active_limit_settled", 0)),
                               ms("blitz_db_hold_seconds"), ms("blitz_db_hold_baseline_seconds"),
                               calls, p50 and round(p50, 2), p99 and round(p99, 2)])
                 f.flush()

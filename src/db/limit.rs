@@ -2,42 +2,10 @@
 //! once ([`Limiter`]), fixed (`db.active_limit = N`) or tuned while serving
 //! (`"auto"`) by a pure, deterministic core ([`Tuner`]).
 //!
-//! # The tuner
-//!
-//! The knee of a database is where throughput stops rising with
-//! concurrency; past it, calls only wait inside PostgreSQL (connection hold
-//! time grows, throughput flat or falling). The tuner finds it by
-//! measuring, once per window of [`WINDOW`]:
-//!
-//! - **hill-climbing on throughput** (Uber Cinnamon's rule): from the
-//!   formula it tries one step up; a step is kept only if throughput rose
-//!   by more than a window's noise ([`NOISE_MARGIN`]), else it is undone;
-//!   a step down is kept while it costs less than that. A probe's
-//!   throughput and the reference it is compared with are each the mean
-//!   of [`PROBE_WINDOWS`] windows, the reference measured just before the
-//!   probe, so slow drift of the workload does not pass for the effect of
-//!   a step. Until the first step that does not pay, a step up doubles the
-//!   limit (TCP's slow start: from the formula to the knee in a few
-//!   probes); afterwards a step is an eighth of the limit ([`step_of`]),
-//!   doubled for each further step kept in a row in the same direction (up
-//!   to 8 ×), so a knee that moved far is followed in a few probes. At the
-//!   knee the limit alternates knee, knee + step, knee, knee − step with a
-//!   pause of [`PAUSE_WINDOWS`] after each undone step: bounded oscillation.
-//! - **the hold-time gradient** (Netflix `Gradient2Limit`, `VegasLimit`):
-//!   the window's mean hold time against its long-run minimum (the
-//!   baseline). When the gradient passes [`BRAKE_GRADIENT`] and throughput
-//!   fell by a fifth since the window before, the tuner skips its pause
-//!   and steps down at once (the database slowed down: the knee moved).
-//!   The baseline decays upward by [`BASELINE_DRIFT`] per window so a
-//!   stale minimum does not stay forever (Envoy's minRTT drift), and it is
-//!   re-measured every [`REPROBE_WINDOWS`] at half the limit for one
-//!   window (Envoy's periodic minRTT probe), so it cannot ratchet up to the
-//!   loaded hold time under sustained load either. The hill-climb does not
-//!   depend on the baseline, only the brake does.
-//! - **guards**: nothing moves while fewer than half the permits are in use
-//!   (mean permits held, from the hold times by Little's law) or too few
-//!   calls finished to judge; the floor is 1; the ceiling is the smaller of
-//!   `db.pool_size` and the instance's share, applied at once when it drops.
+//! The tuner ([`Tuner`], in [`tuner`]) keeps PostgreSQL at its
+//! knee, where throughput stops rising with concurrency: it moves its
+//! limit only when interleaved probe windows show, beyond the noise it
+//! measures, that a step buys throughput; its module doc has the rules.
 //!
 //! # The call path
 //!
@@ -57,339 +25,9 @@ use serde_json::{json, Value};
 use crate::config::ActiveLimit;
 use crate::logging::LogThrottle;
 
-/// How long one measurement window lasts.
-pub const WINDOW: Duration = Duration::from_millis(250);
-/// Windows to wait after an undone step before the next probe.
-pub const PAUSE_WINDOWS: u32 = 3;
-/// Gradient (mean hold ÷ baseline) past which a throughput fall steps down at once.
-pub const BRAKE_GRADIENT: f64 = 3.0;
-/// What a probe's throughput must gain for a step up to be kept, and
-/// may lose at most for a step down to be kept (1 %): a step up is kept
-/// only if it bought throughput beyond a window's noise, a step down
-/// whenever it did not cost more than that. So the limit climbs as long as
-/// permits buy anything (the top of a concave curve, not where returns
-/// first diminish), and on a flat stretch, where more permits only add
-/// waiting, it comes down, as fast as the noise lets it: where a probe's
-/// noise is much wider than this margin, steps up and down on a flat
-/// stretch are kept nearly as often, and the limit wanders between the
-/// knee and the ceiling (throughput as at the knee, more connections
-/// held). A stretch where throughput falls is left quickly.
-pub const NOISE_MARGIN: f64 = 0.01;
-/// The baseline's upward decay per window (×).
-pub const BASELINE_DRIFT: f64 = 1.005;
-/// Windows between two re-measurements of the baseline at half the limit.
-pub const REPROBE_WINDOWS: u64 = 120;
-/// Calls a window must finish to be judged.
-pub const MIN_COMPLETIONS: u64 = 20;
-/// Windows a limit is judged over: a probe's throughput, and the
-/// reference it is compared with, are each the mean of this many windows
-/// (one window's noise on a loaded, fsync-bound database is about the
-/// size of one step's effect).
-pub const PROBE_WINDOWS: usize = 2;
+pub mod tuner;
 
-/// What the calls that finished in one window measured.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Sample {
-    /// How long the window lasted.
-    pub span: Duration,
-    /// Calls that gave their connection back.
-    pub completions: u64,
-    /// The sum of their connection hold times.
-    pub hold_total: Duration,
-}
-
-impl Sample {
-    /// Calls finished per second.
-    pub fn throughput(&self) -> f64 {
-        self.completions as f64 / self.span.as_secs_f64().max(1e-6)
-    }
-
-    /// Mean connection hold time (`None` without completions).
-    pub fn mean_hold(&self) -> Option<Duration> {
-        (self.completions > 0).then(|| self.hold_total / self.completions as u32)
-    }
-
-    /// Mean permits in use over the window (Little's law: hold time per second).
-    pub fn mean_in_use(&self) -> f64 {
-        self.hold_total.as_secs_f64() / self.span.as_secs_f64().max(1e-6)
-    }
-}
-
-/// Which way a probe goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
-    Up,
-    Down,
-}
-
-/// Where the tuner is between two windows.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Phase {
-    /// At a limit it kept; probes `next` after `pause` more windows.
-    Settled { pause: u32, next: Direction },
-    /// Tried `limit` coming from `from`, whose windows gave `reference`.
-    Probing {
-        from: usize,
-        reference: f64,
-        direction: Direction,
-    },
-    /// Measuring the baseline at a reduced limit; back to `restore` next.
-    Reprobe { restore: usize },
-}
-
-/// The tuning algorithm: state plus one window's [`Sample`] in, the new
-/// limit out. Pure and deterministic (no clock, no randomness).
-#[derive(Debug, Clone)]
-pub struct Tuner {
-    limit: usize,
-    phase: Phase,
-    /// Throughput of the last judged window, for the brake.
-    last_throughput: Option<f64>,
-    baseline: Option<Duration>,
-    last_hold: Option<Duration>,
-    windows: u64,
-    /// Throughputs of the last judged windows at the limit in force
-    /// (newest last, at most [`PROBE_WINDOWS`]).
-    recent: Vec<f64>,
-    /// Still in the first climb: steps up double the limit, until the
-    /// first step that does not pay (TCP's slow start).
-    climbing: bool,
-    /// Steps kept in a row in the same direction: each doubles the next
-    /// (up to 8 × [`step_of`]), so a knee that moved far is followed in a
-    /// few probes.
-    streak: u32,
-}
-
-/// The step from `limit`: an eighth of it, at least 1.
-pub fn step_of(limit: usize) -> usize {
-    (limit / 8).max(1)
-}
-
-impl Tuner {
-    /// A tuner starting at `start` (the formula).
-    pub fn new(start: usize) -> Tuner {
-        Tuner {
-            limit: start.max(1),
-            phase: Phase::Settled {
-                pause: 0,
-                next: Direction::Up,
-            },
-            last_throughput: None,
-            baseline: None,
-            last_hold: None,
-            windows: 0,
-            recent: Vec::with_capacity(PROBE_WINDOWS),
-            climbing: true,
-            streak: 0,
-        }
-    }
-
-    /// The limit now.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
-    /// The long-run minimum of the windows' mean hold times.
-    pub fn baseline(&self) -> Option<Duration> {
-        self.baseline
-    }
-
-    /// The mean hold time of the last window with completions.
-    pub fn last_hold(&self) -> Option<Duration> {
-        self.last_hold
-    }
-
-    /// The limit to come back to: the one a probe or a baseline
-    /// re-measurement started from, or the limit when settled (the higher
-    /// of the two while a probe goes down).
-    pub fn settled_limit(&self) -> usize {
-        match self.phase {
-            Phase::Probing { from, .. } => from.max(self.limit),
-            Phase::Reprobe { restore } => restore,
-            Phase::Settled { .. } => self.limit,
-        }
-    }
-
-    /// Takes one window's sample, with the ceiling now; returns the limit.
-    pub fn step(&mut self, sample: &Sample, ceiling: usize) -> usize {
-        self.windows += 1;
-        self.observe_hold(sample);
-        let ceiling = ceiling.max(1);
-        if self.limit > ceiling {
-            self.move_to(ceiling);
-            self.settle(Direction::Down, 0);
-        }
-        if !self.judgeable(sample) {
-            self.abandon_probe();
-        } else {
-            self.decide(sample, ceiling);
-            self.last_throughput = Some(sample.throughput());
-        }
-        self.move_to(self.limit.clamp(1, ceiling));
-        self.limit
-    }
-
-    /// Enough calls finished, with at least half the permits in use.
-    fn judgeable(&self, sample: &Sample) -> bool {
-        let limit = match self.phase {
-            Phase::Probing { from, .. } => from.min(self.limit),
-            _ => self.limit,
-        };
-        sample.completions >= MIN_COMPLETIONS && sample.mean_in_use() * 2.0 >= limit as f64
-    }
-
-    fn observe_hold(&mut self, sample: &Sample) {
-        let Some(hold) = sample.mean_hold() else {
-            return;
-        };
-        self.last_hold = Some(hold);
-        let drifted = self.baseline.map(|b| b.mul_f64(BASELINE_DRIFT));
-        self.baseline = Some(drifted.map_or(hold, |b| b.min(hold)));
-    }
-
-    /// Low traffic: a probe in progress is undone, nothing else moves.
-    fn abandon_probe(&mut self) {
-        match self.phase {
-            Phase::Probing { from, .. } | Phase::Reprobe { restore: from } => {
-                self.move_to(from);
-                self.settle(Direction::Up, PAUSE_WINDOWS);
-            }
-            Phase::Settled { .. } => {}
-        }
-        self.recent.clear();
-        self.last_throughput = None;
-    }
-
-    fn settle(&mut self, next: Direction, pause: u32) {
-        self.phase = Phase::Settled { pause, next };
-    }
-
-    /// Records a judged window's throughput at the limit in force; the
-    /// mean of the last [`PROBE_WINDOWS`] of them.
-    fn remember(&mut self, throughput: f64) -> f64 {
-        if self.recent.len() == PROBE_WINDOWS {
-            self.recent.remove(0);
-        }
-        self.recent.push(throughput);
-        self.recent.iter().sum::<f64>() / self.recent.len() as f64
-    }
-
-    /// Moves the limit to `to`: what was measured at the old one is forgotten.
-    fn move_to(&mut self, to: usize) {
-        if to != self.limit {
-            self.recent.clear();
-        }
-        self.limit = to;
-    }
-
-    fn decide(&mut self, sample: &Sample, ceiling: usize) {
-        if let Phase::Reprobe { restore } = self.phase {
-            self.move_to(restore);
-            return self.settle(Direction::Up, 0);
-        }
-        let mean = self.remember(sample.throughput());
-        let judged = self.recent.len() == PROBE_WINDOWS;
-        match self.phase {
-            Phase::Reprobe { .. } => unreachable!("handled above"),
-            Phase::Probing { .. } if !judged => {} // its second window comes next
-            Phase::Probing {
-                from,
-                reference,
-                direction,
-            } => self.judge_probe(from, reference, direction, mean, ceiling),
-            Phase::Settled { .. }
-                if self.windows.is_multiple_of(REPROBE_WINDOWS) && self.limit > 1 =>
-            {
-                self.phase = Phase::Reprobe {
-                    restore: self.limit,
-                };
-                self.move_to(self.limit.div_ceil(2));
-            }
-            Phase::Settled { .. } if self.braking(sample) => {
-                self.climbing = false;
-                self.streak = 0;
-                self.probe(Direction::Down, mean, ceiling)
-            }
-            Phase::Settled { pause, next } if pause > 0 => self.settle(next, pause - 1),
-            Phase::Settled { .. } if !judged => {} // the reference needs another window
-            Phase::Settled { next, .. } => self.probe(next, mean, ceiling),
-        }
-    }
-
-    /// Hold time far above its baseline and throughput down a fifth since
-    /// the window before: the database slowed, step down without a pause.
-    fn braking(&self, sample: &Sample) -> bool {
-        let (Some(hold), Some(baseline), Some(before)) =
-            (sample.mean_hold(), self.baseline, self.last_throughput)
-        else {
-            return false;
-        };
-        let gradient = hold.as_secs_f64() / baseline.as_secs_f64().max(1e-9);
-        gradient > BRAKE_GRADIENT && sample.throughput() < before * 0.8
-    }
-
-    /// Tries one step in `direction` from the limit, whose window gave
-    /// `reference`; turns around at the floor and the ceiling.
-    fn probe(&mut self, direction: Direction, reference: f64, ceiling: usize) {
-        let direction = match direction {
-            Direction::Up if self.limit >= ceiling => Direction::Down,
-            Direction::Down if self.limit <= 1 => Direction::Up,
-            d => d,
-        };
-        if matches!(self.phase, Phase::Probing { direction: d, .. } if d != direction) {
-            self.streak = 0; // turned at the floor or the ceiling
-        }
-        if direction == Direction::Down {
-            self.climbing = false;
-        }
-        let step = match (direction, self.climbing) {
-            (Direction::Up, true) => self.limit,
-            _ => step_of(self.limit) << self.streak.saturating_sub(1).min(3),
-        };
-        let to = match direction {
-            Direction::Up => (self.limit + step).min(ceiling),
-            Direction::Down => self.limit.saturating_sub(step).max(1),
-        };
-        if to == self.limit {
-            return self.settle(Direction::Up, PAUSE_WINDOWS);
-        }
-        self.phase = Phase::Probing {
-            from: self.limit,
-            reference,
-            direction,
-        };
-        self.move_to(to);
-    }
-
-    /// Keeps the step if it paid (and goes on the same way), else undoes it
-    /// and pauses before probing the other way.
-    fn judge_probe(
-        &mut self,
-        from: usize,
-        reference: f64,
-        direction: Direction,
-        throughput: f64,
-        ceiling: usize,
-    ) {
-        let change = throughput / reference.max(1e-9) - 1.0;
-        let kept = match direction {
-            Direction::Up => change >= NOISE_MARGIN,
-            Direction::Down => change >= -NOISE_MARGIN,
-        };
-        if kept {
-            self.streak += 1;
-            return self.probe(direction, throughput, ceiling);
-        }
-        self.streak = 0;
-        self.climbing = false;
-        self.move_to(from);
-        let other = match direction {
-            Direction::Up => Direction::Down,
-            Direction::Down => Direction::Up,
-        };
-        self.settle(other, PAUSE_WINDOWS);
-    }
-}
+pub use tuner::{step_of, Sample, Tuner, WINDOW};
 
 /// The window being filled by the calls giving their permits back.
 #[derive(Debug, Default)]
@@ -466,6 +104,14 @@ impl Limiter {
             .min(self.share.load(Ordering::Acquire))
     }
 
+    /// The limit the tuner keeps and comes back to after its probes and
+    /// baseline re-measurements (the fixed limit when fixed), within the share.
+    pub fn settled(&self) -> usize {
+        self.settled
+            .load(Ordering::Acquire)
+            .min(self.share.load(Ordering::Acquire))
+    }
+
     /// The range the limit moves in: 1 to the ceiling (pool and share);
     /// a fixed limit's range is itself, within the share.
     pub fn range(&self) -> (usize, usize) {
@@ -505,9 +151,10 @@ impl Limiter {
         (read(&self.last_hold_us), read(&self.baseline_us))
     }
 
-    /// `sys.status`'s `active_limit`: `{"mode", "current", "min", "max",
-    /// "in_use", "hold_ms", "baseline_hold_ms"}` (the hold times of the
-    /// last window and their long-run minimum; `null` before any call).
+    /// `sys.status`'s `active_limit`: `{"mode", "current", "settled",
+    /// "min", "max", "in_use", "hold_ms", "baseline_hold_ms"}` (the hold
+    /// times of the last window and their long-run minimum; `null` before
+    /// any call).
     pub fn status(&self) -> Value {
         let (min, max) = self.range();
         let (hold, baseline) = self.hold_times();
@@ -515,6 +162,7 @@ impl Limiter {
         json!({
             "mode": self.mode(),
             "current": self.current(),
+            "settled": self.settled(),
             "min": min,
             "max": max,
             "in_use": self.in_use(),
@@ -647,11 +295,11 @@ impl Limiter {
         if limit > before {
             self.wake_all();
         }
-        self.log_move(limit);
+        self.log_move(settled);
     }
 
-    /// One line when the limit has moved more than a step from the last
-    /// one logged (throttled), never one per change.
+    /// One line when the settled limit has moved more than a step from
+    /// the last one logged (throttled), never one per change nor per probe.
     fn log_move(&self, limit: usize) {
         let logged = self.logged.load(Ordering::Relaxed);
         if limit.abs_diff(logged) <= step_of(logged) || !self.move_log.ready() {

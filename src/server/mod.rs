@@ -435,6 +435,7 @@ fn gauge_values(ctx: &Context) -> metrics::Gauges {
         pool_idle: u64::from(pool.idle_connections),
         pool_in_use: u64::from(pool.connections - pool.idle_connections),
         active_limit: ctx.db.limiter().current() as u64,
+        active_limit_settled: ctx.db.limiter().settled() as u64,
         hold_seconds: seconds(hold),
         hold_baseline_seconds: seconds(baseline),
         connections_open: ctx.connections.len() as u64,

@@ -30,6 +30,8 @@ pub struct Gauges {
     pub pool_in_use: u64,
     /// The concurrency limit in force (`db.active_limit`, within the share).
     pub active_limit: u64,
+    /// The limit the tuner keeps between its probes (within the share).
+    pub active_limit_settled: u64,
     /// The mean connection hold time of the tuner's last window, seconds.
     pub hold_seconds: f64,
     /// The tuner's baseline: the long-run minimum of that mean, seconds.
@@ -54,6 +56,7 @@ pub struct GaugeSet {
     pool_idle: Gauge,
     pool_in_use: Gauge,
     active_limit: Gauge,
+    active_limit_settled: Gauge,
     hold_seconds: Gauge<f64, AtomicU64>,
     hold_baseline_seconds: Gauge<f64, AtomicU64>,
     connections_open: Gauge,
@@ -116,6 +119,12 @@ impl GaugeSet {
             "Calls that may hold a database connection at once (db.active_limit, within the share)",
             &self.active_limit,
         );
+        g(
+            r,
+            "db_active_limit_settled",
+            "The limit the concurrency tuner keeps and comes back to after its probes (within the share)",
+            &self.active_limit_settled,
+        );
         r.register(
             "db_hold_seconds",
             "Mean connection hold time of the concurrency tuner's last window",
@@ -158,6 +167,7 @@ impl GaugeSet {
         set(&self.pool_idle, v.pool_idle);
         set(&self.pool_in_use, v.pool_in_use);
         set(&self.active_limit, v.active_limit);
+        set(&self.active_limit_settled, v.active_limit_settled);
         self.hold_seconds.set(v.hold_seconds);
         self.hold_baseline_seconds.set(v.hold_baseline_seconds);
         set(&self.connections_open, v.connections_open);
