@@ -95,6 +95,11 @@ def median_of(samples, key):
     return statistics.median(values) if values else None
 
 
+def median_settled(samples):
+    values = [settled_of(s) for s in samples]
+    return statistics.median(values) if values else None
+
+
 def worst(samples, key):
     values = [s[key] for s in samples if s.get(key) is not None]
     return max(values) if values else None
@@ -107,7 +112,7 @@ def slowdown_figures(outdir, marks):
         return None
     before = between(samples, start - 10, start)
     during = between(samples, start, end)
-    pre = median_of(before, "settled") or median_of(before, "limit")
+    pre = median_settled(before)
     adapt = None
     if pre is not None:
         adapt = first_time(during, start, lambda s: settled_of(s) <= pre - step_of(pre))
@@ -117,8 +122,7 @@ def slowdown_figures(outdir, marks):
     latency = calls or samples
     lat_before = between(latency, start - 10, start)
     lat_during = between(latency, start, end)
-    return {"before": pre, "during": median_of(during, "settled") or median_of(during, "limit"),
-            "adapt_s": adapt,
+    return {"before": pre, "during": median_settled(during), "adapt_s": adapt,
             "p99_before": median_of(lat_before, "p99_ms"),
             "p99_during": median_of(lat_during, "p99_ms"),
             "p99_worst": worst(lat_during, "p99_ms"),
