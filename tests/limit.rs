@@ -92,9 +92,15 @@ fn a_fixed_limit_holds_that_many_connections_and_no_more() {
     let limit = active_limit(&mut watcher);
     assert_eq!(limit["mode"], "fixed");
     assert_eq!(
-        (&limit["current"], &limit["min"], &limit["max"]),
-        (&json!(2), &json!(2), &json!(2))
+        (
+            &limit["current"],
+            &limit["settled"],
+            &limit["min"],
+            &limit["max"]
+        ),
+        (&json!(2), &json!(2), &json!(2), &json!(2))
     );
+    assert_eq!(limit["noise_pct"], Value::Null, "no tuner, no noise");
     let mut locker = db.connect();
     locker.execute("SELECT pg_advisory_lock(42)", &[]).unwrap();
     let mut callers: Vec<Rpc> = (0..3).map(|_| Rpc::session(&server.addr)).collect();
@@ -264,6 +270,11 @@ fn auto_moves_toward_a_knee_and_away_when_it_moves() {
     assert!(
         risen["active_limit"]["current"].as_u64() <= Some(8),
         "{risen}"
+    );
+    let noise = risen["active_limit"]["noise_pct"].as_f64();
+    assert!(
+        noise.is_some_and(|pct| pct > 0.0),
+        "the tuner measured its noise: {risen}"
     );
     // The knee comes back: the limit falls, and the housekeeper closes the
     // connections it no longer lets through (r2d2 alone would keep them

@@ -57,6 +57,8 @@ pub struct Limiter {
     /// Published after each window: mean hold and baseline, µs (0: unknown).
     last_hold_us: AtomicU64,
     baseline_us: AtomicU64,
+    /// The tuner's measured noise per window, parts per million (0: none yet).
+    noise_ppm: AtomicU64,
     /// The tuner's [`Tuner::settled_limit`], published after each window.
     settled: AtomicUsize,
     /// The limit last logged, for one line per move of more than a step.
@@ -85,6 +87,7 @@ impl Limiter {
             tuner: Mutex::new(Tuner::new(start)),
             last_hold_us: AtomicU64::new(0),
             baseline_us: AtomicU64::new(0),
+            noise_ppm: AtomicU64::new(0),
             settled: AtomicUsize::new(start),
             logged: AtomicUsize::new(start),
             move_log: LogThrottle::new(MOVE_LOG_INTERVAL),
@@ -126,13 +129,19 @@ impl Limiter {
         self.pool_cap.min(self.share.load(Ordering::Acquire))
     }
 
-    /// Connections worth keeping open for the limit: the limit it comes
-    /// back to after a probe or a baseline re-measurement (so those short
-    /// dips do not close connections), within the share.
+    /// Connections worth keeping open for the limit: the settled limit
+    /// (so probes and baseline re-measurements close none) and, in auto
+    /// mode, one step above it, the room of the next probe up (a probe
+    /// that had to open its connections would be judged by their
+    /// connect and first statements), or the limit in force when higher;
+    /// within the pool and the share.
     pub fn keep_target(&self) -> usize {
         let settled = self.settled.load(Ordering::Acquire);
-        settled
-            .max(self.current.load(Ordering::Acquire))
+        let room = match self.mode {
+            ActiveLimit::Auto => (settled + step_of(settled)).min(self.pool_cap),
+            ActiveLimit::Fixed(_) => settled,
+        };
+        room.max(self.current.load(Ordering::Acquire))
             .min(self.share.load(Ordering::Acquire))
     }
 
@@ -151,10 +160,20 @@ impl Limiter {
         (read(&self.last_hold_us), read(&self.baseline_us))
     }
 
+    /// One window's relative throughput noise as the tuner measured it
+    /// (0.05: 5 %); `None` in fixed mode and before it has measured any.
+    pub fn noise(&self) -> Option<f64> {
+        match self.noise_ppm.load(Ordering::Relaxed) {
+            0 => None,
+            ppm => Some(ppm as f64 / 1e6),
+        }
+    }
+
     /// `sys.status`'s `active_limit`: `{"mode", "current", "settled",
-    /// "min", "max", "in_use", "hold_ms", "baseline_hold_ms"}` (the hold
-    /// times of the last window and their long-run minimum; `null` before
-    /// any call).
+    /// "min", "max", "in_use", "hold_ms", "baseline_hold_ms", "noise_pct"}`
+    /// (the hold times of the last window and their long-run minimum, the
+    /// tuner's measured noise per window; `null` before any call, and the
+    /// noise in fixed mode).
     pub fn status(&self) -> Value {
         let (min, max) = self.range();
         let (hold, baseline) = self.hold_times();
@@ -168,6 +187,7 @@ impl Limiter {
             "in_use": self.in_use(),
             "hold_ms": ms(hold),
             "baseline_hold_ms": ms(baseline),
+            "noise_pct": self.noise().map(|n| (n * 1000.0).round() / 10.0),
         })
     }
 
@@ -273,11 +293,14 @@ impl Limiter {
         let Some(mut tuner) = self.tuner.try_lock() else {
             return;
         };
-        let limit = match self.mode {
-            ActiveLimit::Auto => tuner.step(sample, self.ceiling()),
+        let (limit, settled, noise) = match self.mode {
+            ActiveLimit::Auto => {
+                let limit = tuner.step(sample, self.ceiling());
+                (limit, tuner.settled_limit(), tuner.measured_noise())
+            }
             ActiveLimit::Fixed(_) => {
                 tuner.observe_hold(sample);
-                tuner.limit()
+                (tuner.limit(), tuner.limit(), None)
             }
         };
         let us = |d: Option<Duration>| d.map_or(0, |d| d.as_micros().max(1) as u64);
@@ -285,12 +308,10 @@ impl Limiter {
             .store(us(tuner.last_hold()), Ordering::Relaxed);
         self.baseline_us
             .store(us(tuner.baseline()), Ordering::Relaxed);
-        let settled = match self.mode {
-            ActiveLimit::Auto => tuner.settled_limit(),
-            ActiveLimit::Fixed(_) => limit,
-        };
-        self.settled.store(settled, Ordering::Release);
         drop(tuner);
+        let ppm = noise.map_or(0, |n| ((n * 1e6).round() as u64).max(1));
+        self.noise_ppm.store(ppm, Ordering::Relaxed);
+        self.settled.store(settled, Ordering::Release);
         let before = self.current.swap(limit, Ordering::AcqRel);
         if limit > before {
             self.wake_all();

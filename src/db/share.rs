@@ -271,7 +271,11 @@ mod tests {
         assert_eq!(share.keep_target(), 3);
         share.set_limit(12);
         assert_eq!((limiter.current(), limiter.ceiling()), (8, 12));
-        assert_eq!(share.keep_target(), 8, "idle above the limit: not kept");
+        assert_eq!(
+            share.keep_target(),
+            10,
+            "idle above the limit and one probe step: not kept"
+        );
         share.set_limit(0);
         assert_eq!((limiter.current(), share.keep_target()), (0, 0));
     }

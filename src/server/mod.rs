@@ -438,6 +438,7 @@ fn gauge_values(ctx: &Context) -> metrics::Gauges {
         active_limit_settled: ctx.db.limiter().settled() as u64,
         hold_seconds: seconds(hold),
         hold_baseline_seconds: seconds(baseline),
+        tuner_noise_ratio: ctx.db.limiter().noise().unwrap_or(0.0),
         connections_open: ctx.connections.len() as u64,
         database_up: u64::from(!ctx.db.health.is_down()),
         draining: u64::from(ctx.shutdown.is_stopping()),

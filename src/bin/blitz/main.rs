@@ -352,7 +352,7 @@ fn run_call(args: &Args, servers: &[String], command: &Command) -> Result<(), Fa
 fn limit_line(limit: &Value) -> String {
     let ms = |v: &Value| v.as_f64().map_or("-".into(), |ms| format!("{ms} ms"));
     format!(
-        "active limit {} (settled {}, {}, {}..{}, {} in use; mean hold {}, baseline {})",
+        "active limit {} (settled {}, {}, {}..{}, {} in use; mean hold {}, baseline {}, noise {})",
         limit["current"],
         limit["settled"],
         limit["mode"].as_str().unwrap_or("?"),
@@ -360,7 +360,10 @@ fn limit_line(limit: &Value) -> String {
         limit["max"],
         limit["in_use"],
         ms(&limit["hold_ms"]),
-        ms(&limit["baseline_hold_ms"])
+        ms(&limit["baseline_hold_ms"]),
+        limit["noise_pct"]
+            .as_f64()
+            .map_or("-".into(), |pct| format!("{pct} %"))
     )
 }
 
@@ -682,10 +685,10 @@ mod tests {
     #[test]
     fn status_line_shows_the_limit_and_its_hold_times() {
         let limit = json!({"mode": "auto", "current": 5, "settled": 4, "min": 1, "max": 16,
-            "in_use": 3, "hold_ms": 2.5, "baseline_hold_ms": null});
+            "in_use": 3, "hold_ms": 2.5, "baseline_hold_ms": null, "noise_pct": 4.2});
         assert_eq!(
             limit_line(&limit),
-            "active limit 5 (settled 4, auto, 1..16, 3 in use; mean hold 2.5 ms, baseline -)"
+            "active limit 5 (settled 4, auto, 1..16, 3 in use; mean hold 2.5 ms, baseline -, noise 4.2 %)"
         );
     }
 

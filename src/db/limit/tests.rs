@@ -445,3 +445,17 @@ fn under_heavy_noise_it_keeps_most_of_the_best_fixed_throughput() {
     }
     assert!(worst >= 0.9, "worst {worst:.3}");
 }
+
+#[test]
+fn a_probe_to_a_new_height_gets_a_warm_up_window_first() {
+    let mut tuner = Tuner::new(4);
+    let mut db = SimulatedDb::new(16);
+    let limits: Vec<usize> = (0..4)
+        .map(|_| {
+            let sample = db.window(tuner.limit());
+            tuner.step(&sample, 64)
+        })
+        .collect();
+    // Probe to 8, its warm-up window, its counted window, back to 4.
+    assert_eq!(limits, [8, 8, 4, 8], "{limits:?}");
+}

@@ -5,7 +5,9 @@
 //! It keeps a limit (the *settled* limit) and moves it only on evidence:
 //!
 //! - **Probes by interleaved windows.** A probe alternates windows at
-//!   the settled limit A and at one step away B (A B A B …), and measures
+//!   the settled limit A and at one step away B (A B A B …; a B above any
+//!   limit in force before gets one more window first, not counted, while
+//!   the pool opens its connections), and measures
 //!   each B window's throughput against the mean of the A windows on
 //!   either side (so a slow drift of the workload cancels out). The
 //!   gains are averaged until their mean is more than [`EVIDENCE`]
@@ -150,22 +152,40 @@ struct Probe {
     rounds: f64,
     /// Rounds this probe measured itself.
     fresh: u32,
+    /// Its first window at `to` is a warm-up, not counted: `to` is above
+    /// any limit in force before, so the pool opens connections in it.
+    warmup: bool,
 }
 
-/// What earlier probes from one settled limit found, by direction: their
-/// gains' sum and count (each later probe counts them at half weight).
+/// What the last inconclusive probe each way from one settled limit
+/// found: where it went, its gains' sum and count (a later probe to the
+/// same limit counts them at half weight).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct Evidence {
     center: usize,
-    up: (f64, f64),
-    down: (f64, f64),
+    up: (usize, f64, f64),
+    down: (usize, f64, f64),
 }
 
 impl Evidence {
-    fn slot(&mut self, direction: Direction) -> &mut (f64, f64) {
+    fn slot(&mut self, direction: Direction) -> &mut (usize, f64, f64) {
         match direction {
             Direction::Up => &mut self.up,
             Direction::Down => &mut self.down,
+        }
+    }
+
+    /// The gains' sum and count kept for a probe from `center` to `to`.
+    fn take(&mut self, center: usize, direction: Direction, to: usize) -> (f64, f64) {
+        if self.center != center {
+            *self = Evidence {
+                center,
+                ..Evidence::default()
+            };
+        }
+        match *self.slot(direction) {
+            (kept, sum, rounds) if kept == to => (sum, rounds),
+            _ => (0.0, 0.0),
         }
     }
 }
@@ -220,6 +240,8 @@ pub struct Tuner {
     dip: Option<f64>,
     /// Inconclusive probes' gains from the settled limit.
     evidence: Evidence,
+    /// The highest limit in force so far.
+    highest: usize,
 }
 
 /// The step from `limit` once the first climb is over: a quarter of it, at least 1.
@@ -249,6 +271,7 @@ impl Tuner {
             last_brake: None,
             dip: None,
             evidence: Evidence::default(),
+            highest: start.max(1),
         }
     }
 
@@ -270,6 +293,12 @@ impl Tuner {
     /// One window's relative throughput noise, as measured so far.
     pub fn noise(&self) -> f64 {
         (self.noise_pairs / 2.0).sqrt().max(NOISE_FLOOR)
+    }
+
+    /// [`Tuner::noise`] once any pair of windows measured it (else the
+    /// prior is all there is: `None`).
+    pub fn measured_noise(&self) -> Option<f64> {
+        (self.noise_seen > 0).then(|| self.noise())
     }
 
     /// The long-run minimum of the windows' mean hold times.
@@ -466,13 +495,7 @@ impl Tuner {
         if to == self.limit {
             return self.settle_at(self.limit, Direction::Up, PAUSE_MAX);
         }
-        if self.evidence.center != self.limit {
-            self.evidence = Evidence {
-                center: self.limit,
-                ..Evidence::default()
-            };
-        }
-        let (gain_sum, rounds) = *self.evidence.slot(direction);
+        let (gain_sum, rounds) = self.evidence.take(self.limit, direction, to);
         self.phase = Phase::Probing(Probe {
             center: self.limit,
             to,
@@ -482,13 +505,19 @@ impl Tuner {
             gain_sum: gain_sum / 2.0,
             rounds: rounds / 2.0,
             fresh: 0,
+            warmup: to > self.highest,
         });
+        self.highest = self.highest.max(to);
         self.limit = to;
     }
 
     /// A window of a probe: at `to`, it waits for its right neighbour; at
     /// the center, it completes a round, and the evidence is weighed.
     fn continue_probe(&mut self, mut probe: Probe, throughput: f64, ceiling: usize) {
+        if std::mem::take(&mut probe.warmup) {
+            self.phase = Phase::Probing(probe);
+            return; // one more window at `to`, this one counted
+        }
         let Some(at_to) = probe.pending.take() else {
             probe.pending = Some(throughput);
             self.phase = Phase::Probing(probe);
@@ -533,20 +562,20 @@ impl Tuner {
         self.settle_at(probe.to.min(ceiling), probe.direction, 1);
     }
 
-    /// The step did not pay: back to the center, the other way next
-    /// after a pause that grows while probes move nothing. An undone
-    /// doubling of the first climb is followed at once by an ordinary step
-    /// up (the knee may lie between); a probe left inconclusive with a
-    /// mean gain above zero is resumed the same way after the shortest
-    /// pause, its evidence kept.
+    /// The step did not pay: back to the center. A probe left
+    /// inconclusive with a mean gain above zero is resumed, the same step,
+    /// after the shortest pause, its evidence kept; an undone doubling of
+    /// the first climb is followed at once by an ordinary step up (the
+    /// knee may lie between); otherwise the other way next, after a pause
+    /// that grows while probes move nothing.
     fn undo(&mut self, probe: Probe) {
         self.streak = 0;
-        *self.evidence.slot(probe.direction) = (probe.gain_sum, probe.rounds);
-        if probe.direction == Direction::Up && self.climbing {
+        *self.evidence.slot(probe.direction) = (probe.to, probe.gain_sum, probe.rounds);
+        if probe.fresh >= MAX_ROUNDS && probe.gain_sum > 0.0 {
+            self.settle_at(probe.center, probe.direction, PAUSE_MIN);
+        } else if probe.direction == Direction::Up && self.climbing {
             self.climbing = false;
             self.settle_at(probe.center, Direction::Up, 0);
-        } else if probe.fresh >= MAX_ROUNDS && probe.gain_sum > 0.0 {
-            self.settle_at(probe.center, probe.direction, PAUSE_MIN);
         } else {
             let pause = (PAUSE_MIN << self.idle_probes.min(3)).min(PAUSE_MAX);
             self.idle_probes += 1;

@@ -36,6 +36,8 @@ pub struct Gauges {
     pub hold_seconds: f64,
     /// The tuner's baseline: the long-run minimum of that mean, seconds.
     pub hold_baseline_seconds: f64,
+    /// The tuner's measured noise per window (0.05: 5 %; 0 when fixed or unknown).
+    pub tuner_noise_ratio: f64,
     /// Client connections open.
     pub connections_open: u64,
     /// 1 while the database answers, else 0.
@@ -59,6 +61,7 @@ pub struct GaugeSet {
     active_limit_settled: Gauge,
     hold_seconds: Gauge<f64, AtomicU64>,
     hold_baseline_seconds: Gauge<f64, AtomicU64>,
+    tuner_noise_ratio: Gauge<f64, AtomicU64>,
     connections_open: Gauge,
     database_up: Gauge,
     draining: Gauge,
@@ -135,6 +138,11 @@ impl GaugeSet {
             "The tuner's baseline: long-run minimum of the mean connection hold time",
             self.hold_baseline_seconds.clone(),
         );
+        r.register(
+            "db_tuner_noise_ratio",
+            "The concurrency tuner's measured noise: one window's relative throughput spread (0 when fixed or not yet measured)",
+            self.tuner_noise_ratio.clone(),
+        );
         g(
             r,
             "connections_open",
@@ -170,6 +178,7 @@ impl GaugeSet {
         set(&self.active_limit_settled, v.active_limit_settled);
         self.hold_seconds.set(v.hold_seconds);
         self.hold_baseline_seconds.set(v.hold_baseline_seconds);
+        self.tuner_noise_ratio.set(v.tuner_noise_ratio);
         set(&self.connections_open, v.connections_open);
         set(&self.database_up, v.database_up);
         set(&self.draining, v.draining);
