@@ -175,8 +175,9 @@ impl Evidence {
         }
     }
 
-    /// The gains' sum and count kept for a probe from `center` to `to`.
-    fn take(&mut self, center: usize, direction: Direction, to: usize) -> (f64, f64) {
+    /// The gains' sum and count kept for a probe from `center` to `to`
+    /// (none when the settled limit moved since: all is forgotten).
+    fn kept_for(&mut self, center: usize, direction: Direction, to: usize) -> (f64, f64) {
         if self.center != center {
             *self = Evidence {
                 center,
@@ -364,16 +365,12 @@ impl Tuner {
     }
 
     fn decide(&mut self, sample: &Sample, ceiling: usize) {
-        if let Phase::Reprobe { restore } = self.phase {
-            return self.settle_at(restore, Direction::Up, 0);
-        }
-        if self.braking(sample) {
-            return self.brake();
-        }
-        match self.phase {
+        let phase = self.phase;
+        match phase {
+            Phase::Reprobe { restore } => self.settle_at(restore, Direction::Up, 0),
+            _ if self.braking(sample) => self.brake(),
             Phase::Probing(probe) => self.continue_probe(probe, sample.throughput(), ceiling),
             Phase::Settled { pause, next } => self.settled_window(sample, pause, next, ceiling),
-            Phase::Reprobe { .. } => unreachable!("handled above"),
         }
     }
 
@@ -435,8 +432,7 @@ impl Tuner {
         let before = match self.phase {
             Phase::Settled { .. } => self.last_settled,
             Phase::Probing(probe) if probe.pending.is_some() => Some(probe.before),
-            Phase::Probing(_) => return false,
-            Phase::Reprobe { .. } => None,
+            Phase::Probing(_) | Phase::Reprobe { .. } => return false,
         };
         let cooling = self.noise_seen < BRAKE_AFTER_PAIRS
             || self
@@ -495,7 +491,7 @@ impl Tuner {
         if to == self.limit {
             return self.settle_at(self.limit, Direction::Up, PAUSE_MAX);
         }
-        let (gain_sum, rounds) = self.evidence.take(self.limit, direction, to);
+        let (gain_sum, rounds) = self.evidence.kept_for(self.limit, direction, to);
         self.phase = Phase::Probing(Probe {
             center: self.limit,
             to,
