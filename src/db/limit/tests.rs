@@ -459,3 +459,41 @@ fn a_probe_to_a_new_height_gets_a_warm_up_window_first() {
     // Probe to 8, its warm-up window, its counted window, back to 4.
     assert_eq!(limits, [8, 8, 4, 8], "{limits:?}");
 }
+
+/// A window where every call held its connection `hold` at `throughput`
+/// calls/s.
+fn window_of(throughput: f64, hold: Duration) -> Sample {
+    let completions = (throughput * WINDOW.as_secs_f64()) as u64;
+    Sample {
+        span: WINDOW,
+        completions,
+        hold_total: hold * completions as u32,
+    }
+}
+
+#[test]
+fn the_brake_needs_two_slow_windows_in_a_row_not_across_a_quiet_one() {
+    let idle = Sample {
+        span: WINDOW,
+        ..Sample::default()
+    };
+    let (normal, slow) = (
+        window_of(4_000.0, Duration::from_millis(2)),
+        window_of(2_000.0, Duration::from_millis(10)),
+    );
+    let braked = |windows: &[Sample]| {
+        let mut tuner = Tuner::new(8);
+        run(&mut tuner, &mut SimulatedDb::new(8), 100, 64);
+        let before = tuner.settled_limit();
+        for sample in [idle, normal].iter().chain(windows) {
+            tuner.step(sample, 64);
+        }
+        tuner.settled_limit() < before
+    };
+    assert!(braked(&[slow, slow]), "two slow windows in a row brake");
+    assert!(!braked(&[slow]), "one does not");
+    assert!(
+        !braked(&[slow, idle, slow]),
+        "a quiet window between them breaks the row"
+    );
+}

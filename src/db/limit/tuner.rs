@@ -347,12 +347,15 @@ impl Tuner {
         self.baseline = Some(drifted.map_or(hold, |b| b.min(hold)));
     }
 
-    /// Low traffic: a probe in progress is undone, nothing else moves.
+    /// Low traffic: a probe in progress is undone, nothing else moves;
+    /// the windows before it are no longer the ones before the next (no
+    /// reference, no slow window waiting for a second).
     fn abandon_probe(&mut self) {
         if !matches!(self.phase, Phase::Settled { .. }) {
             self.settle_at(self.settled_limit(), Direction::Up, PAUSE_MIN);
         }
         self.last_settled = None;
+        self.dip = None;
     }
 
     /// Settles at `limit`; the next probe goes `next` after `pause` windows.
