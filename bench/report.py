@@ -501,10 +501,22 @@ def build(rows, meta):
     t4 = []
     for name, v, goal, ok in targets:
         verdict = "–" if v is None or ok is None else ("met" if ok(v) else "MISSED")
-        shown = "–" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.2f}")
-        t4.append([name, shown, goal, verdict])
+        t4.append([name, target_value(v, ok), goal, verdict])
     sections.append(("Ratios and targets", ["measure", "value", "target", ""], t4, ""))
     return sections, direct, blitz_curve, pgb
+
+
+def target_value(v, ok):
+    """A target's measured value as shown: two decimals, or three where the
+    rounded figure would pass the target's test and the real one does not
+    (0.945 against ≥ 0.95), so that the figure and its verdict agree."""
+    if v is None:
+        return "–"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if ok is not None and ok(round(v, 2)) != ok(v):
+        return f"{v:.3f}"
+    return f"{v:.2f}"
 
 
 def elapsed_s(r):
