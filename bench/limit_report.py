@@ -171,8 +171,11 @@ def verdict(value, ok):
     return "–" if value is None else ("met" if ok(value) else "MISSED")
 
 
-def section(rows, outdir, meta, fmt, ms):
-    """(title, headers, body, note) for report.py, or None without limit rows."""
+def section(rows, outdir, meta, fmt, ms, shown):
+    """(title, headers, body, note) for report.py, or None without limit rows.
+    `shown(value, ok, digits)` renders a value judged by `ok` so that it
+    agrees with its verdict."""
+    judged = lambda value, ok, digits: (shown(value, ok, digits), verdict(value, ok))
     sweep = [r for r in rows if r["kind"] == "limit-sweep" and r.get("tps") is not None]
     if not sweep:
         return None
@@ -199,21 +202,21 @@ def section(rows, outdir, meta, fmt, ms):
         body.append(line(f"auto from start, settling included (against fixed from start: best {best_name})",
                          start_auto, start_best, "report"))
     auto_ratio = div(auto_setting and auto_setting["tps"], best and best["tps"])
-    body.append(["auto (settled) / best fixed", fmt(auto_ratio, 2), "", "", "", "≥ 0.97",
-                 verdict(auto_ratio, lambda v: v >= 0.97)])
+    value, met = judged(auto_ratio, lambda v: v >= 0.97, 2)
+    body.append(["auto (settled) / best fixed", value, "", "", "", "≥ 0.97", met])
     if auto["settle_s"] is None and auto["knee"] is not None:
         low, high = auto["tail_range"]
         body.append(["auto: time to settle from start (s)",
                      f"not within a step of {fmt(auto['knee'])} to the phase's end "
                      f"(second half: {fmt(low)}–{fmt(high)})", "", "", "", "≤ 30", "MISSED"])
     else:
-        body.append(["auto: time to settle from start (s)", fmt(auto["settle_s"], 1), "", "", "",
-                     "≤ 30", verdict(auto["settle_s"], lambda v: v <= 30)])
+        value, met = judged(auto["settle_s"], lambda v: v <= 30, 1)
+        body.append(["auto: time to settle from start (s)", value, "", "", "", "≤ 30", met])
     if slow:
         body.append(["slowdown: limit before → during", f"{fmt(slow['before'])} → {fmt(slow['during'])}",
                      "", "", "", "", ""])
-        body.append(["slowdown: limit adapts within (s)", fmt(slow["adapt_s"], 1), "", "", "",
-                     "≤ 5", verdict(slow["adapt_s"], lambda v: v <= 5)])
+        value, met = judged(slow["adapt_s"], lambda v: v <= 5, 1)
+        body.append(["slowdown: limit adapts within (s)", value, "", "", "", "≤ 5", met])
         doubled = div(slow["p99_during"], slow["p99_before"])
         body.append(["slowdown: served p99 before · during (worst) ms",
                      f"{ms(slow['p99_before'])} · {ms(slow['p99_during'])} ({ms(slow['p99_worst'])})",

@@ -506,17 +506,18 @@ def build(rows, meta):
     return sections, direct, blitz_curve, pgb
 
 
-def target_value(v, ok):
-    """A target's measured value as shown: two decimals, or three where the
-    rounded figure would pass the target's test and the real one does not
-    (0.945 against ≥ 0.95), so that the figure and its verdict agree."""
+def target_value(v, ok, digits=2):
+    """A target's measured value as shown: `digits` decimals, or one more
+    where the rounded figure would pass the target's test `ok` and the real
+    one does not, or the other way round (0.945 against ≥ 0.95), so that
+    the figure and its verdict agree."""
     if v is None:
         return "–"
     if isinstance(v, int):
         return f"{v:,}"
-    if ok is not None and ok(round(v, 2)) != ok(v):
-        return f"{v:.3f}"
-    return f"{v:.2f}"
+    if ok is not None and ok(round(v, digits)) != ok(v):
+        digits += 1
+    return f"{v:.{digits}f}"
 
 
 def elapsed_s(r):
@@ -684,7 +685,7 @@ def report(rows_path, outdir, meta_path, results):
     rows = load_all(rows_path, outdir)
     meta = json.load(open(meta_path))
     sections, direct, blitz, pgb = build(rows, meta)
-    limits = limit_report.section(rows, outdir, meta, fmt, ms)
+    limits = limit_report.section(rows, outdir, meta, fmt, ms, target_value)
     if limits:
         sections.insert(-1, limits)  # before the ratios and targets
     replicas = replicas_report.section(rows, outdir, fmt, ms)
