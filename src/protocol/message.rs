@@ -102,23 +102,51 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireId<'a> {
 
 /// Parses one line (without its `\n`). `Err` is a reply to send with a null
 /// id: the line is not UTF-8, not JSON, or an empty batch.
+///
+/// A line that opens an object, as nearly every line does, is read in one
+/// pass into its members; only when that fails on something other than the
+/// JSON syntax is the line checked again, to tell a request of the wrong
+/// shape (-32600) from text that is not JSON at all (-32700).
 pub fn parse_line(bytes: &[u8]) -> Result<Line, RpcError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| RpcError::parse_error(format!("the line is not valid UTF-8: {e}")))?;
-    let raw: &RawValue = serde_json::from_str(text).map_err(RpcError::parse_error)?;
-    if raw.get().starts_with('[') {
-        let elements: Vec<&RawValue> =
-            serde_json::from_str(raw.get()).map_err(RpcError::parse_error)?;
-        if elements.is_empty() {
-            return Err(RpcError::invalid_request("empty batch"));
+    match text.trim_start_matches(JSON_WHITESPACE).as_bytes().first() {
+        Some(b'{') => parse_object(text).map(Line::Single),
+        Some(b'[') => {
+            let elements: Vec<&RawValue> =
+                serde_json::from_str(text).map_err(RpcError::parse_error)?;
+            if elements.is_empty() {
+                return Err(RpcError::invalid_request("empty batch"));
+            }
+            Ok(Line::Batch(
+                elements.into_iter().map(parse_request).collect(),
+            ))
         }
-        return Ok(Line::Batch(
-            elements.into_iter().map(parse_request).collect(),
-        ));
+        _ => {
+            let raw: &RawValue = serde_json::from_str(text).map_err(RpcError::parse_error)?;
+            Ok(Line::Single(parse_request(raw)))
+        }
     }
-    Ok(Line::Single(parse_request(raw)))
 }
 
+/// The whitespace JSON allows between tokens.
+const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
+/// A whole line that opens an object: its members read in one pass.
+fn parse_object(text: &str) -> Result<Parsed, RpcError> {
+    match serde_json::from_str::<WireRequest>(text) {
+        Ok(wire) => Ok(read_request(wire)),
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            // A duplicated member, say; but only a reply about the request's
+            // shape if the whole line is JSON (the error came before its end).
+            serde_json::from_str::<&RawValue>(text).map_err(RpcError::parse_error)?;
+            Ok(Err((None, RpcError::invalid_request(e.to_string()))))
+        }
+        Err(e) => Err(RpcError::parse_error(e)),
+    }
+}
+
+/// One element of a batch (JSON already checked) as a request.
 fn parse_request(raw: &RawValue) -> Parsed {
     if !raw.get().starts_with('{') {
         return Err((
@@ -128,19 +156,35 @@ fn parse_request(raw: &RawValue) -> Parsed {
     }
     let wire: WireRequest = serde_json::from_str(raw.get())
         .map_err(|e| (None, RpcError::invalid_request(e.to_string())))?;
+    read_request(wire)
+}
+
+/// The request the members describe, each read once, or the error naming
+/// the first member that is wrong (with the id, when it could be read).
+fn read_request(wire: WireRequest) -> Parsed {
     let id = match wire.id {
         WireId::Absent => None,
         WireId::Present(r) => Some(r.to_owned()),
     };
-    validate(&wire, &id).map_err(|e| (Some(id.clone().unwrap_or_else(null_id)), e))?;
-    Ok(Request {
-        id,
-        method: from_raw(wire.method).unwrap_or_default(),
-        raw_params: wire.params.map(RawValue::to_owned),
-        timeout_ms: from_raw(non_null(wire.timeout_ms)),
-        idempotency_key: from_raw(non_null(wire.idempotency_key)),
-        session: from_raw(non_null(wire.session)),
-    })
+    match read_members(&wire, id.as_deref()) {
+        Ok(members) => Ok(Request {
+            id,
+            method: members.method,
+            raw_params: wire.params.map(RawValue::to_owned),
+            timeout_ms: members.timeout_ms,
+            idempotency_key: members.idempotency_key,
+            session: members.session,
+        }),
+        Err(e) => Err((Some(id.unwrap_or_else(null_id)), e)),
+    }
+}
+
+/// The members of a request besides its id and params, read and checked.
+struct Members {
+    method: String,
+    timeout_ms: Option<u64>,
+    idempotency_key: Option<String>,
+    session: Option<String>,
 }
 
 /// A member that is present and not `null`.
@@ -153,8 +197,35 @@ fn from_raw<T: serde::de::DeserializeOwned>(raw: Option<&RawValue>) -> Option<T>
     raw.and_then(|r| serde_json::from_str(r.get()).ok())
 }
 
-fn validate(wire: &WireRequest, id: &Option<Id>) -> Result<(), RpcError> {
-    if from_raw::<String>(wire.jsonrpc).as_deref() != Some("2.0") {
+/// A string member's value: a string without escapes is its text between
+/// the quotes (JSON allows no raw control character in a string); one with
+/// escapes is decoded. `None` if absent or not a string.
+fn string_of(raw: Option<&RawValue>) -> Option<String> {
+    let text = raw?.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Some(inner.to_owned()),
+        _ => from_raw(raw),
+    }
+}
+
+/// A key member (`idempotency_key`, `session`): a string of 1 to 256 bytes,
+/// or absent; `Err(())` when present but not such a string.
+fn key_of(raw: Option<&RawValue>) -> Result<Option<String>, ()> {
+    match non_null(raw) {
+        None => Ok(None),
+        Some(r) => match string_of(Some(r)) {
+            Some(key) if !key.is_empty() && key.len() <= 256 => Ok(Some(key)),
+            _ => Err(()),
+        },
+    }
+}
+
+fn read_members(wire: &WireRequest, id: Option<&RawValue>) -> Result<Members, RpcError> {
+    let version_ok = match wire.jsonrpc {
+        Some(r) if r.get() == "\"2.0\"" => true,
+        other => string_of(other).as_deref() == Some("2.0"),
+    };
+    if !version_ok {
         return Err(RpcError::invalid_request("\"jsonrpc\" must be \"2.0\""));
     }
     if let Some(id) = id {
@@ -164,9 +235,8 @@ fn validate(wire: &WireRequest, id: &Option<Id>) -> Result<(), RpcError> {
             ));
         }
     }
-    if from_raw::<String>(wire.method).is_none() {
-        return Err(RpcError::invalid_request("\"method\" must be a string"));
-    }
+    let method = string_of(wire.method)
+        .ok_or_else(|| RpcError::invalid_request("\"method\" must be a string"))?;
     if let Some(p) = wire.params {
         if !p.get().starts_with(['{', '[']) {
             return Err(RpcError::invalid_request(
@@ -174,30 +244,29 @@ fn validate(wire: &WireRequest, id: &Option<Id>) -> Result<(), RpcError> {
             ));
         }
     }
-    if let Some(t) = non_null(wire.timeout_ms) {
-        if !matches!(from_raw::<u64>(Some(t)), Some(ms) if ms > 0) {
-            return Err(RpcError::invalid_request(
-                "\"timeout_ms\" must be a positive integer",
-            ));
-        }
-    }
-    if let Some(k) = non_null(wire.idempotency_key) {
-        if !matches!(from_raw::<String>(Some(k)), Some(key) if !key.is_empty() && key.len() <= 256)
-        {
-            return Err(RpcError::invalid_request(
-                "\"idempotency_key\" must be a string of 1 to 256 bytes",
-            ));
-        }
-    }
-    if let Some(k) = non_null(wire.session) {
-        if !matches!(from_raw::<String>(Some(k)), Some(key) if !key.is_empty() && key.len() <= 256)
-        {
-            return Err(RpcError::invalid_request(
-                "\"session\" must be a session key (a string of 1 to 256 bytes)",
-            ));
-        }
-    }
-    Ok(())
+    let timeout_ms = match non_null(wire.timeout_ms) {
+        None => None,
+        Some(t) => match from_raw::<u64>(Some(t)) {
+            Some(ms) if ms > 0 => Some(ms),
+            _ => {
+                return Err(RpcError::invalid_request(
+                    "\"timeout_ms\" must be a positive integer",
+                ))
+            }
+        },
+    };
+    let idempotency_key = key_of(wire.idempotency_key).map_err(|()| {
+        RpcError::invalid_request("\"idempotency_key\" must be a string of 1 to 256 bytes")
+    })?;
+    let session = key_of(wire.session).map_err(|()| {
+        RpcError::invalid_request("\"session\" must be a session key (a string of 1 to 256 bytes)")
+    })?;
+    Ok(Members {
+        method,
+        timeout_ms,
+        idempotency_key,
+        session,
+    })
 }
 
 /// `{"jsonrpc":"2.0","id":…,"result":…}` as one line without the `\n`.
@@ -345,6 +414,70 @@ mod tests {
                 assert!(v[1].is_ok());
             }
             Line::Single(_) => panic!("expected a batch"),
+        }
+    }
+
+    #[test]
+    fn a_malformed_line_is_a_parse_error_even_after_a_wrong_member() {
+        // A duplicated member stops the one-pass read before the line's end:
+        // what follows decides between -32700 and -32600.
+        let broken = r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"m" nope"#;
+        assert_eq!(
+            parse_line(broken.as_bytes()).unwrap_err().code,
+            code::PARSE_ERROR
+        );
+        let duplicated = r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"m"}"#;
+        let (id, e) = single(duplicated).unwrap_err();
+        assert!(id.is_none());
+        assert_eq!(e.code, code::INVALID_REQUEST);
+        assert!(
+            e.data["detail"].as_str().unwrap().contains("duplicate"),
+            "{e:?}"
+        );
+        for text in [r#"{"jsonrpc":"2.0","method":"m"} x"#, "{", " \t{\"a\":"] {
+            assert_eq!(
+                parse_line(text.as_bytes()).unwrap_err().code,
+                code::PARSE_ERROR,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn members_are_read_with_and_without_escapes() {
+        let r = single(
+            " \r\n\t{\"jsonrpc\":\"2\\u002e0\",\"method\":\"api.\\u0074ransfer\",\"id\":3,\
+             \"idempotency_key\":\"k\\\"1\",\"session\":\"s\",\"timeout_ms\":250,\"params\":{\"a\":[1]}}",
+        )
+        .unwrap();
+        assert_eq!(r.method, "api.transfer");
+        assert_eq!(r.idempotency_key.as_deref(), Some("k\"1"));
+        assert_eq!(r.session.as_deref(), Some("s"));
+        assert_eq!(r.timeout_ms, Some(250));
+        assert_eq!(r.raw_params.unwrap().get(), r#"{"a":[1]}"#);
+        let r = single(r#"{"jsonrpc":"2.0","method":"m","id":1,"session":null,"timeout_ms":null}"#)
+            .unwrap();
+        assert!(r.session.is_none() && r.timeout_ms.is_none() && r.idempotency_key.is_none());
+        for (text, word) in [
+            (
+                r#"{"jsonrpc":"2.0","method":"m","id":1,"session":""}"#,
+                "session",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"m","id":1,"idempotency_key":7}"#,
+                "idempotency_key",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"m","id":1,"timeout_ms":0}"#,
+                "timeout_ms",
+            ),
+        ] {
+            let (id, e) = single(text).unwrap_err();
+            assert_eq!(id.unwrap().get(), "1", "{text}");
+            assert!(
+                e.data["detail"].as_str().unwrap().contains(word),
+                "{text}: {e:?}"
+            );
         }
     }
 
