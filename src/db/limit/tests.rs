@@ -497,3 +497,18 @@ fn the_brake_needs_two_slow_windows_in_a_row_not_across_a_quiet_one() {
         "a quiet window between them breaks the row"
     );
 }
+
+#[test]
+fn a_probe_turned_at_the_ceiling_takes_one_step_not_the_streaks_double() {
+    // The knee is far above the ceiling: the first climb keeps 4 → 8 → 16
+    // (two steps up in a row), then the probe up turns at the ceiling.
+    let mut tuner = Tuner::new(4);
+    let mut db = SimulatedDb::new(64);
+    let trace = run(&mut tuner, &mut db, 40, 16);
+    let at_ceiling = trace.settled.iter().position(|&l| l == 16).unwrap();
+    let first_below = trace.in_force[at_ceiling..]
+        .iter()
+        .find(|&&l| l < 16)
+        .copied();
+    assert_eq!(first_below, Some(16 - step_of(16)), "{:?}", trace.in_force);
+}

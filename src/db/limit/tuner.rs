@@ -476,13 +476,19 @@ impl Tuner {
     }
 
     /// Tries one step in `direction` from the settled limit, whose last
-    /// window gave `reference`; turns around at the floor and the ceiling.
+    /// window gave `reference`; turns around at the floor and the ceiling
+    /// (a turn ends the streak: the steps kept the other way do not double
+    /// this one).
     fn start_probe(&mut self, direction: Direction, reference: f64, ceiling: usize) {
-        let direction = match direction {
+        let turned = match direction {
             Direction::Up if self.limit >= ceiling => Direction::Down,
             Direction::Down if self.limit <= 1 => Direction::Up,
             d => d,
         };
+        if turned != direction {
+            self.streak = 0;
+        }
+        let direction = turned;
         if direction == Direction::Down {
             self.climbing = false;
         }
